@@ -1,0 +1,333 @@
+//! The CloudEvents binding for NATS messages (spec: `nats-protocol-binding.md`).
+//!
+//! Writing uses binary mode: every attribute and extension becomes a `ce-<name>`
+//! header whose value is percent-encoded (space, `"`, `%`, controls and all non-ASCII
+//! characters, as UTF-8 bytes in upper-case hex); the data is the payload. Reading
+//! accepts binary mode and structured mode (`Content-Type: application/cloudevents…`,
+//! matched case-insensitively, with the JSON event format as the payload). Header names
+//! are matched case-insensitively; values may be double-quoted strings, as older
+//! senders wrote them, and percent-decoding refuses invalid UTF-8.
+
+use async_nats::HeaderMap;
+use cloudevents::event::SpecVersion;
+use cloudevents::message::{
+    BinaryDeserializer, BinarySerializer, Encoding, Error as MessageError, MessageAttributeValue,
+    MessageDeserializer, StructuredDeserializer, StructuredSerializer,
+};
+use cloudevents::Event;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+const PREFIX: &str = "ce-";
+const SPEC_VERSION: &str = "ce-specversion";
+const STRUCTURED: &str = "application/cloudevents";
+
+/// Space, double-quote, percent, controls; non-ASCII is always encoded.
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Why a NATS message is not a CloudEvent.
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    #[error("the message carries no CloudEvent: no ce-specversion header and no structured content type")]
+    NotACloudEvent,
+    #[error("header {name} is not valid: {reason}")]
+    BadHeader { name: String, reason: &'static str },
+    #[error("invalid CloudEvent: {0}")]
+    Invalid(#[from] MessageError),
+}
+
+/// Percent-encodes a header value as the binding requires.
+pub fn encode_header_value(value: &str) -> String {
+    utf8_percent_encode(value, HEADER_VALUE).to_string()
+}
+
+/// Reads a header value back: unquotes a double-quoted string, then percent-decodes
+/// once, refusing byte sequences that are not UTF-8.
+pub fn decode_header_value(value: &str) -> Result<String, &'static str> {
+    let trimmed = value.trim_matches([' ', '\t']);
+    let unquoted = if trimmed.len() >= 2 && trimmed.starts_with('"') && trimmed.ends_with('"') {
+        let mut out = String::with_capacity(trimmed.len());
+        let mut chars = trimmed[1..trimmed.len() - 1].chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                out.push(chars.next().ok_or("a quoted string ends in a backslash")?);
+            } else if c == '"' {
+                return Err("a quoted string holds an unescaped double quote");
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        trimmed.to_owned()
+    };
+    percent_decode_str(&unquoted)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| "percent-encoded bytes are not UTF-8")
+}
+
+/// A NATS message body and headers carrying a CloudEvent.
+#[derive(Debug, Clone, Default)]
+pub struct NatsMessage {
+    pub headers: HeaderMap,
+    pub payload: Vec<u8>,
+}
+
+/// Encodes `event` in binary mode.
+pub fn to_binary(event: Event) -> Result<NatsMessage, BindingError> {
+    Ok(BinaryDeserializer::deserialize_binary(
+        event,
+        NatsMessage::default(),
+    )?)
+}
+
+/// Decodes a CloudEvent from a NATS message in either content mode.
+pub fn from_message(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, BindingError> {
+    let reader = Reader::new(headers, payload)?;
+    match reader.encoding() {
+        Encoding::UNKNOWN => Err(BindingError::NotACloudEvent),
+        _ => Ok(MessageDeserializer::into_event(reader)?),
+    }
+}
+
+impl NatsMessage {
+    fn header(mut self, name: &str, value: &str) -> Result<Self, MessageError> {
+        self.headers
+            .insert(name, encode_header_value(value).as_str());
+        Ok(self)
+    }
+}
+
+impl BinarySerializer<NatsMessage> for NatsMessage {
+    fn set_spec_version(self, spec_version: SpecVersion) -> Result<Self, MessageError> {
+        self.header(SPEC_VERSION, spec_version.as_str())
+    }
+
+    fn set_attribute(self, name: &str, value: MessageAttributeValue) -> Result<Self, MessageError> {
+        self.header(&format!("{PREFIX}{name}"), &value.to_string())
+    }
+
+    fn set_extension(self, name: &str, value: MessageAttributeValue) -> Result<Self, MessageError> {
+        self.header(&format!("{PREFIX}{name}"), &value.to_string())
+    }
+
+    fn end_with_data(mut self, bytes: Vec<u8>) -> Result<NatsMessage, MessageError> {
+        self.payload = bytes;
+        Ok(self)
+    }
+
+    fn end(self) -> Result<NatsMessage, MessageError> {
+        Ok(self)
+    }
+}
+
+/// Decoded headers of one message: lower-case names, decoded values.
+struct Reader<'a> {
+    headers: Vec<(String, String)>,
+    payload: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(headers: Option<&HeaderMap>, payload: &'a [u8]) -> Result<Self, BindingError> {
+        let mut decoded = Vec::new();
+        for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
+            let lower = name.to_string().to_ascii_lowercase();
+            let interesting = lower.starts_with(PREFIX) || lower == "content-type";
+            if let (true, Some(value)) = (interesting, values.last()) {
+                let value = decode_header_value(value.as_str()).map_err(|reason| {
+                    BindingError::BadHeader {
+                        name: lower.clone(),
+                        reason,
+                    }
+                })?;
+                decoded.push((lower, value));
+            }
+        }
+        Ok(Self {
+            headers: decoded,
+            payload,
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl BinaryDeserializer for Reader<'_> {
+    fn deserialize_binary<R: Sized, V: BinarySerializer<R>>(
+        self,
+        mut visitor: V,
+    ) -> Result<R, MessageError> {
+        let spec = self.get(SPEC_VERSION).ok_or(MessageError::WrongEncoding {})?;
+        let spec = SpecVersion::try_from(spec)?;
+        let attributes = spec.attribute_names();
+        visitor = visitor.set_spec_version(spec)?;
+        for (name, value) in &self.headers {
+            let Some(attr) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if attr == "specversion" {
+                continue;
+            }
+            let value = MessageAttributeValue::String(value.clone());
+            visitor = if attributes.contains(&attr) {
+                visitor.set_attribute(attr, value)?
+            } else {
+                visitor.set_extension(attr, value)?
+            };
+        }
+        if self.payload.is_empty() {
+            visitor.end()
+        } else {
+            visitor.end_with_data(self.payload.to_vec())
+        }
+    }
+}
+
+impl StructuredDeserializer for Reader<'_> {
+    fn deserialize_structured<R: Sized, V: StructuredSerializer<R>>(
+        self,
+        visitor: V,
+    ) -> Result<R, MessageError> {
+        visitor.set_structured_event(self.payload.to_vec())
+    }
+}
+
+impl MessageDeserializer for Reader<'_> {
+    fn encoding(&self) -> Encoding {
+        let structured = self
+            .get("content-type")
+            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with(STRUCTURED));
+        if structured {
+            Encoding::STRUCTURED
+        } else if self.get(SPEC_VERSION).is_some() {
+            Encoding::BINARY
+        } else {
+            Encoding::UNKNOWN
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+    use proptest::prelude::*;
+
+    fn sample() -> Event {
+        let mut event = EventBuilderV10::new()
+            .id("hs-1-abc")
+            .source("/crmsync/hubspot/62515")
+            .ty("crmsync.contact.updated.v1")
+            .subject("contact/123")
+            .time("2019-07-26T04:00:00Z")
+            .extension("crmattempt", "Euro € 😀 \"q\" 100%")
+            .build()
+            .unwrap();
+        event.set_data("application/json", br#"{"a":1}"#.to_vec());
+        event
+    }
+
+    #[test]
+    fn the_spec_example_value_is_encoded_as_given() {
+        assert_eq!(
+            encode_header_value("Euro € 😀"),
+            "Euro%20%E2%82%AC%20%F0%9F%98%80"
+        );
+        assert_eq!(
+            decode_header_value("Euro%20%e2%82%ac%20%F0%9F%98%80").unwrap(),
+            "Euro € 😀"
+        );
+    }
+
+    #[test]
+    fn overlong_and_invalid_utf8_is_refused() {
+        assert!(decode_header_value("%C0%A0").is_err());
+        assert!(decode_header_value("%FF").is_err());
+    }
+
+    #[test]
+    fn quoted_values_from_older_senders_are_accepted() {
+        assert_eq!(decode_header_value(r#""a \"b\" c""#).unwrap(), r#"a "b" c"#);
+        assert_eq!(decode_header_value(r#""a%20b""#).unwrap(), "a b");
+    }
+
+    #[test]
+    fn binary_mode_puts_attributes_in_ce_headers_and_data_in_the_payload() {
+        let msg = to_binary(sample()).unwrap();
+        assert_eq!(msg.payload, br#"{"a":1}"#);
+        let h = |n: &str| msg.headers.get(n).map(|v| v.as_str().to_owned());
+        assert_eq!(h("ce-specversion").as_deref(), Some("1.0"));
+        assert_eq!(h("ce-id").as_deref(), Some("hs-1-abc"));
+        assert_eq!(h("ce-type").as_deref(), Some("crmsync.contact.updated.v1"));
+        assert_eq!(h("ce-datacontenttype").as_deref(), Some("application/json"));
+        assert_eq!(
+            h("ce-crmattempt").as_deref(),
+            Some("Euro%20%E2%82%AC%20%F0%9F%98%80%20%22q%22%20100%25")
+        );
+        for (_, values) in msg.headers.iter() {
+            for v in values {
+                assert!(v.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            }
+        }
+    }
+
+    #[test]
+    fn binary_mode_round_trips() {
+        let event = sample();
+        let msg = to_binary(event.clone()).unwrap();
+        let back = from_message(Some(&msg.headers), &msg.payload).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn header_names_are_matched_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.insert("CE-SpecVersion", "1.0");
+        headers.insert("Ce-Id", "x");
+        headers.insert("ce-SOURCE", "/s");
+        headers.insert("ce-type", "t");
+        let event = from_message(Some(&headers), b"").unwrap();
+        assert_eq!(event.id(), "x");
+        assert_eq!(event.source().as_str(), "/s");
+    }
+
+    #[test]
+    fn structured_mode_is_read_back() {
+        let event = sample();
+        let mut headers = HeaderMap::new();
+        headers.insert("Content-Type", "Application/CloudEvents+json; charset=utf-8");
+        let json = serde_json::to_vec(&event).unwrap();
+        let back = from_message(Some(&headers), &json).unwrap();
+        assert_eq!(back.id(), event.id());
+        assert_eq!(back.ty(), event.ty());
+        assert_eq!(
+            crate::envelope::data_bytes(&back),
+            crate::envelope::data_bytes(&event)
+        );
+    }
+
+    #[test]
+    fn a_plain_message_is_not_a_cloudevent() {
+        assert!(matches!(
+            from_message(None, b"{}"),
+            Err(BindingError::NotACloudEvent)
+        ));
+        let mut headers = HeaderMap::new();
+        headers.insert("ce-specversion", "1.0");
+        assert!(from_message(Some(&headers), b"").is_err(), "id, source, type missing");
+    }
+
+    proptest! {
+        #[test]
+        fn any_attribute_text_round_trips(value in "\\PC{0,60}") {
+            let encoded = encode_header_value(&value);
+            prop_assert!(encoded.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            prop_assert_eq!(decode_header_value(&encoded).unwrap(), value);
+        }
+    }
+}
