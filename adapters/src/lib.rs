@@ -1,1 +1,28 @@
-//! placeholder
+//! Provider adapters: one folder per CRM, the same shape in each, plus what they share
+//! (secrets, telemetry).
+
+pub mod hubspot;
+pub mod secret;
+pub mod telemetry;
+
+pub use secret::Secret;
+pub use telemetry::Metrics;
+
+use crmsync_schema::{FieldSet, RemoteId};
+
+/// A change to one projected row, normalised from a provider event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    pub remote_id: RemoteId,
+    pub fields: FieldSet,
+}
+
+/// Why a provider event could not be normalised. Permanent: retrying will not help.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("event data is not a valid {provider} event: {reason}")]
+    Malformed {
+        provider: &'static str,
+        reason: String,
+    },
+}

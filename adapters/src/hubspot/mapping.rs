@@ -1,0 +1,157 @@
+//! HubSpot payloads onto the canonical model.
+
+use serde_json::Value;
+
+use crmsync_schema::fields::{DELETED, MERGED_INTO};
+use crmsync_schema::{Change, FieldSet, RemoteId, Version};
+
+use super::webhook::WebhookEvent;
+use crate::{MappingError, RowChange};
+
+/// HubSpot contact properties with a canonical name; other properties keep theirs.
+pub const CONTACT_FIELDS: &[(&str, &str)] = &[
+    ("email", "email"),
+    ("firstname", "first_name"),
+    ("lastname", "last_name"),
+    ("phone", "phone"),
+    ("mobilephone", "mobile_phone"),
+    ("jobtitle", "job_title"),
+    ("company", "company_name"),
+    ("lifecyclestage", "lifecycle_stage"),
+    ("hubspot_owner_id", "owner_id"),
+];
+
+/// The canonical name of a HubSpot contact property.
+pub fn contact_field(property: &str) -> &str {
+    CONTACT_FIELDS
+        .iter()
+        .find(|(hs, _)| *hs == property)
+        .map_or(property, |(_, canonical)| canonical)
+}
+
+fn malformed(reason: impl Into<String>) -> MappingError {
+    MappingError::Malformed {
+        provider: "hubspot",
+        reason: reason.into(),
+    }
+}
+
+fn remote_id(id: &str) -> Result<RemoteId, MappingError> {
+    RemoteId::parse(id).map_err(|e| malformed(e.to_string()))
+}
+
+fn one(id: RemoteId, field: &str, value: Value, version: &Version) -> RowChange {
+    let mut fields = FieldSet::default();
+    fields.set(field, value, version);
+    RowChange {
+        remote_id: id,
+        fields,
+    }
+}
+
+/// Normalises one raw HubSpot contact webhook event (the CloudEvent's data) into the
+/// row changes it implies. Association changes carry nothing for the contacts table.
+pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>, MappingError> {
+    let event: WebhookEvent =
+        serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    let id = remote_id(&event.object_id.0)?;
+    Ok(match event.change() {
+        Change::Created | Change::Restored => vec![one(id, DELETED, Value::Bool(false), version)],
+        Change::Deleted => vec![one(id, DELETED, Value::Bool(true), version)],
+        Change::Updated => {
+            let property = event
+                .property_name
+                .as_deref()
+                .filter(|p| !p.is_empty() && !p.starts_with('$'))
+                .ok_or_else(|| malformed("propertyChange without a valid propertyName"))?;
+            let value = match event.property_value {
+                None => Value::Null,
+                Some(Value::String(s)) if s.is_empty() => Value::Null,
+                Some(v) => v,
+            };
+            vec![one(id, contact_field(property), value, version)]
+        }
+        Change::Merged => {
+            let survivor = event
+                .new_object_id
+                .as_ref()
+                .or(event.primary_object_id.as_ref())
+                .map_or(Ok(id.clone()), |s| remote_id(&s.0))?;
+            let mut changes = vec![one(survivor.clone(), DELETED, Value::Bool(false), version)];
+            let losers = event
+                .merged_object_ids
+                .iter()
+                .chain(event.primary_object_id.iter())
+                .chain(std::iter::once(&event.object_id));
+            for loser in losers {
+                let loser = remote_id(&loser.0)?;
+                let seen = changes.iter().any(|c| c.remote_id == loser);
+                if !seen {
+                    let into = Value::String(survivor.as_str().to_owned());
+                    changes.push(one(loser, MERGED_INTO, into, version));
+                }
+            }
+            changes
+        }
+        Change::AssociationChanged | Change::Other => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    fn version() -> Version {
+        Version::new(Utc.timestamp_millis_opt(1000).unwrap(), "e1")
+    }
+
+    fn changes(event: Value) -> Vec<RowChange> {
+        contact_changes(event.to_string().as_bytes(), &version()).unwrap()
+    }
+
+    fn base(kind: &str) -> Value {
+        json!({"eventId": 1, "portalId": 7, "occurredAt": 1000, "objectId": 42,
+               "subscriptionType": format!("contact.{kind}")})
+    }
+
+    #[test]
+    fn property_changes_land_on_canonical_fields() {
+        let mut e = base("propertyChange");
+        e["propertyName"] = json!("firstname");
+        e["propertyValue"] = json!("Ada");
+        let c = changes(e.clone());
+        assert_eq!(c[0].remote_id.as_str(), "42");
+        assert_eq!(c[0].fields.fields["first_name"], json!("Ada"));
+        e["propertyName"] = json!("favourite_colour");
+        e["propertyValue"] = json!("");
+        assert_eq!(changes(e)[0].fields.fields["favourite_colour"], Value::Null);
+    }
+
+    #[test]
+    fn deletes_are_tombstones_and_restores_revive() {
+        assert!(changes(base("deletion"))[0].fields.is_deleted());
+        assert!(!changes(base("restore"))[0].fields.is_deleted());
+        assert!(!changes(base("creation"))[0].fields.is_deleted());
+    }
+
+    #[test]
+    fn merges_point_the_losers_at_the_survivor() {
+        let mut e = base("merge");
+        e["primaryObjectId"] = json!(42);
+        e["mergedObjectIds"] = json!([43]);
+        e["newObjectId"] = json!(99);
+        let c = changes(e);
+        let ids: Vec<&str> = c.iter().map(|c| c.remote_id.as_str()).collect();
+        assert_eq!(ids, ["99", "43", "42"]);
+        assert_eq!(c[1].fields.fields[MERGED_INTO], json!("99"));
+        assert_eq!(c[2].fields.fields[MERGED_INTO], json!("99"));
+    }
+
+    #[test]
+    fn broken_events_are_malformed() {
+        assert!(contact_changes(b"{}", &version()).is_err());
+        assert!(contact_changes(base("propertyChange").to_string().as_bytes(), &version()).is_err());
+    }
+}

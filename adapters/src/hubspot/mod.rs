@@ -1,0 +1,5 @@
+//! HubSpot: webhook verification and parsing, and mapping of its payloads onto the
+//! canonical model.
+
+pub mod mapping;
+pub mod webhook;
