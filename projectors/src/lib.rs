@@ -1,1 +1,17 @@
-//! placeholder
+//! Projectors: durable JetStream pull consumers that turn events into Postgres rows.
+//!
+//! A batch of messages is decoded and normalised, folded per row with the
+//! order-independent field merge, and written with its checkpoint in one
+//! transaction; only then is it acknowledged. A message that cannot be projected is
+//! retried with growing delays and, at its last delivery, dead-lettered, so it never
+//! blocks the rest.
+
+pub mod checkpoint;
+pub mod contacts;
+pub mod dlq;
+pub mod projector;
+
+pub use projector::{Projector, ProjectorConfig};
+
+/// The migrations of crmsync's Postgres schema, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

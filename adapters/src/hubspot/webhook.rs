@@ -279,9 +279,9 @@ fn digest(raw: &RawValue) -> String {
 }
 
 impl ReceivedEvent {
-    /// The raw CloudEvent to store for this event.
-    pub fn to_raw_event(&self) -> Result<RawEvent, ParseError> {
-        let bad = |reason: String| ParseError::BadEvent { index: 0, reason };
+    /// The raw CloudEvent to store for this event, the `index`-th of its batch.
+    pub fn to_raw_event(&self, index: usize) -> Result<RawEvent, ParseError> {
+        let bad = |reason: String| ParseError::BadEvent { index, reason };
         let e = &self.event;
         let id = format!("hs-{}-{}-{}", e.event_id.0, e.occurred_at, digest(&self.raw));
         Ok(RawEvent {
@@ -435,7 +435,7 @@ mod tests {
     fn batches_parse_into_raw_events_that_keep_the_bytes() {
         let events = parse_batch(BODY).unwrap();
         assert_eq!(events.len(), 1);
-        let raw = events[0].to_raw_event().unwrap();
+        let raw = events[0].to_raw_event(0).unwrap();
         assert_eq!(raw.workspace.as_str(), "62515");
         assert_eq!(raw.object.as_str(), "contact");
         assert_eq!(raw.id.as_str(), "123");
@@ -449,7 +449,7 @@ mod tests {
     fn retries_share_an_id_and_distinct_events_do_not() {
         let retry = String::from_utf8_lossy(BODY).replace("\"attemptNumber\":0", "\"attemptNumber\":3");
         let other = String::from_utf8_lossy(BODY).replace("\"objectId\":123", "\"objectId\":124");
-        let id = |b: &[u8]| parse_batch(b).unwrap()[0].to_raw_event().unwrap().event_id;
+        let id = |b: &[u8]| parse_batch(b).unwrap()[0].to_raw_event(0).unwrap().event_id;
         assert_eq!(id(BODY), id(retry.as_bytes()));
         assert_ne!(id(BODY), id(other.as_bytes()));
     }

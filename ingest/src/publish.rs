@@ -1,0 +1,55 @@
+//! Publishing raw events to JetStream: all of a batch in flight at once, then every
+//! acknowledgement awaited.
+
+use std::future::IntoFuture;
+
+use futures::future::join_all;
+
+use crmsync_schema::{binding, RawEvent, Subjects};
+
+/// What JetStream said of a published batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub stored: usize,
+    /// Already in the stream (same `Nats-Msg-Id` within the duplicate window).
+    pub duplicates: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("event could not be encoded: {0}")]
+    Encode(#[from] binding::BindingError),
+    #[error("JetStream did not store the event: {0}")]
+    NotStored(String),
+}
+
+/// Publishes `events` and returns once JetStream has stored every one of them.
+pub async fn publish_all(
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    events: &[RawEvent],
+) -> Result<Published, PublishError> {
+    let mut pending = Vec::with_capacity(events.len());
+    for event in events {
+        let mut msg = binding::to_binary(event.to_cloudevent())?;
+        msg.headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            event.dedupe_key().as_str(),
+        );
+        let ack = js
+            .publish_with_headers(event.subject(subjects), msg.headers, msg.payload.into())
+            .await
+            .map_err(|e| PublishError::NotStored(e.to_string()))?;
+        pending.push(ack);
+    }
+    let mut published = Published::default();
+    for ack in join_all(pending.into_iter().map(|f| f.into_future())).await {
+        let ack = ack.map_err(|e| PublishError::NotStored(e.to_string()))?;
+        if ack.duplicate {
+            published.duplicates += 1;
+        } else {
+            published.stored += 1;
+        }
+    }
+    Ok(published)
+}

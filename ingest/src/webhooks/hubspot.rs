@@ -1,0 +1,131 @@
+//! `POST /crm/webhooks/hubspot`: verify, wrap each event as a raw CloudEvent, publish,
+//! and answer 200 only once JetStream has stored all of them.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::Json;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use crmsync_adapters::hubspot::webhook::{self, SignedRequest, VerifyError};
+use crmsync_adapters::telemetry::{status_label, EntityLabels, RequestLabels, VerificationLabels};
+
+use super::{public_uri, require_json};
+use crate::publish::publish_all;
+use crate::{ApiError, AppState};
+
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let result = handle(&state, &method, &uri, &headers, body).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            provider: "hubspot",
+            object: "webhook",
+            verb: "POST",
+            status: status_label(status.as_u16()),
+        })
+        .inc();
+    result
+}
+
+async fn handle(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+            limit: state.max_body_bytes,
+        },
+        _ => ApiError::BadRequest(format!("the body could not be read: {rejection}")),
+    })?;
+    let secret = state.hubspot_secret.as_ref().ok_or_else(|| {
+        ApiError::Unavailable(
+            "HubSpot webhooks are not configured: set CRM_HUBSPOT_CLIENT_SECRET".into(),
+        )
+    })?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let uri = public_uri(state.public_url.as_deref(), headers, uri);
+    let request = SignedRequest {
+        method: method.as_str(),
+        uri: &uri,
+        body: &body,
+        signature: header(webhook::SIGNATURE),
+        signature_version: header(webhook::SIGNATURE_VERSION),
+        signature_v3: header(webhook::SIGNATURE_V3),
+        timestamp: header(webhook::TIMESTAMP),
+    };
+    if let Err(e) = webhook::verify(&request, secret.expose().as_bytes(), Utc::now()) {
+        let reason = match e {
+            VerifyError::Missing => "missing",
+            VerifyError::UnknownVersion => "unknown_version",
+            VerifyError::BadTimestamp => "bad_timestamp",
+            VerifyError::StaleTimestamp => "stale_timestamp",
+            VerifyError::Mismatch => "mismatch",
+        };
+        state
+            .metrics
+            .webhook_verification_failures
+            .get_or_create(&VerificationLabels {
+                provider: "hubspot",
+                reason,
+            })
+            .inc();
+        tracing::warn!(reason, "HubSpot webhook refused: bad signature");
+        return Err(ApiError::Unauthorized(e.to_string()));
+    }
+    require_json(headers)?;
+    let received =
+        webhook::parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let events = received
+        .iter()
+        .enumerate()
+        .map(|(index, r)| r.to_raw_event(index))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let published = publish_all(&state.js, &state.subjects, &events)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, events = events.len(), "HubSpot webhook not stored; answering 503 so HubSpot retries");
+            ApiError::Unavailable("the events could not be stored; retry later".into())
+        })?;
+    for event in &events {
+        let entity_type = match event.object.as_str() {
+            "contact" => "contact",
+            "company" => "company",
+            "deal" => "deal",
+            _ => "other",
+        };
+        state
+            .metrics
+            .events_published
+            .get_or_create(&EntityLabels {
+                provider: "hubspot",
+                entity_type,
+            })
+            .inc();
+    }
+    tracing::debug!(stored = published.stored, duplicates = published.duplicates, "HubSpot webhook stored");
+    Ok(Json(json!({
+        "accepted": events.len(),
+        "stored": published.stored,
+        "duplicates": published.duplicates,
+    })))
+}

@@ -1,0 +1,342 @@
+//! The consume loop shared by projections.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind, Message};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
+use crmsync_adapters::Metrics;
+use crmsync_schema::envelope::{data_bytes, event_time};
+use crmsync_schema::{binding, FieldSet, Subjects, Version};
+
+use crate::contacts::{self, RowKey};
+use crate::{checkpoint, dlq};
+
+/// How a projector consumes.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// The durable consumer's name, also the checkpoint's key.
+    pub consumer: String,
+    /// The stream it reads.
+    pub stream: String,
+    /// Messages fetched and committed together, at most.
+    pub batch: usize,
+    /// The consumer's MaxDeliver: at this delivery a failing message is dead-lettered.
+    pub max_deliver: i64,
+    /// The first retry delay of a failing message; doubled at each delivery.
+    pub retry_base: Duration,
+    /// The longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl ProjectorConfig {
+    pub fn new(consumer: impl Into<String>, stream: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            stream: stream.into(),
+            batch: 500,
+            max_deliver: 10,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Projects contact events from a durable pull consumer into Postgres.
+#[derive(Debug)]
+pub struct Projector {
+    config: ProjectorConfig,
+    consumer: PullConsumer,
+    js: jetstream::Context,
+    pool: PgPool,
+    subjects: Subjects,
+    metrics: Arc<Metrics>,
+    /// A leaked copy of the consumer name, for metric labels (one per projector).
+    label: &'static str,
+}
+
+/// A message with what it decoded to.
+struct Decoded {
+    msg: Message,
+    seq: u64,
+    delivered: i64,
+    outcome: Result<Vec<(RowKey, FieldSet)>, String>,
+    lag: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("Postgres is unavailable: {0}")]
+    Transient(sqlx::Error),
+    #[error("the batch was refused: {0}")]
+    Data(sqlx::Error),
+}
+
+fn classify(e: sqlx::Error) -> BatchError {
+    let transient = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| ["08", "40", "53", "57", "58"].iter().any(|p| c.starts_with(p))),
+        _ => false,
+    };
+    if transient {
+        BatchError::Transient(e)
+    } else {
+        BatchError::Data(e)
+    }
+}
+
+impl Projector {
+    pub fn new(
+        config: ProjectorConfig,
+        consumer: PullConsumer,
+        js: jetstream::Context,
+        pool: PgPool,
+        subjects: Subjects,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let label = Box::leak(config.consumer.clone().into_boxed_str());
+        Self {
+            config,
+            consumer,
+            js,
+            pool,
+            subjects,
+            metrics,
+            label,
+        }
+    }
+
+    /// Consumes until `stop` is cancelled; the batch in hand is finished first, and
+    /// what was fetched but not committed is left for redelivery.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), async_nats::Error> {
+        let messages = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await?;
+        let mut chunks = messages.ready_chunks(self.config.batch);
+        tracing::info!(consumer = %self.config.consumer, "projector started");
+        loop {
+            let chunk = tokio::select! {
+                () = stop.cancelled() => break,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { break };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(msg) => batch.push(msg),
+                    Err(e) => tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer"),
+                }
+            }
+            if !batch.is_empty() {
+                self.process(batch, &stop).await;
+            }
+        }
+        tracing::info!(consumer = %self.config.consumer, "projector stopped");
+        Ok(())
+    }
+
+    fn decode(&self, msg: Message) -> Decoded {
+        let (seq, delivered) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
+        let mut lag = None;
+        let outcome = (|| {
+            let subject = self
+                .subjects
+                .parse_raw(&msg.subject)
+                .map_err(|e| e.to_string())?;
+            let event = binding::from_message(msg.headers.as_ref(), &msg.payload)
+                .map_err(|e| e.to_string())?;
+            let time = event_time(&event);
+            lag = Some((Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0);
+            let version = Version::new(time, cloudevents::AttributesReader::id(&event));
+            let changes = contacts::normalise(subject.provider, &data_bytes(&event), &version)
+                .map_err(|e| e.to_string())?;
+            Ok(changes
+                .into_iter()
+                .map(|c| ((subject.workspace.clone(), subject.provider, c.remote_id), c.fields))
+                .collect())
+        })();
+        Decoded {
+            msg,
+            seq,
+            delivered,
+            outcome,
+            lag,
+        }
+    }
+
+    async fn commit(&self, items: &[&Decoded]) -> Result<(), BatchError> {
+        let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
+        for item in items {
+            for (key, set) in item.outcome.as_ref().into_iter().flatten() {
+                rows.entry(key.clone()).or_default().merge(set);
+            }
+        }
+        let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        contacts::upsert(&mut tx, &rows).await.map_err(classify)?;
+        checkpoint::advance(
+            &mut tx,
+            &self.config.consumer,
+            &self.config.stream,
+            max_seq,
+            items.len() as u64,
+        )
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn process(&self, batch: Vec<Message>, stop: &CancellationToken) {
+        let started = Instant::now();
+        let decoded: Vec<Decoded> = batch.into_iter().map(|m| self.decode(m)).collect();
+        let (good, mut bad): (Vec<&Decoded>, Vec<(&Decoded, String)>) = {
+            let mut good = Vec::new();
+            let mut bad = Vec::new();
+            for d in &decoded {
+                match &d.outcome {
+                    Ok(_) => good.push(d),
+                    Err(reason) => bad.push((d, reason.clone())),
+                }
+            }
+            (good, bad)
+        };
+        let mut committed: Vec<&Decoded> = Vec::new();
+        match self.commit(&good).await {
+            Ok(()) => committed = good,
+            Err(BatchError::Transient(e)) => {
+                tracing::warn!(consumer = %self.config.consumer, error = %e, "batch not committed; retrying later");
+                self.count_error("transient", "project");
+                for d in &decoded {
+                    let _ = d.msg.ack_with(AckKind::Nak(Some(self.config.retry_base))).await;
+                }
+                self.wait_for_postgres(stop).await;
+                return;
+            }
+            Err(BatchError::Data(e)) => {
+                // Find the culprits: each message alone.
+                tracing::warn!(consumer = %self.config.consumer, error = %e, "batch refused; isolating");
+                for d in good {
+                    match self.commit(&[d]).await {
+                        Ok(()) => committed.push(d),
+                        Err(e) => bad.push((d, e.to_string())),
+                    }
+                }
+            }
+        }
+        for d in &committed {
+            if let Err(e) = d.msg.ack().await {
+                tracing::debug!(error = %e, "ack not sent; the message will be redelivered and skipped");
+            }
+        }
+        self.record(&committed, started);
+        for (d, reason) in bad {
+            self.fail(d, &reason).await;
+        }
+    }
+
+    fn record(&self, committed: &[&Decoded], started: Instant) {
+        if committed.is_empty() {
+            return;
+        }
+        let entity = EntityLabels {
+            provider: "all",
+            entity_type: "contact",
+        };
+        self.metrics
+            .sync_duration
+            .get_or_create(&entity)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .entities_synced
+            .get_or_create(&SyncedLabels {
+                provider: "all",
+                entity_type: "contact",
+                direction: "inbound",
+            })
+            .inc_by(committed.len() as u64);
+        let freshness = self.metrics.projection_freshness.get_or_create(&entity);
+        for lag in committed.iter().filter_map(|d| d.lag) {
+            freshness.observe(lag);
+        }
+    }
+
+    fn count_error(&self, error_type: &'static str, operation: &'static str) {
+        self.metrics
+            .errors
+            .get_or_create(&crmsync_adapters::telemetry::ErrorLabels {
+                provider: "all",
+                error_type,
+                operation,
+                code: "",
+            })
+            .inc();
+    }
+
+    /// A message that could not be projected: retried later, or dead-lettered at its
+    /// last delivery.
+    async fn fail(&self, d: &Decoded, reason: &str) {
+        self.count_error("poison", "project");
+        if d.delivered >= self.config.max_deliver {
+            let subject = self.subjects.dlq(&self.config.consumer);
+            match dlq::dead_letter(&self.js, subject, &d.msg, reason).await {
+                Ok(()) => {
+                    tracing::warn!(consumer = %self.config.consumer, seq = d.seq, reason, "dead-lettered");
+                    self.metrics
+                        .dead_lettered
+                        .get_or_create(&ConsumerLabels { consumer: self.label })
+                        .inc();
+                    let _ = d.msg.ack_with(AckKind::Term).await;
+                }
+                Err(e) => {
+                    tracing::error!(consumer = %self.config.consumer, seq = d.seq, error = %e, "could not dead-letter; the server's max-deliveries advisory is kept in the DLQ stream");
+                    let _ = d.msg.ack_with(AckKind::Nak(Some(self.config.retry_base))).await;
+                }
+            }
+        } else {
+            let exp = u32::try_from(d.delivered.saturating_sub(1)).unwrap_or(0).min(16);
+            let delay = (self.config.retry_base * 2u32.pow(exp)).min(self.config.retry_max);
+            tracing::info!(consumer = %self.config.consumer, seq = d.seq, delivered = d.delivered, reason, "event not projected; retrying");
+            let _ = d.msg.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    }
+
+    async fn wait_for_postgres(&self, stop: &CancellationToken) {
+        let probe = || async { sqlx::query("SELECT 1").execute(&self.pool).await };
+        let retry = probe
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times(),
+            )
+            .notify(|e, after| tracing::warn!(error = %e, ?after, "waiting for Postgres"));
+        tokio::select! {
+            () = stop.cancelled() => {}
+            _ = retry => {}
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The HubSpot emulator.
+
+pub mod webhooks;
