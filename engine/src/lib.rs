@@ -1,1 +1,11 @@
-//! placeholder
+//! The crmsync engine: configuration, topology, start-up and the CLI's commands.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod logging;
+pub mod topology;
+
+pub use app::{Engine, Role};
+pub use config::Settings;

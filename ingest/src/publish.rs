@@ -13,6 +13,8 @@ pub struct Published {
     pub stored: usize,
     /// Already in the stream (same `Nats-Msg-Id` within the duplicate window).
     pub duplicates: usize,
+    /// The highest stream sequence among the batch's events.
+    pub last_sequence: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,7 @@ pub async fn publish_all(
     let mut published = Published::default();
     for ack in join_all(pending.into_iter().map(|f| f.into_future())).await {
         let ack = ack.map_err(|e| PublishError::NotStored(e.to_string()))?;
+        published.last_sequence = published.last_sequence.max(ack.sequence);
         if ack.duplicate {
             published.duplicates += 1;
         } else {

@@ -127,5 +127,6 @@ async fn handle(
         "accepted": events.len(),
         "stored": published.stored,
         "duplicates": published.duplicates,
+        "last_sequence": published.last_sequence,
     })))
 }

@@ -1,0 +1,223 @@
+//! Start-up and the run loop: `build` connects, migrates and lays out the topology;
+//! `run_until_stopped` serves and consumes until asked to stop, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crmsync_adapters::Metrics;
+use crmsync_ingest::AppState;
+use crmsync_projectors::{Projector, ProjectorConfig};
+use crmsync_schema::{ObjectType, Provider};
+
+use crate::config::Settings;
+use crate::topology::Topology;
+use crate::db;
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API: webhooks, OAuth, control routes, health and metrics.
+    Api,
+    /// Consumers: projectors (health and metrics over HTTP too).
+    Worker,
+    /// Both, in one process.
+    All,
+}
+
+/// A started, not yet running, engine.
+#[derive(Debug)]
+pub struct Engine {
+    settings: Settings,
+    role: Role,
+    pub state: Arc<AppState>,
+    pub topology: Topology,
+    listener: TcpListener,
+    projectors: Vec<Projector>,
+}
+
+/// Connects to NATS, whose URL may list several servers.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("NATS_URL holds an invalid server address")?;
+    async_nats::ConnectOptions::new()
+        .name("crmsync")
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(servers)
+        .await
+        .context("cannot reach NATS at NATS_URL")
+}
+
+impl Engine {
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let pool = db::connect(&settings.database_url).await?;
+        db::migrate(&pool).await?;
+        let nats = connect_nats(&settings.nats_url).await?;
+        let js = jetstream::new(nats.clone());
+        let topology = Topology::new(
+            settings.nats_prefix.as_deref(),
+            settings.stream_replicas,
+            settings.dedupe_window,
+            settings.max_deliver,
+        )?;
+        for note in topology.ensure(&js).await.context("setting up JetStream streams")? {
+            tracing::info!("{note}");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let mut projectors = Vec::new();
+        if role != Role::Api {
+            projectors.push(
+                projector(&settings, &topology, &js, &pool, &metrics, Provider::HubSpot, ObjectType::contact())
+                    .await?,
+            );
+        }
+        let addr = SocketAddr::new(settings.bind, settings.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (PORT, CRM_BIND)"))?;
+        let state = Arc::new(AppState {
+            nats,
+            js,
+            pool,
+            subjects: topology.subjects.clone(),
+            metrics,
+            hubspot_secret: settings.hubspot_webhook_key(),
+            public_url: settings.public_url.clone(),
+            max_body_bytes: settings.webhook_max_bytes,
+            latest_migration: db::latest_migration(),
+        });
+        Ok(Self {
+            settings,
+            role,
+            state,
+            topology,
+            listener,
+            projectors,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Serves and consumes until `stop` is cancelled; then stops taking requests,
+    /// finishes in-flight batches (bounded by CRM_SHUTDOWN_TIMEOUT_SECS) and returns.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let router = match self.role {
+            Role::Worker => crmsync_ingest::worker_router(self.state.clone()),
+            _ => crmsync_ingest::router(self.state.clone()),
+        };
+        let router = router.layer(axum::extract::DefaultBodyLimit::max(
+            self.settings.webhook_max_bytes,
+        ));
+        tracing::info!(addr = %self.local_addr(), role = ?self.role, "crmsync serving");
+        let mut tasks = tokio::task::JoinSet::new();
+        let http_stop = stop.clone();
+        tasks.spawn(async move {
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+                .context("HTTP server failed")
+        });
+        for projector in self.projectors {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                projector
+                    .run(stop)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("projector failed: {e}"))
+            });
+        }
+        let mut result = Ok(());
+        tokio::select! {
+            () = stop.cancelled() => {}
+            Some(done) = tasks.join_next() => {
+                // A task ended on its own: that is a failure; stop the others.
+                result = done.context("task panicked").and_then(|r| r);
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!("a component stopped unexpectedly"));
+                }
+                stop.cancel();
+            }
+        }
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::error!(error = %format!("{e:#}"), "while stopping");
+                }
+            }
+        };
+        if tokio::time::timeout(self.settings.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timeout reached; unfinished work will be redelivered");
+        }
+        tracing::info!("crmsync stopped");
+        result
+    }
+}
+
+async fn projector(
+    settings: &Settings,
+    topology: &Topology,
+    js: &jetstream::Context,
+    pool: &PgPool,
+    metrics: &Arc<Metrics>,
+    provider: Provider,
+    object: ObjectType,
+) -> anyhow::Result<Projector> {
+    let config = topology.projector_consumer(provider, &object);
+    let name = config.durable_name.clone().unwrap_or_default();
+    let consumer = topology
+        .ensure_consumer(js, config)
+        .await
+        .with_context(|| format!("creating consumer {name}"))?;
+    let mut pc = ProjectorConfig::new(name, topology.events_stream());
+    pc.batch = settings.batch_size;
+    pc.max_deliver = settings.max_deliver;
+    pc.retry_base = settings.retry_base;
+    Ok(Projector::new(
+        pc,
+        consumer,
+        js.clone(),
+        pool.clone(),
+        topology.subjects.clone(),
+        metrics.clone(),
+    ))
+}
+
+/// Cancels the returned token on SIGTERM or Ctrl-C.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stop requested");
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,43 @@
+//! Postgres: connect (creating the database if absent) and migrate.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+
+use crmsync_adapters::Secret;
+use crmsync_projectors::MIGRATOR;
+
+/// Connects to `url`, creating the database first when it does not exist.
+pub async fn connect(url: &Secret<String>) -> anyhow::Result<PgPool> {
+    let url = url.expose();
+    let exists = Postgres::database_exists(url)
+        .await
+        .context("cannot reach Postgres at DATABASE_URL")?;
+    if !exists {
+        Postgres::create_database(url)
+            .await
+            .context("the database in DATABASE_URL does not exist and could not be created")?;
+        tracing::info!("created the database named in DATABASE_URL");
+    }
+    PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .context("cannot connect to the database in DATABASE_URL")
+}
+
+/// Applies pending migrations. Safe when several replicas start together: the
+/// migrator holds a Postgres advisory lock while it works.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("database migrations failed")?;
+    Ok(())
+}
+
+/// The newest migration this build carries.
+pub fn latest_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}

@@ -1,0 +1,341 @@
+//! Streams, the cursor store and consumers, created idempotently at start-up.
+//!
+//! - `CRM_EVENTS`: raw, app and result events; limits retention with no limits (the
+//!   history is the source of truth), file storage, a duplicate window of at least
+//!   15 minutes.
+//! - `CRM_OUTBOUND`: commands to providers; work-queue retention.
+//! - `CRM_DLQ`: dead letters written by crmsync, and the server's max-deliveries and
+//!   terminated advisories for the two streams above, so nothing is only in a log.
+//! - KV bucket `crm_cursors`: poll cursors, advanced by compare-and-set.
+//!
+//! A stream that exists with other settings is brought in line where JetStream allows
+//! it (subjects, duplicate window, replicas); what cannot change in place (retention,
+//! storage) is explained, and a wrong retention stops start-up because it would lose
+//! or keep the wrong events.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, pull, PullConsumer};
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, kv};
+
+use crmsync_schema::{ObjectType, Provider, Subjects};
+
+/// Why the topology could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("JetStream: {0}")]
+    Nats(String),
+    #[error("stream {stream} exists with {field} {have}, crmsync needs {want}; {field} cannot be changed in place: {how}")]
+    Immutable {
+        stream: String,
+        field: &'static str,
+        have: String,
+        want: String,
+        how: &'static str,
+    },
+}
+
+fn nats_err(e: impl std::fmt::Display) -> TopologyError {
+    TopologyError::Nats(e.to_string())
+}
+
+/// Names and settings of one installation's streams.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub subjects: Subjects,
+    name_prefix: String,
+    pub replicas: usize,
+    pub dedupe_window: Duration,
+    pub max_deliver: i64,
+}
+
+impl Topology {
+    pub fn new(
+        prefix: Option<&str>,
+        replicas: usize,
+        dedupe_window: Duration,
+        max_deliver: i64,
+    ) -> Result<Self, crmsync_schema::subject::SubjectError> {
+        let subjects = Subjects::new(prefix)?;
+        let name_prefix = match prefix {
+            Some(p) if !p.is_empty() => format!("{}_", p.replace('.', "_")),
+            _ => String::new(),
+        };
+        Ok(Self {
+            subjects,
+            name_prefix,
+            replicas,
+            dedupe_window,
+            max_deliver,
+        })
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}CRM_EVENTS", self.name_prefix)
+    }
+
+    pub fn outbound_stream(&self) -> String {
+        format!("{}CRM_OUTBOUND", self.name_prefix)
+    }
+
+    pub fn dlq_stream(&self) -> String {
+        format!("{}CRM_DLQ", self.name_prefix)
+    }
+
+    pub fn cursor_bucket(&self) -> String {
+        format!("{}crm_cursors", self.name_prefix)
+    }
+
+    pub fn events_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.events_stream(),
+            description: Some("crmsync: every CRM, app and result event; the source of truth".into()),
+            subjects: self.subjects.events_wildcards(),
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            duplicate_window: self.dedupe_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn outbound_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.outbound_stream(),
+            description: Some("crmsync: commands to providers, one per message".into()),
+            subjects: vec![self.subjects.outbound_wildcard()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            duplicate_window: self.dedupe_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn dlq_config(&self) -> stream::Config {
+        let mut subjects = vec![self.subjects.dlq_wildcard()];
+        for stream in [self.events_stream(), self.outbound_stream()] {
+            for advisory in ["MAX_DELIVERIES", "MSG_TERMINATED"] {
+                subjects.push(format!("$JS.EVENT.ADVISORY.CONSUMER.{advisory}.{stream}.*"));
+            }
+        }
+        stream::Config {
+            name: self.dlq_stream(),
+            description: Some("crmsync: dead letters and delivery advisories".into()),
+            subjects,
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            duplicate_window: self.dedupe_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Creates or updates the streams and the cursor bucket. Returns what it changed
+    /// or could not change, one line each, for the log.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<Vec<String>, TopologyError> {
+        let mut notes = Vec::new();
+        for want in [self.events_config(), self.outbound_config(), self.dlq_config()] {
+            notes.extend(ensure_stream(js, want).await?);
+        }
+        let bucket = self.cursor_bucket();
+        match js.get_key_value(&bucket).await {
+            Ok(_) => {}
+            Err(_) => {
+                js.create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: "crmsync: poll cursors per provider, workspace and object".into(),
+                    history: 5,
+                    storage: StorageType::File,
+                    num_replicas: self.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats_err)?;
+                notes.push(format!("created key-value bucket {bucket}"));
+            }
+        }
+        Ok(notes)
+    }
+
+    /// The durable consumer of one projection.
+    pub fn projector_consumer(&self, provider: Provider, object: &ObjectType) -> pull::Config {
+        let name = format!("proj-{provider}-{object}");
+        pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            description: Some(format!("crmsync projector of {provider} {object} events")),
+            filter_subject: self.subjects.raw_filter(provider, object),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: self.max_deliver,
+            backoff: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(120),
+                Duration::from_secs(300),
+            ]
+            .into_iter()
+            .take(usize::try_from(self.max_deliver).unwrap_or(1).max(1))
+            .collect(),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the consumer, or updates it to `config`.
+    pub async fn ensure_consumer(
+        &self,
+        js: &jetstream::Context,
+        config: pull::Config,
+    ) -> Result<PullConsumer, TopologyError> {
+        js.create_consumer_on_stream(config, self.events_stream())
+            .await
+            .map_err(nats_err)
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<Vec<String>, TopologyError> {
+    let name = want.name.clone();
+    let existing = match js.get_stream(&name).await {
+        Ok(mut s) => s.info().await.map_err(nats_err)?.config.clone(),
+        Err(e) => {
+            let not_found = matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            );
+            if !not_found {
+                return Err(nats_err(e));
+            }
+            js.create_stream(want).await.map_err(nats_err)?;
+            return Ok(vec![format!("created stream {name}")]);
+        }
+    };
+    let (config, notes) = reconcile(&existing, &want)?;
+    if config != existing {
+        js.update_stream(config).await.map_err(nats_err)?;
+    }
+    Ok(notes)
+}
+
+/// What an existing stream should become, and why; pure, so it is tested alone.
+pub fn reconcile(
+    existing: &stream::Config,
+    want: &stream::Config,
+) -> Result<(stream::Config, Vec<String>), TopologyError> {
+    let name = &want.name;
+    if existing.retention != want.retention {
+        return Err(TopologyError::Immutable {
+            stream: name.clone(),
+            field: "retention",
+            have: format!("{:?}", existing.retention),
+            want: format!("{:?}", want.retention),
+            how: "move its messages elsewhere (or back it up), delete the stream and start crmsync again",
+        });
+    }
+    let mut config = existing.clone();
+    let mut notes = Vec::new();
+    if existing.storage != want.storage {
+        notes.push(format!(
+            "stream {name} keeps {:?} storage; crmsync wants {:?}, which cannot be changed in place: back it up, delete it and restart to move it",
+            existing.storage, want.storage
+        ));
+    }
+    let missing: Vec<&String> = want
+        .subjects
+        .iter()
+        .filter(|s| !existing.subjects.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        notes.push(format!("stream {name}: added subjects {missing:?}"));
+        config.subjects.extend(missing.into_iter().cloned());
+    }
+    if existing.duplicate_window < want.duplicate_window {
+        notes.push(format!(
+            "stream {name}: duplicate window {:?} -> {:?}",
+            existing.duplicate_window, want.duplicate_window
+        ));
+        config.duplicate_window = want.duplicate_window;
+    }
+    if existing.num_replicas != want.num_replicas {
+        notes.push(format!(
+            "stream {name}: replicas {} -> {}",
+            existing.num_replicas, want.num_replicas
+        ));
+        config.num_replicas = want.num_replicas;
+    }
+    if want.retention == RetentionPolicy::Limits
+        && (existing.max_age != Duration::ZERO || existing.max_bytes > 0 || existing.max_messages > 0)
+    {
+        notes.push(format!(
+            "stream {name} has limits (max_age {:?}, max_bytes {}, max_msgs {}): older events are discarded and replay cannot rebuild them; left as configured",
+            existing.max_age, existing.max_bytes, existing.max_messages
+        ));
+    }
+    Ok((config, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        Topology::new(Some("t1"), 1, Duration::from_secs(3600), 10).unwrap()
+    }
+
+    #[test]
+    fn names_and_subjects_carry_the_prefix() {
+        let t = topology();
+        assert_eq!(t.events_stream(), "t1_CRM_EVENTS");
+        assert_eq!(t.cursor_bucket(), "t1_crm_cursors");
+        assert_eq!(
+            t.events_config().subjects,
+            ["t1.crm.raw.>", "t1.crm.app.>", "t1.crm.result.>"]
+        );
+        let plain = Topology::new(None, 1, Duration::from_secs(900), 10).unwrap();
+        assert_eq!(plain.outbound_stream(), "CRM_OUTBOUND");
+        assert!(plain
+            .dlq_config()
+            .subjects
+            .contains(&"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.CRM_EVENTS.*".to_owned()));
+    }
+
+    #[test]
+    fn reconcile_updates_what_can_change_and_explains_the_rest() {
+        let t = topology();
+        let want = t.events_config();
+        let existing = stream::Config {
+            subjects: vec!["t1.crm.raw.>".into()],
+            storage: StorageType::Memory,
+            duplicate_window: Duration::from_secs(120),
+            ..want.clone()
+        };
+        let (config, notes) = reconcile(&existing, &want).unwrap();
+        assert_eq!(config.subjects.len(), 3);
+        assert_eq!(config.duplicate_window, Duration::from_secs(3600));
+        assert_eq!(config.storage, StorageType::Memory);
+        assert!(notes.iter().any(|n| n.contains("cannot be changed in place")), "{notes:?}");
+        let (same, notes) = reconcile(&want, &want).unwrap();
+        assert_eq!(same, want);
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn a_wrong_retention_stops_start_up_with_the_way_out() {
+        let t = topology();
+        let want = t.events_config();
+        let existing = stream::Config {
+            retention: RetentionPolicy::WorkQueue,
+            ..want.clone()
+        };
+        let err = reconcile(&existing, &want).unwrap_err().to_string();
+        assert!(err.contains("retention"), "{err}");
+        assert!(err.contains("delete the stream"), "{err}");
+    }
+}
