@@ -181,8 +181,9 @@ async fn projector(
 ) -> anyhow::Result<Projector> {
     let config = topology.projector_consumer(provider, &object);
     let name = config.durable_name.clone().unwrap_or_default();
-    let consumer = topology
-        .ensure_consumer(js, config)
+    // Created here so that a bad configuration stops start-up with a clear error.
+    topology
+        .ensure_consumer(js, config.clone())
         .await
         .with_context(|| format!("creating consumer {name}"))?;
     let mut pc = ProjectorConfig::new(name, topology.events_stream());
@@ -191,7 +192,7 @@ async fn projector(
     pc.retry_base = settings.retry_base;
     Ok(Projector::new(
         pc,
-        consumer,
+        config,
         js.clone(),
         pool.clone(),
         topology.subjects.clone(),

@@ -152,7 +152,7 @@ impl Topology {
                     ..Default::default()
                 })
                 .await
-                .map_err(nats_err)?;
+                .map_err(|e| nats_err(format!("creating key-value bucket {bucket}: {e}")))?;
                 notes.push(format!("created key-value bucket {bucket}"));
             }
         }
@@ -203,7 +203,12 @@ async fn ensure_stream(
 ) -> Result<Vec<String>, TopologyError> {
     let name = want.name.clone();
     let existing = match js.get_stream(&name).await {
-        Ok(mut s) => s.info().await.map_err(nats_err)?.config.clone(),
+        Ok(mut s) => s
+            .info()
+            .await
+            .map_err(|e| nats_err(format!("reading stream {name}: {e}")))?
+            .config
+            .clone(),
         Err(e) => {
             let not_found = matches!(
                 e.kind(),
@@ -211,15 +216,19 @@ async fn ensure_stream(
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             );
             if !not_found {
-                return Err(nats_err(e));
+                return Err(nats_err(format!("looking up stream {name}: {e}")));
             }
-            js.create_stream(want).await.map_err(nats_err)?;
+            js.create_stream(want)
+                .await
+                .map_err(|e| nats_err(format!("creating stream {name}: {e}")))?;
             return Ok(vec![format!("created stream {name}")]);
         }
     };
     let (config, notes) = reconcile(&existing, &want)?;
     if config != existing {
-        js.update_stream(config).await.map_err(nats_err)?;
+        js.update_stream(config)
+            .await
+            .map_err(|e| nats_err(format!("updating stream {name}: {e}")))?;
     }
     Ok(notes)
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
@@ -54,7 +54,7 @@ impl ProjectorConfig {
 #[derive(Debug)]
 pub struct Projector {
     config: ProjectorConfig,
-    consumer: PullConsumer,
+    consumer_config: pull::Config,
     js: jetstream::Context,
     pool: PgPool,
     subjects: Subjects,
@@ -103,7 +103,7 @@ fn classify(e: sqlx::Error) -> BatchError {
 impl Projector {
     pub fn new(
         config: ProjectorConfig,
-        consumer: PullConsumer,
+        consumer_config: pull::Config,
         js: jetstream::Context,
         pool: PgPool,
         subjects: Subjects,
@@ -112,7 +112,7 @@ impl Projector {
         let label = Box::leak(config.consumer.clone().into_boxed_str());
         Self {
             config,
-            consumer,
+            consumer_config,
             js,
             pool,
             subjects,
@@ -122,24 +122,58 @@ impl Projector {
     }
 
     /// Consumes until `stop` is cancelled; the batch in hand is finished first, and
-    /// what was fetched but not committed is left for redelivery.
+    /// what was fetched but not committed is left for redelivery. When the consumer's
+    /// message feed ends (NATS restarted, consumer or stream deleted), it is opened
+    /// again, creating the consumer anew if needed, with growing delays.
     pub async fn run(self, stop: CancellationToken) -> Result<(), async_nats::Error> {
-        let messages = self
-            .consumer
+        tracing::info!(consumer = %self.config.consumer, "projector started");
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            match self.open().await {
+                Ok(messages) => {
+                    failures = 0;
+                    self.consume(messages, &stop).await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(consumer = %self.config.consumer, error = %e, failures, "cannot open the consumer; retrying");
+                }
+            }
+            let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!(consumer = %self.config.consumer, "projector stopped");
+        Ok(())
+    }
+
+    async fn open(&self) -> Result<pull::Stream, async_nats::Error> {
+        let consumer: PullConsumer = self
+            .js
+            .create_consumer_on_stream(self.consumer_config.clone(), &self.config.stream)
+            .await?;
+        Ok(consumer
             .stream()
             .max_messages_per_batch(self.config.batch)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
-            .await?;
+            .await?)
+    }
+
+    async fn consume(&self, messages: pull::Stream, stop: &CancellationToken) {
         let mut chunks = messages.ready_chunks(self.config.batch);
-        tracing::info!(consumer = %self.config.consumer, "projector started");
         loop {
             let chunk = tokio::select! {
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => return,
                 chunk = chunks.next() => chunk,
             };
-            let Some(chunk) = chunk else { break };
+            let Some(chunk) = chunk else {
+                tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
+                return;
+            };
             let mut batch = Vec::with_capacity(chunk.len());
             for item in chunk {
                 match item {
@@ -148,11 +182,9 @@ impl Projector {
                 }
             }
             if !batch.is_empty() {
-                self.process(batch, &stop).await;
+                self.process(batch, stop).await;
             }
         }
-        tracing::info!(consumer = %self.config.consumer, "projector stopped");
-        Ok(())
     }
 
     fn decode(&self, msg: Message) -> Decoded {

@@ -104,7 +104,14 @@ impl BinarySerializer<NatsMessage> for NatsMessage {
     }
 
     fn set_attribute(self, name: &str, value: MessageAttributeValue) -> Result<Self, MessageError> {
-        self.header(&format!("{PREFIX}{name}"), &value.to_string())
+        let text = match value {
+            // RFC 3339 in UTC with `Z`, the form most consumers expect.
+            MessageAttributeValue::DateTime(t) => {
+                t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            }
+            other => other.to_string(),
+        };
+        self.header(&format!("{PREFIX}{name}"), &text)
     }
 
     fn set_extension(self, name: &str, value: MessageAttributeValue) -> Result<Self, MessageError> {

@@ -251,10 +251,14 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<ReceivedEvent>, ParseError> {
     raws.into_iter()
         .enumerate()
         .map(|(index, raw)| {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
             let event: WebhookEvent =
-                serde_json::from_str(raw.get()).map_err(|e| ParseError::BadEvent {
+                serde_path_to_error::deserialize(&mut de).map_err(|e| ParseError::BadEvent {
                     index,
-                    reason: e.to_string(),
+                    reason: match e.path().to_string().as_str() {
+                        "." => e.inner().to_string(),
+                        path => format!("{path}: {}", e.inner()),
+                    },
                 })?;
             object_type(&event).map_err(|reason| ParseError::BadEvent { index, reason })?;
             Ok(ReceivedEvent { event, raw })

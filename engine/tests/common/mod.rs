@@ -1,0 +1,158 @@
+//! A whole engine per test: its own Postgres database and its own NATS prefix (so its
+//! own streams) on the real servers, listening on a free loopback port.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crmsync_engine::topology::Topology;
+use crmsync_engine::{Engine, Role, Settings};
+use crmsync_sandbox::hubspot::webhooks::{signed_headers, Signature};
+
+pub const SECRET: &str = "test-client-secret-0123456789";
+pub const PUBLIC_URL: &str = "https://crm.example.test";
+pub const WEBHOOK_PATH: &str = "/crm/webhooks/hubspot";
+
+pub struct TestEngine {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The environment of a test engine, with `overrides` on top.
+pub async fn test_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", crmsync_testkit::fresh_database().await),
+        ("NATS_URL", crmsync_testkit::nats_url()),
+        ("PORT", "0".into()),
+        ("CRM_BIND", "127.0.0.1".into()),
+        ("CRM_NATS_PREFIX", crmsync_testkit::unique_name()),
+        ("CRM_HUBSPOT_CLIENT_SECRET", SECRET.into()),
+        ("CRM_PUBLIC_URL", PUBLIC_URL.into()),
+        ("CRM_SHUTDOWN_TIMEOUT_SECS", "5".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in overrides {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    env
+}
+
+pub fn settings_from(env: &HashMap<String, String>) -> Settings {
+    Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid")
+}
+
+impl TestEngine {
+    pub async fn start(overrides: &[(&str, &str)]) -> Self {
+        Self::start_role(Role::All, overrides).await
+    }
+
+    pub async fn start_role(role: Role, overrides: &[(&str, &str)]) -> Self {
+        let settings = settings_from(&test_env(overrides).await);
+        let engine = Engine::build(settings.clone(), role).await.expect("engine builds");
+        let addr = engine.local_addr();
+        let pool = engine.pool().clone();
+        let topology = engine.topology.clone();
+        let js = engine.state.js.clone();
+        let stop = CancellationToken::new();
+        let handle = Some(tokio::spawn(engine.run_until_stopped(stop.clone())));
+        Self {
+            addr,
+            pool,
+            js,
+            topology,
+            settings,
+            http: reqwest::Client::new(),
+            stop,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts `body` to the HubSpot webhook, signed as HubSpot would for `PUBLIC_URL`.
+    pub async fn post_webhook(&self, signature: Signature, body: &[u8]) -> reqwest::Response {
+        let uri = format!("{PUBLIC_URL}{WEBHOOK_PATH}");
+        let headers = signed_headers(signature, SECRET, &uri, body, Utc::now().timestamp_millis());
+        self.post_with(WEBHOOK_PATH, &headers, body).await
+    }
+
+    pub async fn post_with(&self, path: &str, headers: &[(&str, String)], body: &[u8]) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.send().await.expect("the engine answers")
+    }
+
+    /// How many messages the events stream holds.
+    pub async fn events_in_stream(&self) -> u64 {
+        let mut stream = self.js.get_stream(self.topology.events_stream()).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    /// Waits until the contacts projector has committed up to `seq`.
+    pub async fn wait_projected(&self, seq: u64) {
+        let consumer = self
+            .topology
+            .projector_consumer(crmsync_schema::Provider::HubSpot, &crmsync_schema::ObjectType::contact())
+            .durable_name
+            .unwrap();
+        let pool = self.pool.clone();
+        let reached = crmsync_testkit::eventually(Duration::from_secs(20), || {
+            let pool = pool.clone();
+            let consumer = consumer.clone();
+            async move {
+                let got = crmsync_projectors::checkpoint::position(&pool, &consumer)
+                    .await
+                    .ok()
+                    .flatten();
+                got.filter(|(s, _)| *s as u64 >= seq).map(|_| ())
+            }
+        })
+        .await;
+        assert!(reached.is_some(), "projection did not reach sequence {seq}");
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("engine task").expect("engine stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Contact rows of a workspace as JSON, in key order, without bookkeeping columns.
+pub async fn contact_rows(pool: &PgPool, workspace: &str) -> Vec<Value> {
+    sqlx::query_scalar(
+        "SELECT to_jsonb(c) - 'projected_at' FROM contacts c
+         WHERE workspace_id = $1 ORDER BY provider, remote_id",
+    )
+    .bind(workspace)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
