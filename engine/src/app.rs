@@ -66,7 +66,7 @@ impl Engine {
             settings.nats_prefix.as_deref(),
             settings.stream_replicas,
             settings.dedupe_window,
-            settings.max_deliver,
+            settings.delivery_policy(),
         )?;
         for note in topology.ensure(&js).await.context("setting up JetStream streams")? {
             tracing::info!("{note}");
@@ -144,9 +144,9 @@ impl Engine {
         tokio::select! {
             () = stop.cancelled() => {}
             Some(done) = tasks.join_next() => {
-                // A task ended on its own: that is a failure; stop the others.
+                // A task that ends before a stop was asked for has failed: stop the rest.
                 result = done.context("task panicked").and_then(|r| r);
-                if result.is_ok() {
+                if result.is_ok() && !stop.is_cancelled() {
                     result = Err(anyhow::anyhow!("a component stopped unexpectedly"));
                 }
                 stop.cancel();
@@ -189,7 +189,6 @@ async fn projector(
     let mut pc = ProjectorConfig::new(name, topology.events_stream());
     pc.batch = settings.batch_size;
     pc.max_deliver = settings.max_deliver;
-    pc.retry_base = settings.retry_base;
     Ok(Projector::new(
         pc,
         config,

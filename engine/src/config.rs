@@ -51,8 +51,9 @@ pub const VARIABLES: &[Variable] = &[
     var("CRM_DEDUPE_WINDOW_SECS", "3600", "JetStream duplicate window in seconds (at least 900)"),
     var("CRM_WEBHOOK_MAX_BYTES", "1048576", "largest webhook body accepted (413 above)"),
     var("CRM_BATCH_SIZE", "500", "events a projector commits together, at most"),
-    var("CRM_MAX_DELIVER", "10", "deliveries of a failing event before it is dead-lettered"),
-    var("CRM_RETRY_BASE_MS", "1000", "first retry delay of a failing event, doubled each time"),
+    var("CRM_MAX_DELIVER", "10", "deliveries of a failing event before it is dead-lettered (2-1000)"),
+    var("CRM_RETRY_BASE_MS", "30000", "ack wait, and first retry delay of a failing event, doubled each time up to CRM_RETRY_MAX_MS"),
+    var("CRM_RETRY_MAX_MS", "300000", "longest retry delay of a failing event"),
     var("CRM_SHUTDOWN_TIMEOUT_SECS", "30", "how long a stopping process may finish in-flight work"),
     var("CRM_LOG_FORMAT", "text", "log format: text or json (levels with RUST_LOG)"),
 ];
@@ -101,6 +102,7 @@ pub struct Settings {
     pub batch_size: usize,
     pub max_deliver: i64,
     pub retry_base: Duration,
+    pub retry_max: Duration,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
 }
@@ -257,8 +259,9 @@ impl Settings {
             dedupe_window: Duration::from_secs(r.number("CRM_DEDUPE_WINDOW_SECS", 900, 7 * 86_400)?),
             webhook_max_bytes: r.number("CRM_WEBHOOK_MAX_BYTES", 1024, 64 << 20)?,
             batch_size: r.number("CRM_BATCH_SIZE", 1, 10_000)?,
-            max_deliver: r.number("CRM_MAX_DELIVER", 1, 1000)?,
-            retry_base: Duration::from_millis(r.number("CRM_RETRY_BASE_MS", 1, 600_000)?),
+            max_deliver: r.number("CRM_MAX_DELIVER", 2, 1000)?,
+            retry_base: Duration::from_millis(r.number("CRM_RETRY_BASE_MS", 10, 3_600_000)?),
+            retry_max: Duration::from_millis(r.number("CRM_RETRY_MAX_MS", 10, 86_400_000)?),
             shutdown_timeout: Duration::from_secs(r.number("CRM_SHUTDOWN_TIMEOUT_SECS", 1, 3600)?),
             log_format,
         })
@@ -269,6 +272,15 @@ impl Settings {
         self.hubspot_webhook_secret
             .clone()
             .or_else(|| self.hubspot_client_secret.clone())
+    }
+
+    /// How consumers retry and when they give up.
+    pub fn delivery_policy(&self) -> crate::topology::DeliveryPolicy {
+        crate::topology::DeliveryPolicy {
+            max_deliver: self.max_deliver,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+        }
     }
 
     /// The variables' help, for `--help`.

@@ -75,7 +75,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationTo
             settings.nats_prefix.as_deref(),
             1,
             settings.dedupe_window,
-            settings.max_deliver,
+            settings.delivery_policy(),
         )?
         .events_stream())
         .fetch_optional(&pool)

@@ -47,7 +47,26 @@ pub struct Topology {
     name_prefix: String,
     pub replicas: usize,
     pub dedupe_window: Duration,
+    pub policy: DeliveryPolicy,
+}
+
+/// How consumers retry: MaxDeliver and a BackOff doubling from `retry_base` (which is
+/// also the ack wait of a first delivery) up to `retry_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
     pub max_deliver: i64,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl DeliveryPolicy {
+    /// One delay per redelivery; JetStream wants fewer than MaxDeliver of them.
+    pub fn backoff(&self) -> Vec<Duration> {
+        let n = usize::try_from(self.max_deliver.saturating_sub(1)).unwrap_or(0).max(1);
+        (0..n)
+            .map(|i| (self.retry_base * 2u32.saturating_pow(i.min(20) as u32)).min(self.retry_max.max(self.retry_base)))
+            .collect()
+    }
 }
 
 impl Topology {
@@ -55,7 +74,7 @@ impl Topology {
         prefix: Option<&str>,
         replicas: usize,
         dedupe_window: Duration,
-        max_deliver: i64,
+        policy: DeliveryPolicy,
     ) -> Result<Self, crmsync_schema::subject::SubjectError> {
         let subjects = Subjects::new(prefix)?;
         let name_prefix = match prefix {
@@ -67,7 +86,7 @@ impl Topology {
             name_prefix,
             replicas,
             dedupe_window,
-            max_deliver,
+            policy,
         })
     }
 
@@ -169,17 +188,9 @@ impl Topology {
             filter_subject: self.subjects.raw_filter(provider, object),
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_deliver: self.max_deliver,
-            backoff: vec![
-                Duration::from_secs(30),
-                Duration::from_secs(60),
-                Duration::from_secs(120),
-                Duration::from_secs(300),
-            ]
-            .into_iter()
-            .take(usize::try_from(self.max_deliver).unwrap_or(1).max(1))
-            .collect(),
+            ack_wait: self.policy.retry_base,
+            max_deliver: self.policy.max_deliver.max(2),
+            backoff: self.policy.backoff(),
             max_ack_pending: 20_000,
             ..Default::default()
         }
@@ -294,8 +305,24 @@ pub fn reconcile(
 mod tests {
     use super::*;
 
+    const POLICY: DeliveryPolicy = DeliveryPolicy {
+        max_deliver: 5,
+        retry_base: Duration::from_secs(30),
+        retry_max: Duration::from_secs(100),
+    };
+
     fn topology() -> Topology {
-        Topology::new(Some("t1"), 1, Duration::from_secs(3600), 10).unwrap()
+        Topology::new(Some("t1"), 1, Duration::from_secs(3600), POLICY).unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_fewer_steps_than_max_deliver() {
+        let s = Duration::from_secs;
+        assert_eq!(POLICY.backoff(), [s(30), s(60), s(100), s(100)]);
+        let c = topology().projector_consumer(Provider::HubSpot, &ObjectType::contact());
+        assert_eq!(c.max_deliver, 5);
+        assert_eq!(c.ack_wait, s(30));
+        assert_eq!(c.filter_subject, "t1.crm.raw.hubspot.*.contact.*");
     }
 
     #[test]
@@ -307,7 +334,7 @@ mod tests {
             t.events_config().subjects,
             ["t1.crm.raw.>", "t1.crm.app.>", "t1.crm.result.>"]
         );
-        let plain = Topology::new(None, 1, Duration::from_secs(900), 10).unwrap();
+        let plain = Topology::new(None, 1, Duration::from_secs(900), POLICY).unwrap();
         assert_eq!(plain.outbound_stream(), "CRM_OUTBOUND");
         assert!(plain
             .dlq_config()

@@ -30,11 +30,9 @@ pub struct ProjectorConfig {
     /// Messages fetched and committed together, at most.
     pub batch: usize,
     /// The consumer's MaxDeliver: at this delivery a failing message is dead-lettered.
+    /// Earlier failures are left unacknowledged, so the consumer's BackOff schedule
+    /// spaces the retries.
     pub max_deliver: i64,
-    /// The first retry delay of a failing message; doubled at each delivery.
-    pub retry_base: Duration,
-    /// The longest retry delay.
-    pub retry_max: Duration,
 }
 
 impl ProjectorConfig {
@@ -44,8 +42,6 @@ impl ProjectorConfig {
             stream: stream.into(),
             batch: 500,
             max_deliver: 10,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(120),
         }
     }
 }
@@ -259,12 +255,14 @@ impl Projector {
         match self.commit(&good).await {
             Ok(()) => committed = good,
             Err(BatchError::Transient(e)) => {
-                tracing::warn!(consumer = %self.config.consumer, error = %e, "batch not committed; retrying later");
+                tracing::warn!(consumer = %self.config.consumer, error = %e, "batch not committed; retrying when Postgres is back");
                 self.count_error("transient", "project");
-                for d in &decoded {
-                    let _ = d.msg.ack_with(AckKind::Nak(Some(self.config.retry_base))).await;
-                }
                 self.wait_for_postgres(stop).await;
+                // An outage is not the events' fault: hand them back for an immediate
+                // redelivery instead of letting them run towards MaxDeliver.
+                for d in &decoded {
+                    let _ = d.msg.ack_with(AckKind::Nak(None)).await;
+                }
                 return;
             }
             Err(BatchError::Data(e)) => {
@@ -327,31 +325,28 @@ impl Projector {
             .inc();
     }
 
-    /// A message that could not be projected: retried later, or dead-lettered at its
-    /// last delivery.
+    /// A message that could not be projected: left unacknowledged so the consumer's
+    /// BackOff redelivers it later, or dead-lettered at its last delivery.
     async fn fail(&self, d: &Decoded, reason: &str) {
         self.count_error("poison", "project");
-        if d.delivered >= self.config.max_deliver {
-            let subject = self.subjects.dlq(&self.config.consumer);
-            match dlq::dead_letter(&self.js, subject, &d.msg, reason).await {
-                Ok(()) => {
-                    tracing::warn!(consumer = %self.config.consumer, seq = d.seq, reason, "dead-lettered");
-                    self.metrics
-                        .dead_lettered
-                        .get_or_create(&ConsumerLabels { consumer: self.label })
-                        .inc();
-                    let _ = d.msg.ack_with(AckKind::Term).await;
-                }
-                Err(e) => {
-                    tracing::error!(consumer = %self.config.consumer, seq = d.seq, error = %e, "could not dead-letter; the server's max-deliveries advisory is kept in the DLQ stream");
-                    let _ = d.msg.ack_with(AckKind::Nak(Some(self.config.retry_base))).await;
-                }
+        if d.delivered < self.config.max_deliver {
+            tracing::info!(consumer = %self.config.consumer, seq = d.seq, delivered = d.delivered, reason, "event not projected; it will be redelivered");
+            return;
+        }
+        let subject = self.subjects.dlq(&self.config.consumer);
+        match dlq::dead_letter(&self.js, subject, &d.msg, reason).await {
+            Ok(()) => {
+                tracing::warn!(consumer = %self.config.consumer, seq = d.seq, reason, "dead-lettered");
+                self.metrics
+                    .dead_lettered
+                    .get_or_create(&ConsumerLabels { consumer: self.label })
+                    .inc();
+                let _ = d.msg.ack_with(AckKind::Term).await;
             }
-        } else {
-            let exp = u32::try_from(d.delivered.saturating_sub(1)).unwrap_or(0).min(16);
-            let delay = (self.config.retry_base * 2u32.pow(exp)).min(self.config.retry_max);
-            tracing::info!(consumer = %self.config.consumer, seq = d.seq, delivered = d.delivered, reason, "event not projected; retrying");
-            let _ = d.msg.ack_with(AckKind::Nak(Some(delay))).await;
+            Err(e) => {
+                // The server's max-deliveries advisory still reaches the DLQ stream.
+                tracing::error!(consumer = %self.config.consumer, seq = d.seq, error = %e, "could not dead-letter");
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod fields;
 pub mod ids;
 pub mod subject;
 
+pub use cloudevents;
 pub use envelope::{Change, RawEvent};
 pub use fields::{FieldSet, Version};
 pub use ids::{ObjectType, Provider, RemoteId, WorkspaceId};

@@ -63,6 +63,10 @@ impl TestEngine {
     }
 
     pub async fn start_role(role: Role, overrides: &[(&str, &str)]) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let settings = settings_from(&test_env(overrides).await);
         let engine = Engine::build(settings.clone(), role).await.expect("engine builds");
         let addr = engine.local_addr();

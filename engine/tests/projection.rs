@@ -1,0 +1,218 @@
+//! The contacts projector against real JetStream and Postgres.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use common::TestEngine;
+use crmsync_adapters::hubspot::webhook::parse_batch;
+use crmsync_engine::Role;
+use crmsync_ingest::publish::publish_all;
+use crmsync_sandbox::hubspot::webhooks::{sample_contacts_batch, EventFactory, Signature};
+use crmsync_schema::binding;
+
+#[tokio::test]
+async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
+    let engine = TestEngine::start(&[]).await;
+    let body = serde_json::to_vec(&sample_contacts_batch(62515, Utc::now().timestamp_millis())).unwrap();
+    let answer: Value = engine.post_webhook(Signature::V3, &body).await.json().await.unwrap();
+    let last = answer["last_sequence"].as_u64().unwrap();
+    engine.wait_projected(last).await;
+
+    let rows = common::contact_rows(&engine.pool, "62515").await;
+    assert_eq!(rows.len(), 3);
+    let ada = &rows[0];
+    assert_eq!(ada["remote_id"], "501");
+    assert_eq!(ada["email"], "ada@example.com");
+    assert_eq!(ada["first_name"], "Ada");
+    assert_eq!(ada["last_name"], "Lovelace");
+    assert_eq!(ada["deleted"], false);
+    assert_eq!(ada["fields"]["first_name"], "Ada");
+    assert!(ada["field_versions"]["first_name"].as_str().unwrap().contains(":hs-"));
+    assert_eq!(rows[1]["job_title"], "Mathematician");
+    assert_eq!(rows[2]["deleted"], true, "a deletion is a tombstone, not a removal");
+
+    let (seq, applied): (i64, i64) = sqlx::query_as(
+        "SELECT stream_seq, events_applied FROM projection_checkpoints WHERE consumer = 'proj-hubspot-contact'",
+    )
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(seq as u64, last);
+    assert_eq!(applied, 17);
+
+    let metrics = engine.http.get(engine.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"crm_entities_synced_total{provider="all",entity_type="contact",direction="inbound"} 17"#), "{metrics}");
+    assert!(metrics.contains("crm_projection_freshness_seconds_count"), "{metrics}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn merges_point_losers_at_the_survivor_and_restores_revive() {
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(9);
+    let t = 1_700_000_000_000;
+    let events = vec![
+        f.creation("contact", 1, t),
+        f.creation("contact", 2, t),
+        f.merge("contact", 1, &[2], 3, t + 10),
+        f.deletion("contact", 1, t + 20),
+        f.restore("contact", 1, t + 30),
+    ];
+    let answer: Value = engine
+        .post_webhook(Signature::V1, &serde_json::to_vec(&events).unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    engine.wait_projected(answer["last_sequence"].as_u64().unwrap()).await;
+    let rows = common::contact_rows(&engine.pool, "9").await;
+    let by_id = |id: &str| rows.iter().find(|r| r["remote_id"] == id).unwrap().clone();
+    assert_eq!(by_id("1")["merged_into"], "3");
+    assert_eq!(by_id("2")["merged_into"], "3");
+    assert_eq!(by_id("3")["deleted"], false);
+    assert_eq!(by_id("1")["deleted"], false, "restored after its deletion");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() {
+    let engine = TestEngine::start(&[("CRM_MAX_DELIVER", "3"), ("CRM_RETRY_BASE_MS", "100")]).await;
+    // A valid CloudEvent on a contact subject whose data no mapping can read.
+    let mut f = EventFactory::new(5);
+    let good = f.property_change("contact", 1, 1_700_000_000_000, "email", "ok@x.y");
+    let body = serde_json::to_vec(&vec![good]).unwrap();
+    let received = parse_batch(&body).unwrap();
+    let mut poison = received[0].to_raw_event(0).unwrap();
+    poison.id = crmsync_schema::RemoteId::parse("66").unwrap();
+    poison.event_id = "poison-1".into();
+    poison.version = "poison-1".into();
+    poison.data = br#"{"not":"a hubspot event"}"#.to_vec();
+    let subjects = engine.topology.subjects.clone();
+    publish_all(&engine.js, &subjects, &[poison]).await.unwrap();
+    let answer: Value = engine.post_webhook(Signature::V3, &body).await.json().await.unwrap();
+    engine.wait_projected(answer["last_sequence"].as_u64().unwrap()).await;
+    assert_eq!(common::contact_rows(&engine.pool, "5").await[0]["email"], "ok@x.y");
+
+    let mut dlq = engine.js.get_stream(engine.topology.dlq_stream()).await.unwrap();
+    let found = crmsync_testkit::eventually(Duration::from_secs(20), || {
+        let dlq = dlq.clone();
+        let subject = subjects.dlq("proj-hubspot-contact");
+        async move { dlq.get_last_raw_message_by_subject(&subject).await.ok() }
+    })
+    .await
+    .expect("the poison event reaches the DLQ");
+    let h = |n: &str| found.headers.get(n).map(|v| v.as_str().to_owned()).unwrap_or_default();
+    assert_eq!(h("Crm-Dlq-Deliveries"), "3");
+    assert_eq!(h("Crm-Dlq-Subject"), subjects.raw(
+        crmsync_schema::Provider::HubSpot,
+        &crmsync_schema::WorkspaceId::parse("5").unwrap(),
+        &crmsync_schema::ObjectType::contact(),
+        &crmsync_schema::RemoteId::parse("66").unwrap(),
+    ));
+    assert!(h("Crm-Dlq-Reason").contains("not a valid hubspot event"), "{}", h("Crm-Dlq-Reason"));
+    assert_eq!(found.payload.as_ref(), br#"{"not":"a hubspot event"}"#);
+    let event = binding::from_message(Some(&found.headers), &found.payload).unwrap();
+    assert_eq!(crmsync_schema::cloudevents::AttributesReader::id(&event), "poison-1");
+    assert!(dlq.info().await.unwrap().state.messages >= 1);
+    let metrics = engine.http.get(engine.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"crm_dead_lettered_total{consumer="proj-hubspot-contact"} 1"#), "{metrics}");
+    engine.stop().await;
+}
+
+/// A small world of contact changes: few ids, fields and times, so that changes
+/// collide on rows and fields.
+fn change() -> impl Strategy<Value = (u8, u8, u8, u8)> {
+    (0u8..3, 0u8..6, 0u8..4, 0u8..3)
+}
+
+fn events_of(changes: &[(u8, u8, u8, u8)]) -> Vec<Value> {
+    let mut f = EventFactory::new(77);
+    let t = 1_700_000_000_000i64;
+    changes
+        .iter()
+        .map(|&(id, kind, time, value)| {
+            let id = 100 + u64::from(id);
+            let at = t + i64::from(time) * 1000;
+            match kind {
+                0 => f.creation("contact", id, at),
+                1 => f.deletion("contact", id, at),
+                2 => f.restore("contact", id, at),
+                3 => f.property_change("contact", id, at, "email", &format!("v{value}@x")),
+                4 => f.property_change("contact", id, at, "firstname", &format!("n{value}")),
+                _ => f.property_change("contact", id, at, "firstname", ""),
+            }
+        })
+        .collect()
+}
+
+/// Posts `events` in `order` in batches of `chunk`, then the events at `replays`
+/// again as copies with other ids (as a replay past the duplicate window would), and
+/// returns the projected rows.
+async fn project(events: &[Value], order: &[usize], chunk: usize, replays: &[usize]) -> Vec<Value> {
+    let engine = TestEngine::start_role(Role::All, &[("CRM_BATCH_SIZE", "7")]).await;
+    let mut last = 0;
+    let ordered: Vec<&Value> = order.iter().map(|&i| &events[i]).collect();
+    for batch in ordered.chunks(chunk.max(1)) {
+        let answer: Value = engine
+            .post_webhook(Signature::V3, &serde_json::to_vec(&batch).unwrap())
+            .await
+            .json()
+            .await
+            .unwrap();
+        last = last.max(answer["last_sequence"].as_u64().unwrap());
+    }
+    let copies: Vec<_> = replays
+        .iter()
+        .map(|&i| {
+            let body = serde_json::to_vec(&json!([events[i]])).unwrap();
+            let mut raw = parse_batch(&body).unwrap()[0].to_raw_event(0).unwrap();
+            raw.version = format!("replay-{i}-{}", raw.version);
+            raw
+        })
+        .collect();
+    if !copies.is_empty() {
+        let published = publish_all(&engine.js, &engine.topology.subjects, &copies).await.unwrap();
+        last = last.max(published.last_sequence);
+    }
+    engine.wait_projected(last).await;
+    let rows = common::contact_rows(&engine.pool, "77").await;
+    engine.stop().await;
+    rows
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_permutation_with_duplicates_and_redeliveries_yields_identical_rows(
+        changes in prop::collection::vec(change(), 1..25),
+        seed in any::<u64>(),
+        chunk in 1usize..10,
+        replay_picks in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let events = events_of(&changes);
+        let n = events.len();
+        let mut shuffled: Vec<usize> = (0..n).collect();
+        let mut x = seed;
+        for i in (1..n).rev() {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (x >> 33) as usize % (i + 1));
+        }
+        // Duplicates inside the posted stream too: the first events again at the end.
+        shuffled.extend(0..n.min(3));
+        let replays: Vec<usize> = replay_picks.iter().map(|p| p.index(n)).collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (straight, permuted) = runtime.block_on(async {
+            let straight = project(&events, &(0..n).collect::<Vec<_>>(), 100, &[]).await;
+            let permuted = project(&events, &shuffled, chunk, &replays).await;
+            (straight, permuted)
+        });
+        prop_assert!(!straight.is_empty());
+        prop_assert_eq!(straight, permuted);
+    }
+}
