@@ -41,7 +41,10 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let s = Secret::new("hunter2".to_owned());
-        assert_eq!(format!("{s} {s:?} {:?}", Some(&s)), "[redacted] [redacted] Some([redacted])");
+        assert_eq!(
+            format!("{s} {s:?} {:?}", Some(&s)),
+            "[redacted] [redacted] Some([redacted])"
+        );
         assert_eq!(s.expose(), "hunter2");
     }
 }

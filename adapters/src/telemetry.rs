@@ -68,11 +68,13 @@ pub fn status_label(status: u16) -> &'static str {
         502 => "502",
         503 => "503",
         504 => "504",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        _ => match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        },
     }
 }
 
@@ -108,11 +110,14 @@ impl Metrics {
             requests.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("crm_errors", "Errors by provider, type and operation", errors.clone());
-        let sync_duration =
-            Family::<EntityLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-            });
+        registry.register(
+            "crm_errors",
+            "Errors by provider, type and operation",
+            errors.clone(),
+        );
+        let sync_duration = Family::<EntityLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
         registry.register(
             "crm_sync_duration_seconds",
             "Time to project one batch of events",
@@ -142,10 +147,9 @@ impl Metrics {
             "Events moved to the dead-letter stream after their last delivery",
             dead_lettered.clone(),
         );
-        let projection_freshness =
-            Family::<EntityLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 20))
-            });
+        let projection_freshness = Family::<EntityLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 20))
+        });
         registry.register(
             "crm_projection_freshness_seconds",
             "Seconds from a change at the provider to its projection in Postgres",
@@ -208,7 +212,10 @@ mod tests {
         assert!(text.contains(
             r#"crm_entities_synced_total{provider="hubspot",entity_type="contact",direction="inbound"} 3"#
         ), "{text}");
-        assert!(text.contains("# TYPE crm_sync_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE crm_sync_duration_seconds histogram"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

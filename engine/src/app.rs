@@ -16,8 +16,8 @@ use crmsync_projectors::{Projector, ProjectorConfig};
 use crmsync_schema::{ObjectType, Provider};
 
 use crate::config::Settings;
-use crate::topology::Topology;
 use crate::db;
+use crate::topology::Topology;
 
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,15 +68,27 @@ impl Engine {
             settings.dedupe_window,
             settings.delivery_policy(),
         )?;
-        for note in topology.ensure(&js).await.context("setting up JetStream streams")? {
+        for note in topology
+            .ensure(&js)
+            .await
+            .context("setting up JetStream streams")?
+        {
             tracing::info!("{note}");
         }
         let metrics = Arc::new(Metrics::new());
         let mut projectors = Vec::new();
         if role != Role::Api {
             projectors.push(
-                projector(&settings, &topology, &js, &pool, &metrics, Provider::HubSpot, ObjectType::contact())
-                    .await?,
+                projector(
+                    &settings,
+                    &topology,
+                    &js,
+                    &pool,
+                    &metrics,
+                    Provider::HubSpot,
+                    ObjectType::contact(),
+                )
+                .await?,
             );
         }
         let addr = SocketAddr::new(settings.bind, settings.port);
@@ -105,7 +117,9 @@ impl Engine {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -207,8 +221,9 @@ pub fn shutdown_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

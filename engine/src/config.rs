@@ -126,7 +126,8 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 
     fn or_default(&self, name: &'static str) -> String {
-        self.get(name).unwrap_or_else(|| default_of(name).to_owned())
+        self.get(name)
+            .unwrap_or_else(|| default_of(name).to_owned())
     }
 
     fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
@@ -156,11 +157,23 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
-fn check_url(name: &'static str, raw: &str, schemes: &[&str], secret: bool) -> Result<(), ConfigError> {
-    let shown = if secret { "(value hidden)".to_owned() } else { format!("{raw:?}") };
+fn check_url(
+    name: &'static str,
+    raw: &str,
+    schemes: &[&str],
+    secret: bool,
+) -> Result<(), ConfigError> {
+    let shown = if secret {
+        "(value hidden)".to_owned()
+    } else {
+        format!("{raw:?}")
+    };
     let problem = |why: &str| ConfigError {
         name,
-        problem: format!("must be a {} URL ({why}), got {shown}", schemes.join(" or ")),
+        problem: format!(
+            "must be a {} URL ({why}), got {shown}",
+            schemes.join(" or ")
+        ),
     };
     let url = url::Url::parse(raw).map_err(|e| problem(&e.to_string()))?;
     if !schemes.contains(&url.scheme()) {
@@ -182,12 +195,26 @@ impl Settings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let r = Reader { lookup };
         let database_url = r.or_default("DATABASE_URL");
-        check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"], true)?;
+        check_url(
+            "DATABASE_URL",
+            &database_url,
+            &["postgres", "postgresql"],
+            true,
+        )?;
         let nats_url = r.or_default("NATS_URL");
         for server in nats_url.split(',') {
             let server = server.trim();
-            let with_scheme = if server.contains("://") { server.to_owned() } else { format!("nats://{server}") };
-            check_url("NATS_URL", &with_scheme, &["nats", "tls", "ws", "wss"], true)?;
+            let with_scheme = if server.contains("://") {
+                server.to_owned()
+            } else {
+                format!("nats://{server}")
+            };
+            check_url(
+                "NATS_URL",
+                &with_scheme,
+                &["nats", "tls", "ws", "wss"],
+                true,
+            )?;
         }
         let public_url = match r.get("CRM_PUBLIC_URL") {
             Some(u) => {
@@ -199,7 +226,9 @@ impl Settings {
         let bind_raw = r.or_default("CRM_BIND");
         let bind = bind_raw.trim().parse().map_err(|_| ConfigError {
             name: "CRM_BIND",
-            problem: format!("must be an IP address such as 0.0.0.0 or 127.0.0.1, got {bind_raw:?}"),
+            problem: format!(
+                "must be an IP address such as 0.0.0.0 or 127.0.0.1, got {bind_raw:?}"
+            ),
         })?;
         let encryption_key = r.secret("ENCRYPTION_KEY");
         if let Some(key) = &encryption_key {
@@ -220,7 +249,9 @@ impl Settings {
         if let Some(p) = &prefix {
             Subjects::new(Some(p)).map_err(|_| ConfigError {
                 name: "CRM_NATS_PREFIX",
-                problem: format!("must be dot-separated tokens of letters, digits, '-' and '_', got {p:?}"),
+                problem: format!(
+                    "must be dot-separated tokens of letters, digits, '-' and '_', got {p:?}"
+                ),
             })?;
         }
         let log_format = match r.or_default("CRM_LOG_FORMAT").trim() {
@@ -256,13 +287,21 @@ impl Settings {
             sync_rps,
             nats_prefix: prefix,
             stream_replicas: r.number("CRM_STREAM_REPLICAS", 1, 5)?,
-            dedupe_window: Duration::from_secs(r.number("CRM_DEDUPE_WINDOW_SECS", 900, 7 * 86_400)?),
+            dedupe_window: Duration::from_secs(r.number(
+                "CRM_DEDUPE_WINDOW_SECS",
+                900,
+                7 * 86_400,
+            )?),
             webhook_max_bytes: r.number("CRM_WEBHOOK_MAX_BYTES", 1024, 64 << 20)?,
             batch_size: r.number("CRM_BATCH_SIZE", 1, 10_000)?,
             max_deliver: r.number("CRM_MAX_DELIVER", 2, 1000)?,
             retry_base: Duration::from_millis(r.number("CRM_RETRY_BASE_MS", 10, 3_600_000)?),
             retry_max: Duration::from_millis(r.number("CRM_RETRY_MAX_MS", 10, 86_400_000)?),
-            shutdown_timeout: Duration::from_secs(r.number("CRM_SHUTDOWN_TIMEOUT_SECS", 1, 3600)?),
+            shutdown_timeout: Duration::from_secs(r.number(
+                "CRM_SHUTDOWN_TIMEOUT_SECS",
+                1,
+                3600,
+            )?),
             log_format,
         })
     }
@@ -287,7 +326,10 @@ impl Settings {
     pub fn help_text() -> String {
         let mut out = String::from("Environment variables (read once at start-up):\n");
         for v in VARIABLES {
-            out.push_str(&format!("  {:<28} {} [default: {}]\n", v.name, v.help, v.default));
+            out.push_str(&format!(
+                "  {:<28} {} [default: {}]\n",
+                v.name, v.help, v.default
+            ));
         }
         out
     }
@@ -299,15 +341,20 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn defaults_run_locally() {
         let s = settings(&[]).unwrap();
-        assert_eq!(s.database_url.expose(), "postgres://postgres@127.0.0.1:5432/crmsync");
+        assert_eq!(
+            s.database_url.expose(),
+            "postgres://postgres@127.0.0.1:5432/crmsync"
+        );
         assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(s.port, 8080);
         assert_eq!(s.sync_page, 200);
@@ -325,8 +372,16 @@ mod tests {
             ("CRM_SYNC_PAGE", "0", "must be a number from 1 to 1000"),
             ("CRM_SYNC_RPS", "-1", "must be a number"),
             ("NATS_URL", "http://x", "must be a nats"),
-            ("DATABASE_URL", "mysql://u:hunter2@x/db", "must be a postgres"),
-            ("CRM_PUBLIC_URL", "crm.example.com", "must be a http or https URL"),
+            (
+                "DATABASE_URL",
+                "mysql://u:hunter2@x/db",
+                "must be a postgres",
+            ),
+            (
+                "CRM_PUBLIC_URL",
+                "crm.example.com",
+                "must be a http or https URL",
+            ),
             ("CRM_BIND", "everywhere", "must be an IP address"),
             ("CRM_LOG_FORMAT", "xml", "must be text or json"),
             ("CRM_NATS_PREFIX", "a.*", "must be dot-separated"),
@@ -338,7 +393,10 @@ mod tests {
             assert_eq!(err.name, name);
             let line = err.to_string();
             assert!(line.contains(expected), "{line}");
-            assert!(line.starts_with(&format!("configuration: {name} ")), "{line}");
+            assert!(
+                line.starts_with(&format!("configuration: {name} ")),
+                "{line}"
+            );
             assert!(!line.contains('\n'));
             assert!(!line.contains("hunter2"), "a secret was printed: {line}");
         }

@@ -33,7 +33,10 @@ pub async fn connect(url: &Secret<String>) -> anyhow::Result<PgPool> {
 /// Applies pending migrations. Safe when several replicas start together: the
 /// migrator holds a Postgres advisory lock while it works.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("database migrations failed")?;
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("database migrations failed")?;
     Ok(())
 }
 

@@ -27,7 +27,11 @@ pub struct DemoOptions {
 }
 
 #[allow(clippy::print_stdout)]
-pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    mut settings: Settings,
+    opts: DemoOptions,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     if settings.hubspot_webhook_key().is_none() {
         println!("No CRM_HUBSPOT_CLIENT_SECRET set: the demo signs with a built-in demo secret.");
         settings.hubspot_client_secret = Some(Secret::new(DEMO_SECRET.to_owned()));
@@ -42,7 +46,10 @@ pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationTo
     let pool = engine.pool().clone();
     let consumer = engine
         .topology
-        .projector_consumer(crmsync_schema::Provider::HubSpot, &crmsync_schema::ObjectType::contact())
+        .projector_consumer(
+            crmsync_schema::Provider::HubSpot,
+            &crmsync_schema::ObjectType::contact(),
+        )
         .durable_name
         .unwrap_or_default();
     let local = format!("http://127.0.0.1:{}", addr.port());
@@ -53,14 +60,25 @@ pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationTo
     let signed_uri = format!("{}{path}", settings.public_url.as_deref().unwrap_or(&local));
     let batch = sample_contacts_batch(DEMO_PORTAL, Utc::now().timestamp_millis());
     let body = serde_json::to_vec(&batch)?;
-    let mut request = reqwest::Client::new().post(format!("{local}{path}")).body(body.clone());
-    for (name, value) in signed_headers(Signature::V3, &secret, &signed_uri, &body, Utc::now().timestamp_millis()) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{local}{path}"))
+        .body(body.clone());
+    for (name, value) in signed_headers(
+        Signature::V3,
+        &secret,
+        &signed_uri,
+        &body,
+        Utc::now().timestamp_millis(),
+    ) {
         request = request.header(name, value);
     }
     let response = request.send().await.context("posting the sample webhook")?;
     let status = response.status();
     let answer: serde_json::Value = response.json().await.unwrap_or_default();
-    println!("POST {path}: {} events signed v3 -> {status} {answer}", batch.len());
+    println!(
+        "POST {path}: {} events signed v3 -> {status} {answer}",
+        batch.len()
+    );
     if !status.is_success() {
         bail!("the engine refused the sample webhook");
     }
@@ -71,13 +89,15 @@ pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationTo
             "SELECT stream_seq FROM projection_checkpoints WHERE consumer = $1 AND stream = $2",
         )
         .bind(&consumer)
-        .bind(crate::topology::Topology::new(
-            settings.nats_prefix.as_deref(),
-            1,
-            settings.dedupe_window,
-            settings.delivery_policy(),
-        )?
-        .events_stream())
+        .bind(
+            crate::topology::Topology::new(
+                settings.nats_prefix.as_deref(),
+                1,
+                settings.dedupe_window,
+                settings.delivery_policy(),
+            )?
+            .events_stream(),
+        )
         .fetch_optional(&pool)
         .await?;
         if seq.is_some_and(|s| s >= last) {
@@ -92,7 +112,9 @@ pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationTo
     if opts.exit {
         engine_stop.cancel();
     } else {
-        println!("\ncrmsync is serving on {local} (metrics: {local}/metrics). Press Ctrl-C to stop.");
+        println!(
+            "\ncrmsync is serving on {local} (metrics: {local}/metrics). Press Ctrl-C to stop."
+        );
     }
     running.await.context("engine task")??;
     Ok(())
@@ -100,7 +122,15 @@ pub async fn run(mut settings: Settings, opts: DemoOptions, stop: CancellationTo
 
 #[allow(clippy::print_stdout)]
 async fn print_contacts(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    type Row = (String, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, bool);
+    type Row = (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT remote_id, email, first_name, last_name, phone, job_title, deleted
          FROM contacts WHERE workspace_id = $1 AND provider = 'hubspot' ORDER BY remote_id",
@@ -110,8 +140,8 @@ async fn print_contacts(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     .await?;
     println!("\nProjected contacts (workspace {DEMO_PORTAL}, provider hubspot):");
     println!(
-        "{:<10} {:<20} {:<10} {:<10} {:<18} {:<14} {}",
-        "remote_id", "email", "first_name", "last_name", "phone", "job_title", "deleted"
+        "{:<10} {:<20} {:<10} {:<10} {:<18} {:<14} deleted",
+        "remote_id", "email", "first_name", "last_name", "phone", "job_title"
     );
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     for (id, email, first, last, phone, job, deleted) in &rows {

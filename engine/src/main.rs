@@ -10,7 +10,8 @@ use crmsync_engine::config::{ConfigError, Settings};
 use crmsync_engine::demo::{self, DemoOptions};
 use crmsync_engine::{db, logging};
 
-const ABOUT: &str = "crmsync: an event-sourced CRM sync engine. CRM changes (webhooks, polling) are \
+const ABOUT: &str =
+    "crmsync: an event-sourced CRM sync engine. CRM changes (webhooks, polling) are \
 kept as CloudEvents in NATS JetStream, the source of truth, and projected into Postgres.";
 
 #[derive(Debug, Parser)]

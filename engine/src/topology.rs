@@ -62,9 +62,14 @@ pub struct DeliveryPolicy {
 impl DeliveryPolicy {
     /// One delay per redelivery; JetStream wants fewer than MaxDeliver of them.
     pub fn backoff(&self) -> Vec<Duration> {
-        let n = usize::try_from(self.max_deliver.saturating_sub(1)).unwrap_or(0).max(1);
+        let n = usize::try_from(self.max_deliver.saturating_sub(1))
+            .unwrap_or(0)
+            .max(1);
         (0..n)
-            .map(|i| (self.retry_base * 2u32.saturating_pow(i.min(20) as u32)).min(self.retry_max.max(self.retry_base)))
+            .map(|i| {
+                (self.retry_base * 2u32.saturating_pow(i.min(20) as u32))
+                    .min(self.retry_max.max(self.retry_base))
+            })
             .collect()
     }
 }
@@ -109,7 +114,9 @@ impl Topology {
     pub fn events_config(&self) -> stream::Config {
         stream::Config {
             name: self.events_stream(),
-            description: Some("crmsync: every CRM, app and result event; the source of truth".into()),
+            description: Some(
+                "crmsync: every CRM, app and result event; the source of truth".into(),
+            ),
             subjects: self.subjects.events_wildcards(),
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
@@ -155,7 +162,11 @@ impl Topology {
     /// or could not change, one line each, for the log.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<Vec<String>, TopologyError> {
         let mut notes = Vec::new();
-        for want in [self.events_config(), self.outbound_config(), self.dlq_config()] {
+        for want in [
+            self.events_config(),
+            self.outbound_config(),
+            self.dlq_config(),
+        ] {
             notes.extend(ensure_stream(js, want).await?);
         }
         let bucket = self.cursor_bucket();
@@ -291,7 +302,9 @@ pub fn reconcile(
         config.num_replicas = want.num_replicas;
     }
     if want.retention == RetentionPolicy::Limits
-        && (existing.max_age != Duration::ZERO || existing.max_bytes > 0 || existing.max_messages > 0)
+        && (existing.max_age != Duration::ZERO
+            || existing.max_bytes > 0
+            || existing.max_messages > 0)
     {
         notes.push(format!(
             "stream {name} has limits (max_age {:?}, max_bytes {}, max_msgs {}): older events are discarded and replay cannot rebuild them; left as configured",
@@ -356,7 +369,12 @@ mod tests {
         assert_eq!(config.subjects.len(), 3);
         assert_eq!(config.duplicate_window, Duration::from_secs(3600));
         assert_eq!(config.storage, StorageType::Memory);
-        assert!(notes.iter().any(|n| n.contains("cannot be changed in place")), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("cannot be changed in place")),
+            "{notes:?}"
+        );
         let (same, notes) = reconcile(&want, &want).unwrap();
         assert_eq!(same, want);
         assert!(notes.is_empty());

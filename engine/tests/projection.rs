@@ -18,8 +18,14 @@ use crmsync_schema::binding;
 #[tokio::test]
 async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
     let engine = TestEngine::start(&[]).await;
-    let body = serde_json::to_vec(&sample_contacts_batch(62515, Utc::now().timestamp_millis())).unwrap();
-    let answer: Value = engine.post_webhook(Signature::V3, &body).await.json().await.unwrap();
+    let body =
+        serde_json::to_vec(&sample_contacts_batch(62515, Utc::now().timestamp_millis())).unwrap();
+    let answer: Value = engine
+        .post_webhook(Signature::V3, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
     let last = answer["last_sequence"].as_u64().unwrap();
     engine.wait_projected(last).await;
 
@@ -32,9 +38,15 @@ async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
     assert_eq!(ada["last_name"], "Lovelace");
     assert_eq!(ada["deleted"], false);
     assert_eq!(ada["fields"]["first_name"], "Ada");
-    assert!(ada["field_versions"]["first_name"].as_str().unwrap().contains(":hs-"));
+    assert!(ada["field_versions"]["first_name"]
+        .as_str()
+        .unwrap()
+        .contains(":hs-"));
     assert_eq!(rows[1]["job_title"], "Mathematician");
-    assert_eq!(rows[2]["deleted"], true, "a deletion is a tombstone, not a removal");
+    assert_eq!(
+        rows[2]["deleted"], true,
+        "a deletion is a tombstone, not a removal"
+    );
 
     let (seq, applied): (i64, i64) = sqlx::query_as(
         "SELECT stream_seq, events_applied FROM projection_checkpoints WHERE consumer = 'proj-hubspot-contact'",
@@ -45,9 +57,20 @@ async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
     assert_eq!(seq as u64, last);
     assert_eq!(applied, 17);
 
-    let metrics = engine.http.get(engine.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = engine
+        .http
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains(r#"crm_entities_synced_total{provider="all",entity_type="contact",direction="inbound"} 17"#), "{metrics}");
-    assert!(metrics.contains("crm_projection_freshness_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("crm_projection_freshness_seconds_count"),
+        "{metrics}"
+    );
     engine.stop().await;
 }
 
@@ -69,7 +92,9 @@ async fn merges_point_losers_at_the_survivor_and_restores_revive() {
         .json()
         .await
         .unwrap();
-    engine.wait_projected(answer["last_sequence"].as_u64().unwrap()).await;
+    engine
+        .wait_projected(answer["last_sequence"].as_u64().unwrap())
+        .await;
     let rows = common::contact_rows(&engine.pool, "9").await;
     let by_id = |id: &str| rows.iter().find(|r| r["remote_id"] == id).unwrap().clone();
     assert_eq!(by_id("1")["merged_into"], "3");
@@ -94,11 +119,25 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
     poison.data = br#"{"not":"a hubspot event"}"#.to_vec();
     let subjects = engine.topology.subjects.clone();
     publish_all(&engine.js, &subjects, &[poison]).await.unwrap();
-    let answer: Value = engine.post_webhook(Signature::V3, &body).await.json().await.unwrap();
-    engine.wait_projected(answer["last_sequence"].as_u64().unwrap()).await;
-    assert_eq!(common::contact_rows(&engine.pool, "5").await[0]["email"], "ok@x.y");
+    let answer: Value = engine
+        .post_webhook(Signature::V3, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    engine
+        .wait_projected(answer["last_sequence"].as_u64().unwrap())
+        .await;
+    assert_eq!(
+        common::contact_rows(&engine.pool, "5").await[0]["email"],
+        "ok@x.y"
+    );
 
-    let mut dlq = engine.js.get_stream(engine.topology.dlq_stream()).await.unwrap();
+    let mut dlq = engine
+        .js
+        .get_stream(engine.topology.dlq_stream())
+        .await
+        .unwrap();
     let found = crmsync_testkit::eventually(Duration::from_secs(20), || {
         let dlq = dlq.clone();
         let subject = subjects.dlq("proj-hubspot-contact");
@@ -106,21 +145,48 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
     })
     .await
     .expect("the poison event reaches the DLQ");
-    let h = |n: &str| found.headers.get(n).map(|v| v.as_str().to_owned()).unwrap_or_default();
+    let h = |n: &str| {
+        found
+            .headers
+            .get(n)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
     assert_eq!(h("Crm-Dlq-Deliveries"), "3");
-    assert_eq!(h("Crm-Dlq-Subject"), subjects.raw(
-        crmsync_schema::Provider::HubSpot,
-        &crmsync_schema::WorkspaceId::parse("5").unwrap(),
-        &crmsync_schema::ObjectType::contact(),
-        &crmsync_schema::RemoteId::parse("66").unwrap(),
-    ));
-    assert!(h("Crm-Dlq-Reason").contains("not a valid hubspot event"), "{}", h("Crm-Dlq-Reason"));
+    assert_eq!(
+        h("Crm-Dlq-Subject"),
+        subjects.raw(
+            crmsync_schema::Provider::HubSpot,
+            &crmsync_schema::WorkspaceId::parse("5").unwrap(),
+            &crmsync_schema::ObjectType::contact(),
+            &crmsync_schema::RemoteId::parse("66").unwrap(),
+        )
+    );
+    assert!(
+        h("Crm-Dlq-Reason").contains("not a valid hubspot event"),
+        "{}",
+        h("Crm-Dlq-Reason")
+    );
     assert_eq!(found.payload.as_ref(), br#"{"not":"a hubspot event"}"#);
     let event = binding::from_message(Some(&found.headers), &found.payload).unwrap();
-    assert_eq!(crmsync_schema::cloudevents::AttributesReader::id(&event), "poison-1");
+    assert_eq!(
+        crmsync_schema::cloudevents::AttributesReader::id(&event),
+        "poison-1"
+    );
     assert!(dlq.info().await.unwrap().state.messages >= 1);
-    let metrics = engine.http.get(engine.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"crm_dead_lettered_total{consumer="proj-hubspot-contact"} 1"#), "{metrics}");
+    let metrics = engine
+        .http
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"crm_dead_lettered_total{consumer="proj-hubspot-contact"} 1"#),
+        "{metrics}"
+    );
     engine.stop().await;
 }
 
@@ -176,7 +242,9 @@ async fn project(events: &[Value], order: &[usize], chunk: usize, replays: &[usi
         })
         .collect();
     if !copies.is_empty() {
-        let published = publish_all(&engine.js, &engine.topology.subjects, &copies).await.unwrap();
+        let published = publish_all(&engine.js, &engine.topology.subjects, &copies)
+            .await
+            .unwrap();
         last = last.max(published.last_sequence);
     }
     engine.wait_projected(last).await;

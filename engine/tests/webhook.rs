@@ -6,14 +6,19 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use common::{TestEngine, PUBLIC_URL, SECRET, WEBHOOK_PATH};
-use crmsync_sandbox::hubspot::webhooks::{sample_contacts_batch, signed_headers, EventFactory, Signature};
+use crmsync_sandbox::hubspot::webhooks::{
+    sample_contacts_batch, signed_headers, EventFactory, Signature,
+};
 
 fn batch() -> Vec<u8> {
     serde_json::to_vec(&sample_contacts_batch(62515, Utc::now().timestamp_millis())).unwrap()
 }
 
 fn header<'a>(msg: &'a async_nats::jetstream::message::StreamMessage, name: &str) -> &'a str {
-    msg.headers.get(name).map(|v| v.as_str()).unwrap_or_default()
+    msg.headers
+        .get(name)
+        .map(|v| v.as_str())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -28,9 +33,16 @@ async fn signed_batches_of_every_version_are_stored_as_binary_cloudevents() {
         ];
         let body = serde_json::to_vec(&events).unwrap();
         // Each version gets its own event ids, else JetStream would dedupe them.
-        let body = String::from_utf8(body).unwrap().replace("\"eventId\":", &format!("\"eventId\":{}", total + 1));
+        let body = String::from_utf8(body)
+            .unwrap()
+            .replace("\"eventId\":", &format!("\"eventId\":{}", total + 1));
         let response = engine.post_webhook(signature, body.as_bytes()).await;
-        assert_eq!(response.status(), 200, "{signature:?}: {}", response.text().await.unwrap());
+        assert_eq!(
+            response.status(),
+            200,
+            "{signature:?}: {}",
+            response.text().await.unwrap()
+        );
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["accepted"], 2);
         assert_eq!(answer["stored"], 2);
@@ -38,10 +50,17 @@ async fn signed_batches_of_every_version_are_stored_as_binary_cloudevents() {
     }
     assert_eq!(engine.events_in_stream().await, total);
 
-    let stream = engine.js.get_stream(engine.topology.events_stream()).await.unwrap();
+    let stream = engine
+        .js
+        .get_stream(engine.topology.events_stream())
+        .await
+        .unwrap();
     let msg = stream.get_raw_message(2).await.unwrap();
     let prefix = engine.topology.subjects.root();
-    assert_eq!(msg.subject.as_str(), format!("{prefix}.raw.hubspot.62515.contact.7"));
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("{prefix}.raw.hubspot.62515.contact.7")
+    );
     assert_eq!(header(&msg, "ce-specversion"), "1.0");
     assert_eq!(header(&msg, "ce-type"), "crmsync.contact.updated.v1");
     assert_eq!(header(&msg, "ce-source"), "/crmsync/hubspot/62515");
@@ -64,14 +83,55 @@ async fn bad_signatures_are_refused_with_401_and_store_nothing() {
     let mut tampered = body.clone();
     let last = tampered.len() - 2;
     tampered[last] ^= 1;
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>)> = vec![
-        ("no signature", vec![("Content-Type", "application/json".into())], body.clone()),
-        ("body changed by one byte", signed_headers(Signature::V3, SECRET, &uri, &body, now), tampered.clone()),
-        ("v1 over another body", signed_headers(Signature::V1, SECRET, &uri, &body, now), tampered),
-        ("wrong secret", signed_headers(Signature::V3, "not-the-secret", &uri, &body, now), body.clone()),
-        ("internal address signed", signed_headers(Signature::V2, SECRET, &engine.url(WEBHOOK_PATH), &body, now), body.clone()),
-        ("stale timestamp", signed_headers(Signature::V3, SECRET, &uri, &body, now - 5 * 60 * 1000 - 1000), body.clone()),
-        ("future timestamp", signed_headers(Signature::V3, SECRET, &uri, &body, now + 5 * 60 * 1000 + 1000), body.clone()),
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Headers, Vec<u8>)> = vec![
+        (
+            "no signature",
+            vec![("Content-Type", "application/json".into())],
+            body.clone(),
+        ),
+        (
+            "body changed by one byte",
+            signed_headers(Signature::V3, SECRET, &uri, &body, now),
+            tampered.clone(),
+        ),
+        (
+            "v1 over another body",
+            signed_headers(Signature::V1, SECRET, &uri, &body, now),
+            tampered,
+        ),
+        (
+            "wrong secret",
+            signed_headers(Signature::V3, "not-the-secret", &uri, &body, now),
+            body.clone(),
+        ),
+        (
+            "internal address signed",
+            signed_headers(Signature::V2, SECRET, &engine.url(WEBHOOK_PATH), &body, now),
+            body.clone(),
+        ),
+        (
+            "stale timestamp",
+            signed_headers(
+                Signature::V3,
+                SECRET,
+                &uri,
+                &body,
+                now - 5 * 60 * 1000 - 1000,
+            ),
+            body.clone(),
+        ),
+        (
+            "future timestamp",
+            signed_headers(
+                Signature::V3,
+                SECRET,
+                &uri,
+                &body,
+                now + 5 * 60 * 1000 + 1000,
+            ),
+            body.clone(),
+        ),
     ];
     for (case, headers, body) in cases {
         let response = engine.post_with(WEBHOOK_PATH, &headers, &body).await;
@@ -80,9 +140,22 @@ async fn bad_signatures_are_refused_with_401_and_store_nothing() {
         assert_eq!(answer["error"]["code"], "unauthorized", "{case}");
     }
     assert_eq!(engine.events_in_stream().await, 0);
-    let metrics = engine.http.get(engine.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = engine
+        .http
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains(r#"crm_webhook_verification_failures_total{provider="hubspot",reason="stale_timestamp"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"crm_requests_total{provider="hubspot",object="webhook",verb="POST",status="401"} 7"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"crm_requests_total{provider="hubspot",object="webhook",verb="POST",status="401"} 7"#
+        ),
+        "{metrics}"
+    );
     engine.stop().await;
 }
 
@@ -118,9 +191,21 @@ async fn malformed_oversized_and_mistyped_bodies_get_clear_errors_and_store_noth
 async fn a_retried_webhook_is_stored_once() {
     let engine = TestEngine::start(&[]).await;
     let body = batch();
-    let first: Value = engine.post_webhook(Signature::V3, &body).await.json().await.unwrap();
-    let retry = String::from_utf8(body).unwrap().replace("\"attemptNumber\":0", "\"attemptNumber\":1");
-    let second: Value = engine.post_webhook(Signature::V3, retry.as_bytes()).await.json().await.unwrap();
+    let first: Value = engine
+        .post_webhook(Signature::V3, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retry = String::from_utf8(body)
+        .unwrap()
+        .replace("\"attemptNumber\":0", "\"attemptNumber\":1");
+    let second: Value = engine
+        .post_webhook(Signature::V3, retry.as_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(first["stored"], 17);
     assert_eq!(second["stored"], 0);
     assert_eq!(second["duplicates"], 17);
@@ -131,7 +216,11 @@ async fn a_retried_webhook_is_stored_once() {
 #[tokio::test]
 async fn without_a_jetstream_ack_the_answer_is_503_so_hubspot_retries() {
     let engine = TestEngine::start(&[]).await;
-    engine.js.delete_stream(engine.topology.events_stream()).await.unwrap();
+    engine
+        .js
+        .delete_stream(engine.topology.events_stream())
+        .await
+        .unwrap();
     let response = engine.post_webhook(Signature::V3, &batch()).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
@@ -146,7 +235,10 @@ async fn without_a_secret_webhooks_are_unavailable_not_accepted() {
     let response = engine.post_webhook(Signature::V3, &batch()).await;
     assert_eq!(response.status(), 503);
     let answer: Value = response.json().await.unwrap();
-    assert!(answer["error"]["message"].as_str().unwrap().contains("CRM_HUBSPOT_CLIENT_SECRET"));
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("CRM_HUBSPOT_CLIENT_SECRET"));
     assert_eq!(engine.events_in_stream().await, 0);
     engine.stop().await;
 }
@@ -156,10 +248,18 @@ async fn without_a_public_url_the_forwarded_headers_give_the_signed_uri() {
     let engine = TestEngine::start(&[("CRM_PUBLIC_URL", "")]).await;
     let body = batch();
     let uri = format!("https://hooks.example.org{WEBHOOK_PATH}?portal=1");
-    let mut headers = signed_headers(Signature::V3, SECRET, &uri, &body, Utc::now().timestamp_millis());
+    let mut headers = signed_headers(
+        Signature::V3,
+        SECRET,
+        &uri,
+        &body,
+        Utc::now().timestamp_millis(),
+    );
     headers.push(("X-Forwarded-Proto", "https".into()));
     headers.push(("X-Forwarded-Host", "hooks.example.org".into()));
-    let response = engine.post_with(&format!("{WEBHOOK_PATH}?portal=1"), &headers, &body).await;
+    let response = engine
+        .post_with(&format!("{WEBHOOK_PATH}?portal=1"), &headers, &body)
+        .await;
     assert_eq!(response.status(), 200);
     engine.stop().await;
 }

@@ -44,9 +44,10 @@ impl IntoResponse for ApiError {
         let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
         let mut response = (status, body).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, "5".parse().expect("valid header"));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                "5".parse().expect("valid header"),
+            );
         }
         response
     }

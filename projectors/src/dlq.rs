@@ -3,7 +3,6 @@
 //! somewhere other than a log line.
 
 use async_nats::jetstream::{self, Message};
-use async_nats::HeaderMap;
 
 pub const REASON: &str = "Crm-Dlq-Reason";
 pub const ORIGINAL_SUBJECT: &str = "Crm-Dlq-Subject";
@@ -21,7 +20,7 @@ pub async fn dead_letter(
     reason: &str,
 ) -> Result<(), async_nats::Error> {
     let info = msg.info()?;
-    let mut headers = msg.headers.clone().unwrap_or_else(HeaderMap::new);
+    let mut headers = msg.headers.clone().unwrap_or_default();
     // The original dedupe id must not make the DLQ drop the copy.
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
@@ -29,7 +28,13 @@ pub async fn dead_letter(
     );
     let reason: String = reason
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(500)
         .collect();
     headers.insert(REASON, reason.as_str());

@@ -84,9 +84,11 @@ fn classify(e: sqlx::Error) -> BatchError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| ["08", "40", "53", "57", "58"].iter().any(|p| c.starts_with(p))),
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|p| c.starts_with(p))
+        }),
         _ => false,
     };
     if transient {
@@ -174,7 +176,9 @@ impl Projector {
             for item in chunk {
                 match item {
                     Ok(msg) => batch.push(msg),
-                    Err(e) => tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer"),
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer")
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -203,7 +207,12 @@ impl Projector {
                 .map_err(|e| e.to_string())?;
             Ok(changes
                 .into_iter()
-                .map(|c| ((subject.workspace.clone(), subject.provider, c.remote_id), c.fields))
+                .map(|c| {
+                    (
+                        (subject.workspace.clone(), subject.provider, c.remote_id),
+                        c.fields,
+                    )
+                })
                 .collect())
         })();
         Decoded {
@@ -339,7 +348,9 @@ impl Projector {
                 tracing::warn!(consumer = %self.config.consumer, seq = d.seq, reason, "dead-lettered");
                 self.metrics
                     .dead_lettered
-                    .get_or_create(&ConsumerLabels { consumer: self.label })
+                    .get_or_create(&ConsumerLabels {
+                        consumer: self.label,
+                    })
                     .inc();
                 let _ = d.msg.ack_with(AckKind::Term).await;
             }

@@ -169,7 +169,9 @@ impl BinaryDeserializer for Reader<'_> {
         self,
         mut visitor: V,
     ) -> Result<R, MessageError> {
-        let spec = self.get(SPEC_VERSION).ok_or(MessageError::WrongEncoding {})?;
+        let spec = self
+            .get(SPEC_VERSION)
+            .ok_or(MessageError::WrongEncoding {})?;
         let spec = SpecVersion::try_from(spec)?;
         let attributes = spec.attribute_names();
         visitor = visitor.set_spec_version(spec)?;
@@ -307,7 +309,10 @@ mod tests {
     fn structured_mode_is_read_back() {
         let event = sample();
         let mut headers = HeaderMap::new();
-        headers.insert("Content-Type", "Application/CloudEvents+json; charset=utf-8");
+        headers.insert(
+            "Content-Type",
+            "Application/CloudEvents+json; charset=utf-8",
+        );
         let json = serde_json::to_vec(&event).unwrap();
         let back = from_message(Some(&headers), &json).unwrap();
         assert_eq!(back.id(), event.id());
@@ -326,7 +331,10 @@ mod tests {
         ));
         let mut headers = HeaderMap::new();
         headers.insert("ce-specversion", "1.0");
-        assert!(from_message(Some(&headers), b"").is_err(), "id, source, type missing");
+        assert!(
+            from_message(Some(&headers), b"").is_err(),
+            "id, source, type missing"
+        );
     }
 
     proptest! {

@@ -90,7 +90,11 @@ impl RawEvent {
                 escape_token(self.workspace.as_str())
             ))
             .ty(self.event_type())
-            .subject(format!("{}/{}", self.object, escape_token(self.id.as_str())))
+            .subject(format!(
+                "{}/{}",
+                self.object,
+                escape_token(self.id.as_str())
+            ))
             .time(self.time)
             .build()
             .expect("id, source and type are always set");

@@ -114,7 +114,10 @@ mod tests {
     fn versions_order_by_time_before_event_id() {
         assert!(v(999, "zzz") < v(1000, "aaa"));
         assert!(v(10_000, "a") > v(9_999, "b"));
-        assert_eq!(v(1_564_113_600_000, "e").time().timestamp_millis(), 1_564_113_600_000);
+        assert_eq!(
+            v(1_564_113_600_000, "e").time().timestamp_millis(),
+            1_564_113_600_000
+        );
     }
 
     fn change() -> impl Strategy<Value = (String, i64, String, Option<String>)> {

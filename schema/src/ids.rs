@@ -204,7 +204,12 @@ mod tests {
 
     #[test]
     fn ids_refuse_empty_overlong_and_control_characters() {
-        assert_eq!(RemoteId::parse(""), Err(IdError::Empty { what: "a CRM record id" }));
+        assert_eq!(
+            RemoteId::parse(""),
+            Err(IdError::Empty {
+                what: "a CRM record id"
+            })
+        );
         assert!(RemoteId::parse("a\nb").is_err());
         assert!(RemoteId::parse("x".repeat(256)).is_err());
         assert!(RemoteId::parse("x".repeat(255)).is_ok());

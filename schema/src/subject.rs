@@ -57,7 +57,10 @@ pub fn unescape_token(token: &str) -> Result<String, SubjectError> {
         match bytes[i] {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
-                if !hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)) {
+                if !hex
+                    .iter()
+                    .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h))
+                {
                     return Err(bad());
                 }
                 let v = u8::from_str_radix(std::str::from_utf8(hex).map_err(|_| bad())?, 16)
@@ -117,9 +120,7 @@ impl Subjects {
         let root = match prefix {
             None | Some("") => "crm".to_owned(),
             Some(p) => {
-                let ok = p
-                    .split('.')
-                    .all(|t| !t.is_empty() && t.bytes().all(keeps));
+                let ok = p.split('.').all(|t| !t.is_empty() && t.bytes().all(keeps));
                 if !ok {
                     return Err(SubjectError::BadPrefix(p.chars().take(64).collect()));
                 }
@@ -242,7 +243,9 @@ mod tests {
 
     #[test]
     fn tokens_that_escape_token_cannot_produce_are_refused() {
-        for bad in ["", "%2", "%zz", "%2e", "%41", "a.b", "*", ">", "a b", "%C3", "%%"] {
+        for bad in [
+            "", "%2", "%zz", "%2e", "%41", "a.b", "*", ">", "a b", "%C3", "%%",
+        ] {
             assert!(unescape_token(bad).is_err(), "{bad:?}");
         }
     }
@@ -270,7 +273,10 @@ mod tests {
         for bad in ["a..b", "a.*", ">", "a b", ".a"] {
             assert!(Subjects::new(Some(bad)).is_err(), "{bad:?}");
         }
-        assert_eq!(Subjects::new(Some("staging.eu")).unwrap().root(), "staging.eu.crm");
+        assert_eq!(
+            Subjects::new(Some("staging.eu")).unwrap().root(),
+            "staging.eu.crm"
+        );
     }
 
     fn is_valid_token(t: &str) -> bool {

@@ -35,14 +35,21 @@ pub async fn nats() -> async_nats::Client {
 /// A fresh, empty database; returns its URL. Migrate it yourself, or use
 /// [`migrated_database`].
 pub async fn fresh_database() -> String {
-    let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL is a Postgres URL");
+    let base: PgConnectOptions = database_url()
+        .parse()
+        .expect("DATABASE_URL is a Postgres URL");
     let name = unique_name();
     let mut admin = base
         .clone()
         .database("postgres")
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("Postgres at {} (run scripts/services.sh): {e}", database_url()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "Postgres at {} (run scripts/services.sh): {e}",
+                database_url()
+            )
+        });
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&mut admin)
         .await

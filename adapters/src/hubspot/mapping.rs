@@ -52,8 +52,7 @@ fn one(id: RemoteId, field: &str, value: Value, version: &Version) -> RowChange 
 /// Normalises one raw HubSpot contact webhook event (the CloudEvent's data) into the
 /// row changes it implies. Association changes carry nothing for the contacts table.
 pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>, MappingError> {
-    let event: WebhookEvent =
-        serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    let event: WebhookEvent = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
     let id = remote_id(&event.object_id.0)?;
     Ok(match event.change() {
         Change::Created | Change::Restored => vec![one(id, DELETED, Value::Bool(false), version)],
@@ -152,6 +151,8 @@ mod tests {
     #[test]
     fn broken_events_are_malformed() {
         assert!(contact_changes(b"{}", &version()).is_err());
-        assert!(contact_changes(base("propertyChange").to_string().as_bytes(), &version()).is_err());
+        assert!(
+            contact_changes(base("propertyChange").to_string().as_bytes(), &version()).is_err()
+        );
     }
 }

@@ -287,7 +287,12 @@ impl ReceivedEvent {
     pub fn to_raw_event(&self, index: usize) -> Result<RawEvent, ParseError> {
         let bad = |reason: String| ParseError::BadEvent { index, reason };
         let e = &self.event;
-        let id = format!("hs-{}-{}-{}", e.event_id.0, e.occurred_at, digest(&self.raw));
+        let id = format!(
+            "hs-{}-{}-{}",
+            e.event_id.0,
+            e.occurred_at,
+            digest(&self.raw)
+        );
         Ok(RawEvent {
             provider: Provider::HubSpot,
             workspace: WorkspaceId::parse(e.portal_id.0.clone())
@@ -359,7 +364,10 @@ mod tests {
             uri: "https://crm.example.com/crm/webhooks/hubspot?a=2&x=1",
             ..good
         };
-        assert_eq!(verify(&reordered, SECRET, now()), Err(VerifyError::Mismatch));
+        assert_eq!(
+            verify(&reordered, SECRET, now()),
+            Err(VerifyError::Mismatch)
+        );
         let as_v1 = SignedRequest {
             signature_version: None,
             ..good
@@ -451,7 +459,8 @@ mod tests {
 
     #[test]
     fn retries_share_an_id_and_distinct_events_do_not() {
-        let retry = String::from_utf8_lossy(BODY).replace("\"attemptNumber\":0", "\"attemptNumber\":3");
+        let retry =
+            String::from_utf8_lossy(BODY).replace("\"attemptNumber\":0", "\"attemptNumber\":3");
         let other = String::from_utf8_lossy(BODY).replace("\"objectId\":123", "\"objectId\":124");
         let id = |b: &[u8]| parse_batch(b).unwrap()[0].to_raw_event(0).unwrap().event_id;
         assert_eq!(id(BODY), id(retry.as_bytes()));
@@ -470,7 +479,11 @@ mod tests {
             b"\xff\xfe",
         ];
         for body in cases {
-            assert!(parse_batch(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+            assert!(
+                parse_batch(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
         assert!(parse_batch(b"[]").unwrap().is_empty());
     }

@@ -68,7 +68,9 @@ impl TestEngine {
             .with_test_writer()
             .try_init();
         let settings = settings_from(&test_env(overrides).await);
-        let engine = Engine::build(settings.clone(), role).await.expect("engine builds");
+        let engine = Engine::build(settings.clone(), role)
+            .await
+            .expect("engine builds");
         let addr = engine.local_addr();
         let pool = engine.pool().clone();
         let topology = engine.topology.clone();
@@ -98,7 +100,12 @@ impl TestEngine {
         self.post_with(WEBHOOK_PATH, &headers, body).await
     }
 
-    pub async fn post_with(&self, path: &str, headers: &[(&str, String)], body: &[u8]) -> reqwest::Response {
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> reqwest::Response {
         let mut request = self.http.post(self.url(path)).body(body.to_vec());
         for (name, value) in headers {
             request = request.header(*name, value);
@@ -108,7 +115,11 @@ impl TestEngine {
 
     /// How many messages the events stream holds.
     pub async fn events_in_stream(&self) -> u64 {
-        let mut stream = self.js.get_stream(self.topology.events_stream()).await.unwrap();
+        let mut stream = self
+            .js
+            .get_stream(self.topology.events_stream())
+            .await
+            .unwrap();
         stream.info().await.unwrap().state.messages
     }
 
@@ -116,7 +127,10 @@ impl TestEngine {
     pub async fn wait_projected(&self, seq: u64) {
         let consumer = self
             .topology
-            .projector_consumer(crmsync_schema::Provider::HubSpot, &crmsync_schema::ObjectType::contact())
+            .projector_consumer(
+                crmsync_schema::Provider::HubSpot,
+                &crmsync_schema::ObjectType::contact(),
+            )
             .durable_name
             .unwrap();
         let pool = self.pool.clone();

@@ -92,8 +92,7 @@ async fn handle(
         return Err(ApiError::Unauthorized(e.to_string()));
     }
     require_json(headers)?;
-    let received =
-        webhook::parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let received = webhook::parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let events = received
         .iter()
         .enumerate()
@@ -122,7 +121,11 @@ async fn handle(
             })
             .inc();
     }
-    tracing::debug!(stored = published.stored, duplicates = published.duplicates, "HubSpot webhook stored");
+    tracing::debug!(
+        stored = published.stored,
+        duplicates = published.duplicates,
+        "HubSpot webhook stored"
+    );
     Ok(Json(json!({
         "accepted": events.len(),
         "stored": published.stored,

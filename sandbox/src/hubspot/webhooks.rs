@@ -118,7 +118,14 @@ impl EventFactory {
         self.base(object, "restore", object_id, at)
     }
 
-    pub fn merge(&mut self, object: &str, primary: u64, merged: &[u64], new_id: u64, at: i64) -> Value {
+    pub fn merge(
+        &mut self,
+        object: &str,
+        primary: u64,
+        merged: &[u64],
+        new_id: u64,
+        at: i64,
+    ) -> Value {
         let mut e = self.base(object, "merge", new_id, at);
         e["primaryObjectId"] = json!(primary);
         e["mergedObjectIds"] = json!(merged);
@@ -132,9 +139,27 @@ impl EventFactory {
 pub fn sample_contacts_batch(portal_id: u64, now_ms: i64) -> Vec<Value> {
     let mut f = EventFactory::new(portal_id);
     let people = [
-        (501, "ada@example.com", "Ada", "Lovelace", "+44 20 7946 0001"),
-        (502, "alan@example.com", "Alan", "Turing", "+44 20 7946 0002"),
-        (503, "grace@example.com", "Grace", "Hopper", "+1 202 555 0103"),
+        (
+            501,
+            "ada@example.com",
+            "Ada",
+            "Lovelace",
+            "+44 20 7946 0001",
+        ),
+        (
+            502,
+            "alan@example.com",
+            "Alan",
+            "Turing",
+            "+44 20 7946 0002",
+        ),
+        (
+            503,
+            "grace@example.com",
+            "Grace",
+            "Hopper",
+            "+1 202 555 0103",
+        ),
     ];
     let mut batch = Vec::new();
     for (i, (id, email, first, last, phone)) in people.into_iter().enumerate() {
@@ -157,7 +182,13 @@ mod tests {
     #[test]
     fn v1_signs_the_published_vector() {
         let body = br#"[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,"subscriptionType":"contact.creation","attemptNumber":0,"objectId":123,"changeSource":"CRM","changeFlag":"NEW","appId":54321}]"#;
-        let headers = signed_headers(Signature::V1, "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy", "", body, 0);
+        let headers = signed_headers(
+            Signature::V1,
+            "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy",
+            "",
+            body,
+            0,
+        );
         assert_eq!(
             headers[1].1,
             "232db2615f3d666fe21a8ec971ac7b5402d33b9a925784df3ca654d05f4817de"
@@ -169,6 +200,8 @@ mod tests {
         let batch = sample_contacts_batch(7, 1_700_000_000_000);
         assert_eq!(batch.len(), 17);
         assert_eq!(batch[0]["subscriptionType"], "contact.creation");
-        assert!(batch.windows(2).all(|w| w[0]["eventId"].as_u64() < w[1]["eventId"].as_u64()));
+        assert!(batch
+            .windows(2)
+            .all(|w| w[0]["eventId"].as_u64() < w[1]["eventId"].as_u64()));
     }
 }

@@ -1,0 +1,119 @@
+//! The `crmsync` binary as a user runs it.
+
+use std::process::Command;
+
+fn crmsync() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmsync"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CRM_") || name == "PORT" || name == "ENCRYPTION_KEY" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn help_explains_every_command_and_every_variable() {
+    let out = crmsync().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for command in ["serve", "migrate", "demo"] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+    for v in crmsync_engine::config::VARIABLES {
+        assert!(help.contains(v.name), "{} missing from:\n{help}", v.name);
+    }
+    let serve = crmsync().args(["serve", "--help"]).output().unwrap();
+    let serve = String::from_utf8(serve.stdout).unwrap();
+    assert!(serve.contains("--role"));
+    assert!(serve.contains("DATABASE_URL"));
+}
+
+#[test]
+fn a_malformed_variable_stops_start_up_with_one_line_naming_it() {
+    let out = crmsync()
+        .args(["migrate"])
+        .env("DATABASE_URL", "mysql://admin:hunter2@db/crm")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("DATABASE_URL must be a postgres or postgresql URL"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password was printed: {err}");
+
+    let out = crmsync()
+        .args(["serve"])
+        .env("CRM_SYNC_PAGE", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("CRM_SYNC_PAGE must be a number from 1 to 1000, got \"lots\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_role_is_refused_by_the_parser() {
+    let out = crmsync()
+        .args(["serve", "--role", "boss"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("possible values: api, worker, all"), "{err}");
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_the_demo_prints_projected_rows() {
+    let admin = crmsync_testkit::database_url();
+    let url = {
+        let mut u = url::Url::parse(&admin).unwrap();
+        u.set_path(&format!("/{}", crmsync_testkit::unique_name()));
+        u.to_string()
+    };
+    let out = crmsync()
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('contacts', 'projection_checkpoints')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 2);
+
+    let out = crmsync()
+        .args(["demo", "--exit"])
+        .env("DATABASE_URL", &url)
+        .env("NATS_URL", crmsync_testkit::nats_url())
+        .env("CRM_NATS_PREFIX", crmsync_testkit::unique_name())
+        .env("PORT", "0")
+        .env("CRM_BIND", "127.0.0.1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("-> 200 OK"), "{stdout}");
+    assert!(stdout.contains("ada@example.com"), "{stdout}");
+    assert!(stdout.contains("Mathematician"), "{stdout}");
+    let deleted = stdout.lines().find(|l| l.starts_with("503")).unwrap();
+    assert!(deleted.ends_with("true"), "{deleted}");
+}
