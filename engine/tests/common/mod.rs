@@ -154,6 +154,14 @@ impl TestEngine {
         if let Some(h) = self.handle.take() {
             h.await.expect("engine task").expect("engine stops cleanly");
         }
+        for name in [
+            self.topology.events_stream(),
+            self.topology.outbound_stream(),
+            self.topology.dlq_stream(),
+            format!("KV_{}", self.topology.cursor_bucket()),
+        ] {
+            let _ = self.js.delete_stream(name).await;
+        }
     }
 }
 
