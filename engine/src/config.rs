@@ -327,7 +327,7 @@ impl Settings {
         let mut out = String::from("Environment variables (read once at start-up):\n");
         for v in VARIABLES {
             out.push_str(&format!(
-                "  {:<28} {} [default: {}]\n",
+                "  {}\n      {} [default: {}]\n",
                 v.name, v.help, v.default
             ));
         }

@@ -117,3 +117,16 @@ async fn migrate_creates_the_database_and_the_demo_prints_projected_rows() {
     let deleted = stdout.lines().find(|l| l.starts_with("503")).unwrap();
     assert!(deleted.ends_with("true"), "{deleted}");
 }
+
+#[test]
+fn the_readme_documents_every_variable() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for v in crmsync_engine::config::VARIABLES {
+        assert!(
+            readme.contains(&format!("| `{}` |", v.name)),
+            "{} is not in the README",
+            v.name
+        );
+    }
+}
