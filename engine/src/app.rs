@@ -22,7 +22,7 @@ use crate::topology::Topology;
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
-    /// The HTTP API: webhooks, OAuth, control routes, health and metrics.
+    /// The HTTP API: provider webhooks, health and metrics.
     Api,
     /// Consumers: projectors (health and metrics over HTTP too).
     Worker,
