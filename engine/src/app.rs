@@ -200,7 +200,7 @@ async fn projector(
         .ensure_consumer(js, config.clone())
         .await
         .with_context(|| format!("creating consumer {name}"))?;
-    let mut pc = ProjectorConfig::new(name, topology.events_stream());
+    let mut pc = ProjectorConfig::new(provider, name, topology.events_stream());
     pc.batch = settings.batch_size;
     pc.max_deliver = settings.max_deliver;
     Ok(Projector::new(

@@ -66,7 +66,7 @@ async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains(r#"crm_entities_synced_total{provider="all",entity_type="contact",direction="inbound"} 17"#), "{metrics}");
+    assert!(metrics.contains(r#"crm_entities_synced_total{provider="hubspot",entity_type="contact",direction="inbound"} 17"#), "{metrics}");
     assert!(
         metrics.contains("crm_projection_freshness_seconds_count"),
         "{metrics}"

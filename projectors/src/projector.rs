@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
 use crmsync_adapters::Metrics;
 use crmsync_schema::envelope::{data_bytes, event_time};
-use crmsync_schema::{binding, FieldSet, Subjects, Version};
+use crmsync_schema::{binding, FieldSet, Provider, Subjects, Version};
 
 use crate::contacts::{self, RowKey};
 use crate::{checkpoint, dlq};
@@ -23,6 +23,8 @@ use crate::{checkpoint, dlq};
 /// How a projector consumes.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
+    /// The provider whose events it projects (for metrics).
+    pub provider: Provider,
     /// The durable consumer's name, also the checkpoint's key.
     pub consumer: String,
     /// The stream it reads.
@@ -36,8 +38,9 @@ pub struct ProjectorConfig {
 }
 
 impl ProjectorConfig {
-    pub fn new(consumer: impl Into<String>, stream: impl Into<String>) -> Self {
+    pub fn new(provider: Provider, consumer: impl Into<String>, stream: impl Into<String>) -> Self {
         Self {
+            provider,
             consumer: consumer.into(),
             stream: stream.into(),
             batch: 500,
@@ -300,8 +303,9 @@ impl Projector {
         if committed.is_empty() {
             return;
         }
+        let provider = self.config.provider.as_str();
         let entity = EntityLabels {
-            provider: "all",
+            provider,
             entity_type: "contact",
         };
         self.metrics
@@ -311,7 +315,7 @@ impl Projector {
         self.metrics
             .entities_synced
             .get_or_create(&SyncedLabels {
-                provider: "all",
+                provider,
                 entity_type: "contact",
                 direction: "inbound",
             })
@@ -326,7 +330,7 @@ impl Projector {
         self.metrics
             .errors
             .get_or_create(&crmsync_adapters::telemetry::ErrorLabels {
-                provider: "all",
+                provider: self.config.provider.as_str(),
                 error_type,
                 operation,
                 code: "",
