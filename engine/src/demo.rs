@@ -11,8 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::Secret;
 use crmsync_sandbox::hubspot::webhooks::{sample_contacts_batch, signed_headers, Signature};
 
+use crmsync_projectors::checkpoint;
+use crmsync_schema::{ObjectType, Provider};
+
 use crate::app::{Engine, Role};
 use crate::config::Settings;
+use crate::topology::Topology;
 
 /// HubSpot's documentation example portal.
 pub const DEMO_PORTAL: u64 = 62515;
@@ -44,14 +48,7 @@ pub async fn run(
     let engine = Engine::build(settings.clone(), Role::All).await?;
     let addr = engine.local_addr();
     let pool = engine.pool().clone();
-    let consumer = engine
-        .topology
-        .projector_consumer(
-            crmsync_schema::Provider::HubSpot,
-            &crmsync_schema::ObjectType::contact(),
-        )
-        .durable_name
-        .unwrap_or_default();
+    let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
     let local = format!("http://127.0.0.1:{}", addr.port());
     let engine_stop = stop.child_token();
     let running = tokio::spawn(engine.run_until_stopped(engine_stop.clone()));
@@ -82,31 +79,9 @@ pub async fn run(
     if !status.is_success() {
         bail!("the engine refused the sample webhook");
     }
-    let last = answer["last_sequence"].as_i64().unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "SELECT stream_seq FROM projection_checkpoints WHERE consumer = $1 AND stream = $2",
-        )
-        .bind(&consumer)
-        .bind(
-            crate::topology::Topology::new(
-                settings.nats_prefix.as_deref(),
-                1,
-                settings.dedupe_window,
-                settings.delivery_policy(),
-            )?
-            .events_stream(),
-        )
-        .fetch_optional(&pool)
-        .await?;
-        if seq.is_some_and(|s| s >= last) {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the sample batch was not projected within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let last = answer["last_sequence"].as_u64().unwrap_or(0);
+    if !checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(30)).await? {
+        bail!("the sample batch was not projected within 30 s");
     }
     print_contacts(&pool).await?;
     if opts.exit {

@@ -189,9 +189,14 @@ impl Topology {
         Ok(notes)
     }
 
+    /// The name of one projection's durable consumer, also its checkpoint key.
+    pub fn projector_name(provider: Provider, object: &ObjectType) -> String {
+        format!("proj-{provider}-{object}")
+    }
+
     /// The durable consumer of one projection.
     pub fn projector_consumer(&self, provider: Provider, object: &ObjectType) -> pull::Config {
-        let name = format!("proj-{provider}-{object}");
+        let name = Self::projector_name(provider, object);
         pull::Config {
             durable_name: Some(name.clone()),
             name: Some(name),

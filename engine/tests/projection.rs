@@ -18,15 +18,8 @@ use crmsync_schema::binding;
 #[tokio::test]
 async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
     let engine = TestEngine::start(&[]).await;
-    let body =
-        serde_json::to_vec(&sample_contacts_batch(62515, Utc::now().timestamp_millis())).unwrap();
-    let answer: Value = engine
-        .post_webhook(Signature::V3, &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let last = answer["last_sequence"].as_u64().unwrap();
+    let batch = sample_contacts_batch(62515, Utc::now().timestamp_millis());
+    let last = engine.post_events(Signature::V3, &batch).await;
     engine.wait_projected(last).await;
 
     let rows = common::contact_rows(&engine.pool, "62515").await;
@@ -57,15 +50,7 @@ async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
     assert_eq!(seq as u64, last);
     assert_eq!(applied, 17);
 
-    let metrics = engine
-        .http
-        .get(engine.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(metrics.contains(r#"crm_entities_synced_total{provider="hubspot",entity_type="contact",direction="inbound"} 17"#), "{metrics}");
     assert!(
         metrics.contains("crm_projection_freshness_seconds_count"),
@@ -86,15 +71,8 @@ async fn merges_point_losers_at_the_survivor_and_restores_revive() {
         f.deletion("contact", 1, t + 20),
         f.restore("contact", 1, t + 30),
     ];
-    let answer: Value = engine
-        .post_webhook(Signature::V1, &serde_json::to_vec(&events).unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
-    engine
-        .wait_projected(answer["last_sequence"].as_u64().unwrap())
-        .await;
+    let last = engine.post_events(Signature::V1, &events).await;
+    engine.wait_projected(last).await;
     let rows = common::contact_rows(&engine.pool, "9").await;
     let by_id = |id: &str| rows.iter().find(|r| r["remote_id"] == id).unwrap().clone();
     assert_eq!(by_id("1")["merged_into"], "3");
@@ -110,7 +88,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
     // A valid CloudEvent on a contact subject whose data no mapping can read.
     let mut f = EventFactory::new(5);
     let good = f.property_change("contact", 1, 1_700_000_000_000, "email", "ok@x.y");
-    let body = serde_json::to_vec(&vec![good]).unwrap();
+    let body = serde_json::to_vec(&vec![good.clone()]).unwrap();
     let received = parse_batch(&body).unwrap();
     let mut poison = received[0].to_raw_event(0).unwrap();
     poison.id = crmsync_schema::RemoteId::parse("66").unwrap();
@@ -119,15 +97,8 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
     poison.data = br#"{"not":"a hubspot event"}"#.to_vec();
     let subjects = engine.topology.subjects.clone();
     publish_all(&engine.js, &subjects, &[poison]).await.unwrap();
-    let answer: Value = engine
-        .post_webhook(Signature::V3, &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    engine
-        .wait_projected(answer["last_sequence"].as_u64().unwrap())
-        .await;
+    let last = engine.post_events(Signature::V3, &[good]).await;
+    engine.wait_projected(last).await;
     assert_eq!(
         common::contact_rows(&engine.pool, "5").await[0]["email"],
         "ok@x.y"
@@ -174,15 +145,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
         "poison-1"
     );
     assert!(dlq.info().await.unwrap().state.messages >= 1);
-    let metrics = engine
-        .http
-        .get(engine.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(
         metrics.contains(r#"crm_dead_lettered_total{consumer="proj-hubspot-contact"} 1"#),
         "{metrics}"
@@ -224,13 +187,8 @@ async fn project(events: &[Value], order: &[usize], chunk: usize, replays: &[usi
     let mut last = 0;
     let ordered: Vec<&Value> = order.iter().map(|&i| &events[i]).collect();
     for batch in ordered.chunks(chunk.max(1)) {
-        let answer: Value = engine
-            .post_webhook(Signature::V3, &serde_json::to_vec(&batch).unwrap())
-            .await
-            .json()
-            .await
-            .unwrap();
-        last = last.max(answer["last_sequence"].as_u64().unwrap());
+        let batch: Vec<Value> = batch.iter().map(|e| (*e).clone()).collect();
+        last = last.max(engine.post_events(Signature::V3, &batch).await);
     }
     let copies: Vec<_> = replays
         .iter()

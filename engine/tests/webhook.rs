@@ -140,15 +140,7 @@ async fn bad_signatures_are_refused_with_401_and_store_nothing() {
         assert_eq!(answer["error"]["code"], "unauthorized", "{case}");
     }
     assert_eq!(engine.events_in_stream().await, 0);
-    let metrics = engine
-        .http
-        .get(engine.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(metrics.contains(r#"crm_webhook_verification_failures_total{provider="hubspot",reason="stale_timestamp"} 2"#), "{metrics}");
     assert!(
         metrics.contains(

@@ -1,5 +1,7 @@
 //! Consumer checkpoints, written in the transaction of the rows they cover.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgPool};
 
 /// Records that `consumer` has committed `events` events up to `stream_seq`.
@@ -35,4 +37,27 @@ pub async fn position(pool: &PgPool, consumer: &str) -> Result<Option<(i64, i64)
     .bind(consumer)
     .fetch_optional(pool)
     .await
+}
+
+/// Waits until `consumer` has committed up to stream sequence `seq`; `false` when
+/// `timeout` passes first.
+pub async fn wait_for(
+    pool: &PgPool,
+    consumer: &str,
+    seq: u64,
+    timeout: Duration,
+) -> Result<bool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reached = position(pool, consumer)
+            .await?
+            .is_some_and(|(s, _)| u64::try_from(s).unwrap_or(0) >= seq);
+        if reached {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

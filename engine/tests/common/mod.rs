@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crmsync_engine::topology::Topology;
 use crmsync_engine::{Engine, Role, Settings};
+use crmsync_projectors::checkpoint;
 use crmsync_sandbox::hubspot::webhooks::{signed_headers, Signature};
+use crmsync_schema::{ObjectType, Provider};
 
 pub const SECRET: &str = "test-client-secret-0123456789";
 pub const PUBLIC_URL: &str = "https://crm.example.test";
@@ -125,28 +127,28 @@ impl TestEngine {
 
     /// Waits until the contacts projector has committed up to `seq`.
     pub async fn wait_projected(&self, seq: u64) {
-        let consumer = self
-            .topology
-            .projector_consumer(
-                crmsync_schema::Provider::HubSpot,
-                &crmsync_schema::ObjectType::contact(),
-            )
-            .durable_name
+        let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+        let reached = checkpoint::wait_for(&self.pool, &consumer, seq, Duration::from_secs(20))
+            .await
             .unwrap();
-        let pool = self.pool.clone();
-        let reached = crmsync_testkit::eventually(Duration::from_secs(20), || {
-            let pool = pool.clone();
-            let consumer = consumer.clone();
-            async move {
-                let got = crmsync_projectors::checkpoint::position(&pool, &consumer)
-                    .await
-                    .ok()
-                    .flatten();
-                got.filter(|(s, _)| *s as u64 >= seq).map(|_| ())
-            }
-        })
-        .await;
-        assert!(reached.is_some(), "projection did not reach sequence {seq}");
+        assert!(reached, "projection did not reach sequence {seq}");
+    }
+
+    /// Posts a signed webhook batch, expects 200 and returns the stream sequence of
+    /// its last event.
+    pub async fn post_events(&self, signature: Signature, events: &[Value]) -> u64 {
+        let response = self
+            .post_webhook(signature, &serde_json::to_vec(events).unwrap())
+            .await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        answer["last_sequence"].as_u64().unwrap()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     pub async fn stop(mut self) {
