@@ -1,6 +1,17 @@
-//! Emulators of the provider APIs, for tests, the demo and benchmarks.
+//! Emulators of the provider APIs — HubSpot, Zoho CRM, Odoo — for tests, the demo and
+//! benchmarks. Each behaves as `shared/PROVIDERS.md` describes the real service,
+//! request by request, over real HTTP.
 //!
-//! This crate depends on nothing of crmsync's, so what it signs and sends is an
-//! independent check of what the engine verifies and parses.
+//! This crate depends on nothing of crmsync's, so what it signs, pages and answers is
+//! an independent check of the adapters.
+//!
+//! Shared parts: [`server`] (bind and serve a router), [`faults`] (latency, errors,
+//! timeouts, 429 storms, dropped webhooks), [`data`] (deterministic generated
+//! records).
 
+pub mod data;
+pub mod faults;
 pub mod hubspot;
+pub mod odoo;
+pub mod server;
+pub mod zoho;

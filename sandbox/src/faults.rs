@@ -1,0 +1,215 @@
+//! Fault injection, per emulator: added latency, error rates (500, 502), timeouts,
+//! 429 storms and dropped webhooks.
+//!
+//! A spec is a comma-separated list, e.g.
+//! `latency=20ms,errors=0.05,timeouts=0.01,storm=5s/60s,drop-webhooks=0.2`:
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `latency=D` | every request waits D first (`ms` or `s`) |
+//! | `errors=P` | a request fails with 500 or 502 with probability P |
+//! | `timeouts=P` | a request hangs for `hang` (default 30s) and then gets 504, with probability P |
+//! | `hang=D` | how long a timed-out request hangs |
+//! | `storm=ON/PERIOD` | in every PERIOD, the first ON answers 429 to everything |
+//! | `drop-webhooks=P` | an outgoing webhook delivery is silently lost with probability P |
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// What to break, and how often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    pub latency: Duration,
+    pub error_rate: f64,
+    pub timeout_rate: f64,
+    pub hang: Duration,
+    pub storm: Option<(Duration, Duration)>,
+    pub drop_webhooks: f64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            timeout_rate: 0.0,
+            hang: Duration::from_secs(30),
+            storm: None,
+            drop_webhooks: 0.0,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration such as 250ms or 5s");
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    if let Some(secs) = s.strip_suffix('s') {
+        return secs
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(bad);
+    }
+    Err(bad())
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("`{s}` is not a probability from 0 to 1"))
+}
+
+impl FromStr for Faults {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let mut f = Faults::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("fault `{part}` is not key=value"))?;
+            match key {
+                "latency" => f.latency = duration(value)?,
+                "errors" => f.error_rate = probability(value)?,
+                "timeouts" => f.timeout_rate = probability(value)?,
+                "hang" => f.hang = duration(value)?,
+                "drop-webhooks" => f.drop_webhooks = probability(value)?,
+                "storm" => {
+                    let (on, period) = value
+                        .split_once('/')
+                        .ok_or_else(|| format!("storm `{value}` is not ON/PERIOD, e.g. 5s/60s"))?;
+                    let (on, period) = (duration(on)?, duration(period)?);
+                    if period.is_zero() || on > period {
+                        return Err(format!("storm `{value}`: ON must not exceed a non-zero PERIOD"));
+                    }
+                    f.storm = Some((on, period));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown fault `{other}`: expected latency, errors, timeouts, hang, storm or drop-webhooks"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// Builds a provider's own 429 answer.
+pub type TooManyRequests = fn() -> Response;
+
+/// Faults in force for one emulator, changeable while it runs.
+#[derive(Debug)]
+pub struct FaultState {
+    faults: RwLock<Faults>,
+    rng: Mutex<ChaCha8Rng>,
+    started: Instant,
+    too_many: TooManyRequests,
+}
+
+impl FaultState {
+    pub fn new(faults: Faults, seed: u64, too_many: TooManyRequests) -> Arc<Self> {
+        Arc::new(Self {
+            faults: RwLock::new(faults),
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0xfa17)),
+            started: Instant::now(),
+            too_many,
+        })
+    }
+
+    pub fn set(&self, faults: Faults) {
+        *self.faults.write().expect("faults lock") = faults;
+    }
+
+    pub fn get(&self) -> Faults {
+        self.faults.read().expect("faults lock").clone()
+    }
+
+    fn roll(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().expect("rng lock").gen_bool(p.min(1.0))
+    }
+
+    /// Whether the next outgoing webhook delivery should be lost.
+    pub fn drop_webhook(&self) -> bool {
+        self.roll(self.get().drop_webhooks)
+    }
+
+    fn in_storm(&self, storm: Option<(Duration, Duration)>) -> bool {
+        storm.is_some_and(|(on, period)| {
+            let t = self.started.elapsed().as_nanos() % period.as_nanos();
+            t < on.as_nanos()
+        })
+    }
+}
+
+/// Middleware applying the faults in force before the emulator answers.
+pub async fn apply(State(state): State<Arc<FaultState>>, request: Request, next: Next) -> Response {
+    let f = state.get();
+    if !f.latency.is_zero() {
+        tokio::time::sleep(f.latency).await;
+    }
+    if state.in_storm(f.storm) {
+        return (state.too_many)();
+    }
+    if state.roll(f.timeout_rate) {
+        tokio::time::sleep(f.hang).await;
+        return (
+            StatusCode::GATEWAY_TIMEOUT,
+            Body::from("upstream timed out"),
+        )
+            .into_response();
+    }
+    if state.roll(f.error_rate) {
+        let status = if state.roll(0.5) {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        return (status, Body::from("injected failure")).into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_why() {
+        let f: Faults =
+            "latency=20ms,errors=0.05,timeouts=0.01,storm=5s/60s,drop-webhooks=0.2,hang=1.5s"
+                .parse()
+                .unwrap();
+        assert_eq!(f.latency, Duration::from_millis(20));
+        assert_eq!(f.error_rate, 0.05);
+        assert_eq!(
+            f.storm,
+            Some((Duration::from_secs(5), Duration::from_secs(60)))
+        );
+        assert_eq!(f.hang, Duration::from_millis(1500));
+        assert_eq!("".parse::<Faults>().unwrap(), Faults::default());
+        for (bad, why) in [
+            ("errors=2", "probability"),
+            ("latency=fast", "duration"),
+            ("storm=10s/5s", "must not exceed"),
+            ("melt=1", "unknown fault"),
+            ("errors", "key=value"),
+        ] {
+            let err = bad.parse::<Faults>().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The Zoho CRM emulator.
