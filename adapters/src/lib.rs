@@ -1,10 +1,14 @@
 //! Provider adapters: one folder per CRM, the same shape in each, plus what they share
 //! (secrets, telemetry).
 
+pub mod error;
 pub mod hubspot;
+pub mod ratelimit;
 pub mod secret;
 pub mod telemetry;
 
+pub use error::{ErrorKind, ProviderError};
+pub use ratelimit::RateLimiter;
 pub use secret::Secret;
 pub use telemetry::Metrics;
 

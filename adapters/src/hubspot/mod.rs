@@ -1,5 +1,6 @@
 //! HubSpot: webhook verification and parsing, and mapping of its payloads onto the
 //! canonical model.
 
+pub mod client;
 pub mod mapping;
 pub mod webhook;

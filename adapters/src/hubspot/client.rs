@@ -1,0 +1,394 @@
+//! The HubSpot API client: objects v3 (list, batch read, search, create) with
+//! per-connection rate limiting, HubSpot's budget headers honoured, and retries by
+//! error kind with exponential backoff and jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{retry_after, ErrorKind, ProviderError};
+use crate::ratelimit::RateLimiter;
+use crate::telemetry::{status_label, ErrorLabels, RequestLabels};
+use crate::{Metrics, Secret};
+
+/// One HubSpot object as the API answers it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HsObject {
+    pub id: String,
+    #[serde(default)]
+    pub properties: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    #[serde(default)]
+    pub archived: bool,
+    #[serde(default)]
+    pub archived_at: Option<String>,
+}
+
+/// A page of a list or search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub results: Vec<HsObject>,
+    /// The cursor of the next page, if any.
+    pub after: Option<String>,
+    /// Search only: how many records match in all.
+    pub total: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawPage {
+    #[serde(default)]
+    results: Vec<HsObject>,
+    #[serde(default)]
+    paging: Option<Value>,
+    #[serde(default)]
+    total: Option<u64>,
+}
+
+impl From<RawPage> for Page {
+    fn from(raw: RawPage) -> Self {
+        let after = raw
+            .paging
+            .as_ref()
+            .and_then(|p| p.pointer("/next/after"))
+            .and_then(|a| match a {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        Page {
+            results: raw.results,
+            after,
+            total: raw.total,
+        }
+    }
+}
+
+/// How a client retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            max_attempts: 6,
+        }
+    }
+}
+
+/// A client for one HubSpot connection.
+#[derive(Debug, Clone)]
+pub struct HubSpotClient {
+    http: reqwest::Client,
+    base: String,
+    token: Arc<tokio::sync::RwLock<Secret<String>>>,
+    limiter: Arc<RateLimiter>,
+    retry: RetryPolicy,
+    metrics: Arc<Metrics>,
+}
+
+fn object_label(object: &str) -> &'static str {
+    match object {
+        "contacts" => "contacts",
+        "companies" => "companies",
+        "deals" => "deals",
+        "calls" => "calls",
+        "notes" => "notes",
+        _ => "other",
+    }
+}
+
+impl HubSpotClient {
+    pub fn new(
+        base: impl Into<String>,
+        token: Secret<String>,
+        limiter: Arc<RateLimiter>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        Self {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            token: Arc::new(tokio::sync::RwLock::new(token)),
+            limiter,
+            retry: RetryPolicy::default(),
+            metrics,
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Replaces the access token (after a refresh).
+    pub async fn set_token(&self, token: Secret<String>) {
+        *self.token.write().await = token;
+    }
+
+    /// One request, no retry: rate limited, measured, classified.
+    async fn once(
+        &self,
+        operation: &'static str,
+        object: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ProviderError> {
+        self.limiter.acquire().await;
+        let token = self.token.read().await.expose().clone();
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let fail = |kind: ErrorKind, status: Option<u16>, message: String| ProviderError {
+            kind,
+            provider: "hubspot",
+            operation,
+            status,
+            message,
+        };
+        let response = request.send().await;
+        let verb: &'static str = match method.as_str() {
+            "GET" => "GET",
+            "POST" => "POST",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            _ => "OTHER",
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.count(object, verb, "error", ErrorKind::Transient, operation);
+                return Err(fail(
+                    ErrorKind::Transient,
+                    None,
+                    e.without_url().to_string(),
+                ));
+            }
+        };
+        let status = response.status().as_u16();
+        self.observe_budget(response.headers());
+        let wait = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            self.count(object, verb, status_label(status), ErrorKind::Transient, "");
+            if text.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text).map_err(|e| {
+                fail(
+                    ErrorKind::Transient,
+                    Some(status),
+                    format!("unreadable answer: {e}"),
+                )
+            });
+        }
+        let kind = ErrorKind::from_status(status, wait);
+        if let ErrorKind::RateLimited { retry_after } = kind {
+            self.limiter
+                .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+        }
+        self.count(object, verb, status_label(status), kind, operation);
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        Err(fail(kind, Some(status), message))
+    }
+
+    fn count(
+        &self,
+        object: &str,
+        verb: &'static str,
+        status: &'static str,
+        kind: ErrorKind,
+        operation: &'static str,
+    ) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                provider: "hubspot",
+                object: object_label(object),
+                verb,
+                status,
+            })
+            .inc();
+        if !operation.is_empty() {
+            self.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    provider: "hubspot",
+                    error_type: kind.label(),
+                    operation,
+                    code: status,
+                })
+                .inc();
+        }
+    }
+
+    /// HubSpot reports what is left of its 10-second window; when nothing is, wait
+    /// the window out instead of collecting 429s.
+    fn observe_budget(&self, headers: &reqwest::header::HeaderMap) {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if number("x-hubspot-ratelimit-remaining") == Some(0) {
+            let window = number("x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000);
+            self.limiter
+                .pause(Duration::from_millis(window.min(10_000)));
+        }
+        if number("x-hubspot-ratelimit-daily-remaining") == Some(0) {
+            self.limiter.pause(Duration::from_secs(60));
+        }
+    }
+
+    /// A request retried by kind: 429 after `Retry-After`, transient failures with
+    /// exponential backoff and jitter; nothing else.
+    async fn call(
+        &self,
+        operation: &'static str,
+        object: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ProviderError> {
+        let attempt = || self.once(operation, object, method.clone(), path, body);
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(self.retry.min_delay)
+                    .with_max_delay(self.retry.max_delay)
+                    .with_max_times(self.retry.max_attempts)
+                    .with_jitter(),
+            )
+            .when(|e: &ProviderError| e.kind.retryable())
+            .adjust(|e: &ProviderError, delay| match e.kind {
+                ErrorKind::RateLimited {
+                    retry_after: Some(wait),
+                } => delay.map(|d| d.max(wait)),
+                _ => delay,
+            })
+            .notify(|e: &ProviderError, after| {
+                tracing::debug!(
+                    operation,
+                    kind = e.kind.label(),
+                    ?after,
+                    "retrying HubSpot call"
+                );
+            })
+            .await
+    }
+
+    /// One page of `GET /crm/v3/objects/{object}`.
+    pub async fn list(
+        &self,
+        object: &str,
+        after: Option<&str>,
+        properties: &[&str],
+        archived: bool,
+    ) -> Result<Page, ProviderError> {
+        let mut path = format!(
+            "/crm/v3/objects/{object}?limit=100&archived={archived}&properties={}",
+            properties.join(",")
+        );
+        if let Some(after) = after {
+            path.push_str("&after=");
+            path.push_str(after);
+        }
+        let v = self
+            .call("list", object, reqwest::Method::GET, &path, None)
+            .await?;
+        parse_page(v, "list")
+    }
+
+    /// `POST …/batch/read` for up to 100 ids; ids HubSpot does not know are left out
+    /// (a 207 answer), not an error.
+    pub async fn batch_read(
+        &self,
+        object: &str,
+        ids: &[String],
+        properties: &[&str],
+    ) -> Result<Vec<HsObject>, ProviderError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let body = json!({"inputs": inputs, "properties": properties});
+            let path = format!("/crm/v3/objects/{object}/batch/read");
+            let v = self
+                .call(
+                    "batch_read",
+                    object,
+                    reqwest::Method::POST,
+                    &path,
+                    Some(&body),
+                )
+                .await?;
+            out.extend(parse_page(v, "batch_read")?.results);
+        }
+        Ok(out)
+    }
+
+    /// One page of `POST …/search`.
+    pub async fn search(&self, object: &str, request: &Value) -> Result<Page, ProviderError> {
+        let path = format!("/crm/v3/objects/{object}/search");
+        let v = self
+            .call(
+                "search",
+                object,
+                reqwest::Method::POST,
+                &path,
+                Some(request),
+            )
+            .await?;
+        parse_page(v, "search")
+    }
+
+    /// `POST /crm/v3/objects/{object}`.
+    pub async fn create(&self, object: &str, body: &Value) -> Result<HsObject, ProviderError> {
+        let path = format!("/crm/v3/objects/{object}");
+        let v = self
+            .call("create", object, reqwest::Method::POST, &path, Some(body))
+            .await?;
+        serde_json::from_value(v).map_err(|e| ProviderError {
+            kind: ErrorKind::Transient,
+            provider: "hubspot",
+            operation: "create",
+            status: None,
+            message: format!("unreadable object: {e}"),
+        })
+    }
+}
+
+fn parse_page(v: Value, operation: &'static str) -> Result<Page, ProviderError> {
+    serde_json::from_value::<RawPage>(v)
+        .map(Page::from)
+        .map_err(|e| ProviderError {
+            kind: ErrorKind::Transient,
+            provider: "hubspot",
+            operation,
+            status: None,
+            message: format!("unreadable page: {e}"),
+        })
+}
