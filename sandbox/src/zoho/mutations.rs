@@ -1,0 +1,187 @@
+//! The mutation driver: a colleague working in the CRM's UI. Each step creates,
+//! updates or deletes a contact, account or deal, drawn from the seed and the step
+//! number, so the same seed gives the same sequence of changes. Changes bump
+//! `Modified_Time` and are notified like any other, those of one `mutate` call
+//! together.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::Generator;
+
+use super::schema::{Module, INTERESTS, LEAD_SOURCES, STAGES};
+use super::seed::{account_values, contact_values, deal_values, pick_index};
+use super::store::{now_ms, Change, Operation, Store, Value, UI_USER};
+use super::ZohoSandbox;
+
+const MUTATION_STREAM: u64 = 0x20_99;
+const FIRST_NEW_INDEX: u64 = 1_000_000;
+
+fn nth_id(store: &Store, module: Module, rng: &mut ChaCha8Rng) -> Option<u64> {
+    let records = &store.table(module).records;
+    pick_index(rng, records.len()).and_then(|k| records.keys().nth(k).copied())
+}
+
+fn field(module: Module, name: &str) -> usize {
+    module
+        .field_index(name)
+        .unwrap_or_else(|| panic!("{} has no field {name}", module.name()))
+}
+
+/// The fields an edit in the UI changes.
+fn edit(
+    g: &Generator,
+    module: Module,
+    step: u64,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, Option<Value>)> {
+    let text = |s: &str| Some(Value::Text(s.to_owned()));
+    match module {
+        Module::Contacts => match rng.gen_range(0..4) {
+            0 => vec![(field(module, "Title"), text(&g.person(step).job_title))],
+            1 => vec![(
+                field(module, "Phone"),
+                text(&g.person(FIRST_NEW_INDEX + step).phone),
+            )],
+            2 => vec![(
+                field(module, "Lead_Source"),
+                text(LEAD_SOURCES[rng.gen_range(1..LEAD_SOURCES.len())]),
+            )],
+            _ => {
+                let picked: Vec<String> = INTERESTS
+                    .iter()
+                    .filter(|_| rng.gen_bool(0.4))
+                    .map(|s| (*s).to_owned())
+                    .collect();
+                vec![(
+                    field(module, "Interests"),
+                    (!picked.is_empty()).then_some(Value::Multi(picked)),
+                )]
+            }
+        },
+        Module::Accounts => match rng.gen_range(0..2) {
+            0 => vec![(
+                field(module, "Employees"),
+                Some(Value::Int(rng.gen_range(5..5_000))),
+            )],
+            _ => vec![(
+                field(module, "Phone"),
+                text(&g.org(FIRST_NEW_INDEX + step).phone),
+            )],
+        },
+        _ => match rng.gen_range(0..2) {
+            0 => vec![(
+                field(module, "Stage"),
+                text(STAGES[rng.gen_range(0..STAGES.len())].0),
+            )],
+            _ => vec![(
+                field(module, "Amount"),
+                Some(Value::Decimal(f64::from(
+                    g.opportunity(FIRST_NEW_INDEX + step).amount,
+                ))),
+            )],
+        },
+    }
+}
+
+fn step(store: &mut Store, g: &Generator, step: u64, at: i64) -> Option<Change> {
+    let mut rng = g.rng(MUTATION_STREAM, step);
+    let module = match rng.gen_range(0..10) {
+        0..=4 => Module::Contacts,
+        5..=6 => Module::Accounts,
+        _ => Module::Deals,
+    };
+    let user = store.user_id(UI_USER);
+    let roll = rng.gen_range(0..100);
+    if store.table(module).records.len() < 2 || roll < 30 {
+        let index = FIRST_NEW_INDEX + step;
+        let values = match module {
+            Module::Contacts => {
+                let account = nth_id(store, Module::Accounts, &mut rng);
+                contact_values(g, index, &mut rng, account)
+            }
+            Module::Accounts => account_values(g, index, &mut rng),
+            _ => {
+                let account = nth_id(store, Module::Accounts, &mut rng);
+                let contact = nth_id(store, Module::Contacts, &mut rng);
+                deal_values(g, index, &mut rng, account, contact)
+            }
+        };
+        let id = store.insert(module, values, user, user, at);
+        return Some(Change {
+            module,
+            operation: Operation::Insert,
+            id,
+            fields: Vec::new(),
+        });
+    }
+    let id = nth_id(store, module, &mut rng)?;
+    if roll < 85 {
+        let set = edit(g, module, step, &mut rng);
+        let fields = store.update(module, id, &set, None, user, at)?;
+        Some(Change {
+            module,
+            operation: Operation::Update,
+            id,
+            fields,
+        })
+    } else {
+        store.delete(module, id, user, at).then_some(Change {
+            module,
+            operation: Operation::Delete,
+            id,
+            fields: Vec::new(),
+        })
+    }
+}
+
+impl ZohoSandbox {
+    /// `n` steps of the mutation driver, notified together.
+    pub fn mutate(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let g = Generator::new(self.config.seed);
+        let at = now_ms();
+        let changes: Vec<Change> = {
+            let mut store = self.store_mut();
+            (0..n)
+                .filter_map(|_| {
+                    let s = self.mutation_step.fetch_add(1, Ordering::Relaxed);
+                    step(&mut store, &g, s, at)
+                })
+                .collect()
+        };
+        self.notify(changes);
+    }
+
+    /// Runs the mutation driver at about `per_sec` changes a second, those of each
+    /// 50 ms tick together, until the task is aborted or the sandbox dropped.
+    pub fn spawn_mutations(self: &Arc<Self>, per_sec: f64) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if per_sec.is_nan() || per_sec <= 0.0 {
+                return;
+            }
+            let tick = Duration::from_millis(50);
+            let per_tick = per_sec * tick.as_secs_f64();
+            let mut owed = 0.0;
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(sb) = weak.upgrade() else {
+                    return;
+                };
+                owed += per_tick;
+                let n = owed.floor();
+                owed -= n;
+                sb.mutate(n as usize);
+            }
+        })
+    }
+}
