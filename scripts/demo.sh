@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "demo: cargo is required (https://rustup.rs)" >&2; exit 1; }
-eval "$(scripts/services.sh)"
+services_env=$(scripts/services.sh)
+eval "$services_env"
 cargo build -q -p crmsync-engine --bin crmsync
 exec target/debug/crmsync demo "$@"

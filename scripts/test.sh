@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "test: cargo is required (https://rustup.rs)" >&2; exit 1; }
-eval "$(scripts/services.sh)"
+services_env=$(scripts/services.sh)
+eval "$services_env"
 export RUST_BACKTRACE=${RUST_BACKTRACE:-0}
 cargo run -q -p crmsync-testkit --bin testkit-clean
 cargo test -q --workspace --doc

@@ -13,21 +13,25 @@ use crmsync_projectors::MIGRATOR;
 /// Connects to `url`, creating the database first when it does not exist.
 pub async fn connect(url: &Secret<String>) -> anyhow::Result<PgPool> {
     let url = url.expose();
-    let exists = Postgres::database_exists(url)
-        .await
-        .context("cannot reach Postgres at DATABASE_URL")?;
-    if !exists {
-        Postgres::create_database(url)
-            .await
-            .context("the database in DATABASE_URL does not exist and could not be created")?;
-        tracing::info!("created the database named in DATABASE_URL");
-    }
-    PgPoolOptions::new()
+    let options = PgPoolOptions::new()
         .max_connections(10)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .context("cannot connect to the database in DATABASE_URL")
+        .acquire_timeout(Duration::from_secs(10));
+    match options.clone().connect(url).await {
+        Ok(pool) => Ok(pool),
+        // 3D000: the database does not exist. Only then is the maintenance database
+        // needed (managed hosts and poolers may not offer it).
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            Postgres::create_database(url)
+                .await
+                .context("the database in DATABASE_URL does not exist and could not be created")?;
+            tracing::info!("created the database named in DATABASE_URL");
+            options
+                .connect(url)
+                .await
+                .context("cannot connect to the database in DATABASE_URL")
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot reach Postgres at DATABASE_URL")),
+    }
 }
 
 /// Applies pending migrations. Safe when several replicas start together: the

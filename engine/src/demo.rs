@@ -37,8 +37,10 @@ pub async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     if settings.hubspot_webhook_key().is_none() {
-        println!("No CRM_HUBSPOT_CLIENT_SECRET set: the demo signs with a built-in demo secret.");
+        println!("No CRM_HUBSPOT_CLIENT_SECRET set: the demo signs with a built-in demo secret and listens on 127.0.0.1 only.");
         settings.hubspot_client_secret = Some(Secret::new(DEMO_SECRET.to_owned()));
+        // The built-in secret is public: never accept webhooks signed with it from afar.
+        settings.bind = std::net::Ipv4Addr::LOCALHOST.into();
     }
     let secret = settings
         .hubspot_webhook_key()

@@ -242,3 +242,117 @@ proptest! {
         prop_assert_eq!(straight, permuted);
     }
 }
+
+#[tokio::test]
+async fn a_postgres_outage_holds_events_without_spending_their_deliveries() {
+    // MaxDeliver 2 and a 200 ms ack wait: without in-progress acks the held events
+    // would run out of deliveries within the outage.
+    let engine = TestEngine::start(&[("CRM_MAX_DELIVER", "2"), ("CRM_RETRY_BASE_MS", "200")]).await;
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    let mut admin = crmsync_testkit::admin().await;
+    let set_read_only =
+        |on: bool| format!("ALTER DATABASE \"{db}\" SET default_transaction_read_only = {on}");
+    let kick = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()");
+    sqlx::query(&set_read_only(true))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(&kick).execute(&mut admin).await.unwrap();
+
+    let batch = sample_contacts_batch(62515, Utc::now().timestamp_millis());
+    let last = engine.post_events(Signature::V3, &batch).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(engine
+        .metrics()
+        .await
+        .contains(r#"error_type="transient",operation="project""#));
+
+    sqlx::query(&set_read_only(false))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(&kick).execute(&mut admin).await.unwrap();
+    engine.wait_projected(last).await;
+    let rows = common::contact_rows(&engine.pool, "62515").await;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1]["job_title"], "Mathematician");
+    let dlq = engine
+        .js
+        .get_stream(engine.topology.dlq_stream())
+        .await
+        .unwrap();
+    let dead = dlq
+        .get_last_raw_message_by_subject(&engine.topology.subjects.dlq("proj-hubspot-contact"))
+        .await;
+    assert!(dead.is_err(), "nothing was dead-lettered");
+    assert!(!engine.metrics().await.contains("crm_dead_lettered_total{"));
+    engine.stop().await;
+}
+
+fn field_set() -> impl Strategy<Value = crmsync_schema::FieldSet> {
+    let change = (
+        prop::sample::select(vec!["email", "first_name", "$deleted"]),
+        0i64..4,
+        "[a-zA-Z0-9é😀_-]{0,4}",
+        proptest::option::of("[a-zA-Zé]{0,3}"),
+    );
+    prop::collection::vec(change, 0..6).prop_map(|changes| {
+        let mut set = crmsync_schema::FieldSet::default();
+        for (field, t, id, value) in changes {
+            let time = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + t).unwrap();
+            let version = crmsync_schema::Version::new(time, &id);
+            set.set(
+                field,
+                value.map(Value::from).unwrap_or(Value::Null),
+                &version,
+            );
+        }
+        set
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Postgres merges exactly as Rust does, even in a database whose default
+    /// collation (ICU) orders text differently from byte order.
+    #[test]
+    fn postgres_merges_field_sets_exactly_as_rust_does(pairs in prop::collection::vec((field_set(), field_set()), 1..8)) {
+        // One runtime for every case, so the pool outlives each of them.
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        let runtime = RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().unwrap());
+        runtime.block_on(async {
+            static POOL: tokio::sync::OnceCell<sqlx::PgPool> = tokio::sync::OnceCell::const_new();
+            let pool = POOL
+                .get_or_init(|| async {
+                    let url = crmsync_testkit::fresh_database_with(
+                        "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' TEMPLATE template0",
+                    )
+                    .await;
+                    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                    crmsync_projectors::MIGRATOR.run(&pool).await.unwrap();
+                    pool
+                })
+                .await;
+            for (a, b) in &pairs {
+                let mut expected = a.clone();
+                expected.merge(b);
+                let (fields, versions): (Value, Value) = sqlx::query_as(
+                    "SELECT m.fields, m.versions FROM crm_merge_fields($1, $2, $3, $4) m",
+                )
+                .bind(serde_json::to_value(&a.fields).unwrap())
+                .bind(serde_json::to_value(&a.versions).unwrap())
+                .bind(serde_json::to_value(&b.fields).unwrap())
+                .bind(serde_json::to_value(&b.versions).unwrap())
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                assert_eq!(fields, serde_json::to_value(&expected.fields).unwrap());
+                assert_eq!(versions, serde_json::to_value(&expected.versions).unwrap());
+            }
+        });
+    }
+}

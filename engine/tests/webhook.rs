@@ -157,10 +157,13 @@ async fn malformed_oversized_and_mistyped_bodies_get_clear_errors_and_store_noth
     let uri = format!("{PUBLIC_URL}{WEBHOOK_PATH}");
     let now = Utc::now().timestamp_millis();
     let cases: Vec<(Vec<u8>, Option<&str>, u16, &str)> = vec![
-        (b"{\"not\":\"an array\"}".to_vec(), None, 400, "not a JSON array"),
-        (b"[{\"eventId\":1}]".to_vec(), None, 400, "event 0"),
+        (
+            b"{\"not\":\"an array\"}".to_vec(),
+            None,
+            400,
+            "not a JSON array",
+        ),
         (b"\xff\xfe[".to_vec(), None, 400, "not a JSON array"),
-        (json!([{"eventId":1,"portalId":1,"occurredAt":1,"subscriptionType":"contact.creation","objectId":""}]).to_string().into_bytes(), None, 400, "objectId"),
         (vec![b' '; 5000], None, 413, "larger than the 4096 bytes"),
         (b"[]".to_vec(), Some("text/plain"), 415, "application/json"),
     ];
@@ -176,6 +179,41 @@ async fn malformed_oversized_and_mistyped_bodies_get_clear_errors_and_store_noth
         assert!(text.contains(message), "{text}");
     }
     assert_eq!(engine.events_in_stream().await, 0);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_events_are_stored_unparsed_and_the_rest_of_the_batch_is_kept() {
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(62515);
+    let good = f.creation("contact", 7, 1_700_000_000_000);
+    let body = json!([good, {"eventId": 2, "portalId": 62515}, {"eventId": 3, "portalId": 1, "occurredAt": 1, "subscriptionType": "contact.creation", "objectId": ""}]);
+    let response = engine
+        .post_webhook(Signature::V3, &serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "HubSpot never retries a 4xx: the batch must not be refused"
+    );
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["accepted"], 3);
+    assert_eq!(answer["unparsed"], 2);
+    assert_eq!(engine.events_in_stream().await, 3);
+    let stream = engine
+        .js
+        .get_stream(engine.topology.events_stream())
+        .await
+        .unwrap();
+    let kept = stream.get_raw_message(2).await.unwrap();
+    assert!(
+        kept.subject
+            .as_str()
+            .contains(".raw.hubspot.62515.unparsed."),
+        "{}",
+        kept.subject
+    );
+    assert_eq!(kept.payload.as_ref(), br#"{"eventId":2,"portalId":62515}"#);
     engine.stop().await;
 }
 

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
-use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -35,6 +34,8 @@ pub struct ProjectorConfig {
     /// Earlier failures are left unacknowledged, so the consumer's BackOff schedule
     /// spaces the retries.
     pub max_deliver: i64,
+    /// The consumer's ack wait: held messages are kept in progress well within it.
+    pub ack_wait: Duration,
 }
 
 impl ProjectorConfig {
@@ -45,6 +46,7 @@ impl ProjectorConfig {
             stream: stream.into(),
             batch: 500,
             max_deliver: 10,
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -71,6 +73,14 @@ struct Decoded {
     lag: Option<f64>,
 }
 
+/// Why a held batch was not committed.
+enum Held {
+    /// Postgres refused the data itself.
+    Refused(sqlx::Error),
+    /// A stop was asked for; the messages are left for redelivery.
+    Stopped,
+}
+
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
     #[error("Postgres is unavailable: {0}")]
@@ -87,10 +97,14 @@ fn classify(e: sqlx::Error) -> BatchError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
+        // Connection, transaction rollback, resources, operator intervention, system
+        // errors; a read-only server (failover), lock not available, permissions:
+        // none of them is the event's fault.
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             ["08", "40", "53", "57", "58"]
                 .iter()
                 .any(|p| c.starts_with(p))
+                || ["25006", "55P03", "42501"].contains(&c.as_ref())
         }),
         _ => false,
     };
@@ -264,26 +278,17 @@ impl Projector {
             (good, bad)
         };
         let mut committed: Vec<&Decoded> = Vec::new();
-        match self.commit(&good).await {
+        match self.commit_holding(&good, stop).await {
             Ok(()) => committed = good,
-            Err(BatchError::Transient(e)) => {
-                tracing::warn!(consumer = %self.config.consumer, error = %e, "batch not committed; retrying when Postgres is back");
-                self.count_error("transient", "project");
-                self.wait_for_postgres(stop).await;
-                // An outage is not the events' fault: hand them back for an immediate
-                // redelivery instead of letting them run towards MaxDeliver.
-                for d in &decoded {
-                    let _ = d.msg.ack_with(AckKind::Nak(None)).await;
-                }
-                return;
-            }
-            Err(BatchError::Data(e)) => {
+            Err(Held::Stopped) => return,
+            Err(Held::Refused(e)) => {
                 // Find the culprits: each message alone.
                 tracing::warn!(consumer = %self.config.consumer, error = %e, "batch refused; isolating");
                 for d in good {
-                    match self.commit(&[d]).await {
+                    match self.commit_holding(&[d], stop).await {
                         Ok(()) => committed.push(d),
-                        Err(e) => bad.push((d, e.to_string())),
+                        Err(Held::Stopped) => break,
+                        Err(Held::Refused(e)) => bad.push((d, e.to_string())),
                     }
                 }
             }
@@ -365,20 +370,38 @@ impl Projector {
         }
     }
 
-    async fn wait_for_postgres(&self, stop: &CancellationToken) {
-        let probe = || async { sqlx::query("SELECT 1").execute(&self.pool).await };
-        let retry = probe
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times(),
-            )
-            .notify(|e, after| tracing::warn!(error = %e, ?after, "waiting for Postgres"));
-        tokio::select! {
-            () = stop.cancelled() => {}
-            _ = retry => {}
+    /// Commits `items`, holding on to them while Postgres is unavailable: the
+    /// messages are kept in progress (so no delivery is spent and none reaches
+    /// MaxDeliver because of an outage) and the commit is retried with growing delays
+    /// until it succeeds, the batch itself is refused, or a stop is asked for.
+    async fn commit_holding(
+        &self,
+        items: &[&Decoded],
+        stop: &CancellationToken,
+    ) -> Result<(), Held> {
+        let tick = (self.config.ack_wait / 2).max(Duration::from_millis(10));
+        let mut delay = Duration::from_millis(100);
+        let mut next_try = Instant::now();
+        loop {
+            if Instant::now() >= next_try {
+                match self.commit(items).await {
+                    Ok(()) => return Ok(()),
+                    Err(BatchError::Data(e)) => return Err(Held::Refused(e)),
+                    Err(BatchError::Transient(e)) => {
+                        self.count_error("transient", "project");
+                        tracing::warn!(consumer = %self.config.consumer, error = %e, retry_in = ?delay, "batch not committed; holding it until Postgres is back");
+                        next_try = Instant::now() + delay;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Err(Held::Stopped),
+                () = tokio::time::sleep(tick) => {}
+            }
+            for d in items {
+                let _ = d.msg.ack_with(AckKind::Progress).await;
+            }
         }
     }
 }

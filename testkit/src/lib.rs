@@ -21,9 +21,20 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A short unique name: `t` and 12 hex digits.
+/// A short unique name: `t`, the Unix time in 8 hex digits, and 4 random hex digits,
+/// so that `testkit-clean` can tell old leftovers from a run in progress.
 pub fn unique_name() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let random = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    format!("t{:08x}{random}", secs as u32)
+}
+
+/// When a name made by [`unique_name`] was made, in Unix seconds.
+pub fn name_time(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix('t')?.get(..8)?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 pub async fn nats() -> async_nats::Client {
@@ -35,6 +46,28 @@ pub async fn nats() -> async_nats::Client {
 /// A fresh, empty database; returns its URL. Migrate it yourself, or use
 /// [`migrated_database`].
 pub async fn fresh_database() -> String {
+    fresh_database_with("").await
+}
+
+/// The Postgres server's maintenance database, for statements a database cannot run
+/// on itself.
+pub async fn admin() -> sqlx::PgConnection {
+    let base: PgConnectOptions = database_url()
+        .parse()
+        .expect("DATABASE_URL is a Postgres URL");
+    base.database("postgres")
+        .connect()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Postgres at {} (run scripts/services.sh): {e}",
+                database_url()
+            )
+        })
+}
+
+/// A fresh database created with extra `CREATE DATABASE` options (e.g. a collation).
+pub async fn fresh_database_with(options: &str) -> String {
     let base: PgConnectOptions = database_url()
         .parse()
         .expect("DATABASE_URL is a Postgres URL");
@@ -50,7 +83,7 @@ pub async fn fresh_database() -> String {
                 database_url()
             )
         });
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+    sqlx::query(&format!("CREATE DATABASE \"{name}\" {options}"))
         .execute(&mut admin)
         .await
         .expect("create test database");

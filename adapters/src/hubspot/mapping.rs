@@ -21,12 +21,20 @@ pub const CONTACT_FIELDS: &[(&str, &str)] = &[
     ("hubspot_owner_id", "owner_id"),
 ];
 
-/// The canonical name of a HubSpot contact property.
-pub fn contact_field(property: &str) -> &str {
-    CONTACT_FIELDS
+/// The canonical name of a HubSpot contact property. An unmapped property keeps its
+/// name, unless that name is a canonical field's: then it becomes `hubspot.<name>`, so
+/// a custom property called `phone` cannot overwrite the mapped phone.
+pub fn contact_field(property: &str) -> std::borrow::Cow<'_, str> {
+    if let Some((_, canonical)) = CONTACT_FIELDS.iter().find(|(hs, _)| *hs == property) {
+        return (*canonical).into();
+    }
+    if CONTACT_FIELDS
         .iter()
-        .find(|(hs, _)| *hs == property)
-        .map_or(property, |(_, canonical)| canonical)
+        .any(|(_, canonical)| *canonical == property)
+    {
+        return format!("hubspot.{property}").into();
+    }
+    property.into()
 }
 
 fn malformed(reason: impl Into<String>) -> MappingError {
@@ -53,7 +61,7 @@ fn one(id: RemoteId, field: &str, value: Value, version: &Version) -> RowChange 
 /// row changes it implies. Association changes carry nothing for the contacts table.
 pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>, MappingError> {
     let event: WebhookEvent = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
-    let id = remote_id(&event.object_id.0)?;
+    let id = remote_id(&event.record_id().map(|i| i.0.clone()).unwrap_or_default())?;
     Ok(match event.change() {
         Change::Created | Change::Restored => vec![one(id, DELETED, Value::Bool(false), version)],
         Change::Deleted => vec![one(id, DELETED, Value::Bool(true), version)],
@@ -68,7 +76,7 @@ pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>,
                 Some(Value::String(s)) if s.is_empty() => Value::Null,
                 Some(v) => v,
             };
-            vec![one(id, contact_field(property), value, version)]
+            vec![one(id, &contact_field(property), value, version)]
         }
         Change::Merged => {
             let survivor = event
@@ -81,7 +89,7 @@ pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>,
                 .merged_object_ids
                 .iter()
                 .chain(event.primary_object_id.iter())
-                .chain(std::iter::once(&event.object_id));
+                .chain(event.record_id());
             for loser in losers {
                 let loser = remote_id(&loser.0)?;
                 let seen = changes.iter().any(|c| c.remote_id == loser);
@@ -126,6 +134,14 @@ mod tests {
         e["propertyName"] = json!("favourite_colour");
         e["propertyValue"] = json!("");
         assert_eq!(changes(e)[0].fields.fields["favourite_colour"], Value::Null);
+    }
+
+    #[test]
+    fn custom_properties_never_overwrite_canonical_fields() {
+        assert_eq!(contact_field("firstname"), "first_name");
+        assert_eq!(contact_field("phone"), "phone");
+        assert_eq!(contact_field("first_name"), "hubspot.first_name");
+        assert_eq!(contact_field("favourite_colour"), "favourite_colour");
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub fn verify(
     if let Some(sig) = req.signature_v3 {
         let ts = req.timestamp.ok_or(VerifyError::BadTimestamp)?;
         let ms: i64 = ts.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-        if (now.timestamp_millis() - ms).abs() > MAX_SKEW_MS {
+        if now.timestamp_millis().abs_diff(ms) > MAX_SKEW_MS.unsigned_abs() {
             return Err(VerifyError::StaleTimestamp);
         }
         let given = base64::engine::general_purpose::STANDARD
@@ -186,7 +186,11 @@ pub struct WebhookEvent {
     pub portal_id: HsId,
     pub occurred_at: i64,
     pub subscription_type: String,
-    pub object_id: HsId,
+    /// Absent on association changes, which name `fromObjectId` instead.
+    #[serde(default)]
+    pub object_id: Option<HsId>,
+    #[serde(default)]
+    pub from_object_id: Option<HsId>,
     #[serde(default)]
     pub subscription_id: Option<HsId>,
     #[serde(default)]
@@ -210,6 +214,11 @@ pub struct WebhookEvent {
 }
 
 impl WebhookEvent {
+    /// The record the event is about.
+    pub fn record_id(&self) -> Option<&HsId> {
+        self.object_id.as_ref().or(self.from_object_id.as_ref())
+    }
+
     /// `contact` of `contact.propertyChange`.
     pub fn object_prefix(&self) -> &str {
         self.subscription_type
@@ -251,16 +260,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<ReceivedEvent>, ParseError> {
     raws.into_iter()
         .enumerate()
         .map(|(index, raw)| {
-            let mut de = serde_json::Deserializer::from_str(raw.get());
-            let event: WebhookEvent =
-                serde_path_to_error::deserialize(&mut de).map_err(|e| ParseError::BadEvent {
-                    index,
-                    reason: match e.path().to_string().as_str() {
-                        "." => e.inner().to_string(),
-                        path => format!("{path}: {}", e.inner()),
-                    },
-                })?;
-            object_type(&event).map_err(|reason| ParseError::BadEvent { index, reason })?;
+            let event = parse_one(index, &raw)?;
             Ok(ReceivedEvent { event, raw })
         })
         .collect()
@@ -269,6 +269,82 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<ReceivedEvent>, ParseError> {
 fn object_type(event: &WebhookEvent) -> Result<ObjectType, String> {
     ObjectType::parse(event.object_prefix().to_ascii_lowercase())
         .map_err(|e| format!("subscriptionType: {e}"))
+}
+
+/// A verified webhook body: every element becomes a raw event; the ones that could
+/// not be read are kept verbatim as `unparsed` events rather than refused, because
+/// HubSpot never retries a 4xx and the whole batch would be lost.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub events: Vec<RawEvent>,
+    /// (index, reason) of the elements stored as `unparsed`.
+    pub unparsed: Vec<(usize, String)>,
+}
+
+/// Reads a verified webhook body. Only a body that is not a JSON array is refused.
+pub fn receive_batch(body: &[u8]) -> Result<Batch, ParseError> {
+    let raws: Vec<Box<RawValue>> =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotAnArray(e.to_string()))?;
+    let mut batch = Batch {
+        events: Vec::with_capacity(raws.len()),
+        unparsed: Vec::new(),
+    };
+    for (index, raw) in raws.into_iter().enumerate() {
+        let parsed = parse_one(index, &raw).and_then(|event| {
+            ReceivedEvent {
+                event,
+                raw: raw.clone(),
+            }
+            .to_raw_event(index)
+        });
+        match parsed {
+            Ok(event) => batch.events.push(event),
+            Err(e) => {
+                batch.unparsed.push((index, e.to_string()));
+                batch.events.push(unparsed_event(&raw));
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// An element crmsync could not read, stored as it came under
+/// `crm.raw.hubspot.<portal or unknown>.unparsed.<digest>`.
+fn unparsed_event(raw: &RawValue) -> RawEvent {
+    let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+    let portal = match value.get("portalId") {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= WorkspaceId::MAX_LEN => s.clone(),
+        _ => "unknown".to_owned(),
+    };
+    let digest = digest(raw);
+    let id = format!("hs-unparsed-{digest}");
+    RawEvent {
+        provider: Provider::HubSpot,
+        workspace: WorkspaceId::parse(portal)
+            .unwrap_or_else(|_| WorkspaceId::parse("unknown").expect("valid")),
+        object: ObjectType::parse("unparsed").expect("valid object type"),
+        id: RemoteId::parse(digest).expect("a hex digest is a valid id"),
+        change: Change::Other,
+        version: id.clone(),
+        event_id: id,
+        time: chrono::Utc::now(),
+        data: raw.get().as_bytes().to_vec(),
+    }
+}
+
+fn parse_one(index: usize, raw: &RawValue) -> Result<WebhookEvent, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let event: WebhookEvent =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| ParseError::BadEvent {
+            index,
+            reason: match e.path().to_string().as_str() {
+                "." => e.inner().to_string(),
+                path => format!("{path}: {}", e.inner()),
+            },
+        })?;
+    object_type(&event).map_err(|reason| ParseError::BadEvent { index, reason })?;
+    Ok(event)
 }
 
 /// A digest of the event without `attemptNumber`, so that HubSpot's retries of one
@@ -298,7 +374,7 @@ impl ReceivedEvent {
             workspace: WorkspaceId::parse(e.portal_id.0.clone())
                 .map_err(|err| bad(format!("portalId: {err}")))?,
             object: object_type(e).map_err(bad)?,
-            id: RemoteId::parse(e.object_id.0.clone())
+            id: RemoteId::parse(e.record_id().map(|i| i.0.clone()).unwrap_or_default())
                 .map_err(|err| bad(format!("objectId: {err}")))?,
             change: e.change(),
             version: id.clone(),
@@ -427,6 +503,40 @@ mod tests {
     }
 
     #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        for ts in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            let r = SignedRequest {
+                signature_v3: Some("AAAA"),
+                timestamp: Some(&ts),
+                ..req(BODY)
+            };
+            assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::StaleTimestamp));
+        }
+    }
+
+    #[test]
+    fn unreadable_elements_are_kept_as_unparsed_events_not_refused() {
+        let body = br#"[{"eventId":1,"portalId":7,"occurredAt":1,"subscriptionType":"contact.creation","objectId":5},{"eventId":2,"portalId":7},3,{"eventId":4,"portalId":7,"occurredAt":2,"subscriptionType":"contact.associationChange","fromObjectId":5,"toObjectId":9}]"#;
+        let batch = receive_batch(body).unwrap();
+        assert_eq!(batch.events.len(), 4);
+        let indices: Vec<usize> = batch.unparsed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, [1, 2]);
+        let unparsed = &batch.events[1];
+        assert_eq!(unparsed.object.as_str(), "unparsed");
+        assert_eq!(unparsed.workspace.as_str(), "7");
+        assert_eq!(unparsed.data, br#"{"eventId":2,"portalId":7}"#);
+        assert_eq!(batch.events[2].workspace.as_str(), "unknown");
+        assert_eq!(
+            batch.events[3].id.as_str(),
+            "5",
+            "association changes name fromObjectId"
+        );
+        assert!(receive_batch(b"{}").is_err());
+        let again = receive_batch(body).unwrap();
+        assert_eq!(again.events[1].dedupe_key(), batch.events[1].dedupe_key());
+    }
+
+    #[test]
     fn missing_or_odd_headers_are_refused_clearly() {
         assert_eq!(verify(&req(BODY), SECRET, now()), Err(VerifyError::Missing));
         let r = SignedRequest {
@@ -475,7 +585,7 @@ mod tests {
             b"[1]",
             b"[{\"eventId\":1}]",
             br#"[{"eventId":1,"portalId":1,"occurredAt":1,"subscriptionType":"Contact*.x","objectId":1}]"#,
-            br#"[{"eventId":1,"portalId":"","occurredAt":1,"subscriptionType":"contact.creation","objectId":1}]"#,
+            br#"[{"eventId":1,"portalId":1,"occurredAt":"soon","subscriptionType":"contact.creation"}]"#,
             b"\xff\xfe",
         ];
         for body in cases {

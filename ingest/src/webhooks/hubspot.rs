@@ -92,20 +92,25 @@ async fn handle(
         return Err(ApiError::Unauthorized(e.to_string()));
     }
     require_json(headers)?;
-    let received = webhook::parse_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let events = received
-        .iter()
-        .enumerate()
-        .map(|(index, r)| r.to_raw_event(index))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let published = publish_all(&state.js, &state.subjects, &events)
+    let batch = webhook::receive_batch(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if !batch.unparsed.is_empty() {
+        // Stored verbatim as `unparsed` events: a 4xx would make HubSpot drop the batch.
+        tracing::warn!(
+            unparsed = batch.unparsed.len(),
+            "HubSpot webhook elements stored unparsed"
+        );
+        for (index, reason) in &batch.unparsed {
+            tracing::debug!(index, reason, "unparsed HubSpot webhook element");
+        }
+    }
+    let events = &batch.events;
+    let published = publish_all(&state.js, &state.subjects, events)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, events = events.len(), "HubSpot webhook not stored; answering 503 so HubSpot retries");
             ApiError::Unavailable("the events could not be stored; retry later".into())
         })?;
-    for event in &events {
+    for event in events {
         let entity_type = match event.object.as_str() {
             "contact" => "contact",
             "company" => "company",
@@ -128,6 +133,7 @@ async fn handle(
     );
     Ok(Json(json!({
         "accepted": events.len(),
+        "unparsed": batch.unparsed.len(),
         "stored": published.stored,
         "duplicates": published.duplicates,
         "last_sequence": published.last_sequence,

@@ -1,11 +1,18 @@
-//! Removes what tests leave behind: databases and JetStream streams and buckets whose
-//! names start with a test prefix (`t` and 12 hex digits). Run before a test run.
+//! Removes what tests left behind: databases and JetStream streams and buckets whose
+//! names are test names (`t` and 12 hex digits) made more than an hour ago, so a test
+//! run in progress elsewhere on the same servers is left alone.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
+
+/// Test names older than an hour.
+fn is_stale_test_name(name: &str, now: u64) -> bool {
+    is_test_name(name)
+        && crmsync_testkit::name_time(name).is_some_and(|t| now.saturating_sub(t) > 3600)
+}
 
 fn is_test_name(name: &str) -> bool {
     let head = name.get(..13).unwrap_or("");
@@ -20,13 +27,16 @@ fn is_test_name(name: &str) -> bool {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let base: PgConnectOptions = crmsync_testkit::database_url().parse()?;
     let mut admin = base.database("postgres").connect().await?;
     let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database")
         .fetch_all(&mut admin)
         .await?;
     let mut dropped = 0;
-    for name in names.into_iter().filter(|n| is_test_name(n)) {
+    for name in names.into_iter().filter(|n| is_stale_test_name(n, now)) {
         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut admin)
             .await?;
@@ -44,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(name) = names.next().await {
         let name = name?;
         let bare = name.strip_prefix("KV_").unwrap_or(&name);
-        if is_test_name(bare) {
+        if is_stale_test_name(bare, now) {
             streams.push(name);
         }
     }
@@ -52,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         js.delete_stream(name).await?;
     }
     eprintln!(
-        "testkit-clean: dropped {dropped} test databases and {} test streams",
+        "testkit-clean: dropped {dropped} test databases and {} test streams older than an hour",
         streams.len()
     );
     Ok(())
@@ -60,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_test_name;
+    use super::{is_stale_test_name, is_test_name};
 
     #[test]
     fn only_test_made_names_match() {
@@ -70,5 +80,9 @@ mod tests {
         assert!(!is_test_name("CRM_EVENTS"));
         assert!(!is_test_name("t0123456789abc"));
         assert!(!is_test_name("t0123456789AB"));
+        let fresh = crmsync_testkit::unique_name();
+        let t = crmsync_testkit::name_time(&fresh).unwrap();
+        assert!(!is_stale_test_name(&fresh, t + 60));
+        assert!(is_stale_test_name(&format!("{fresh}_CRM_EVENTS"), t + 7200));
     }
 }
