@@ -6,11 +6,13 @@ pub mod hubspot;
 pub mod ratelimit;
 pub mod secret;
 pub mod telemetry;
+pub mod vault;
 
 pub use error::{ErrorKind, ProviderError};
 pub use ratelimit::RateLimiter;
 pub use secret::Secret;
 pub use telemetry::Metrics;
+pub use vault::Vault;
 
 use crmsync_schema::{FieldSet, RemoteId};
 

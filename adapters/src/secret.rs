@@ -28,6 +28,12 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret<String> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(Secret::new)
+    }
+}
+
 impl From<String> for Secret<String> {
     fn from(s: String) -> Self {
         Self(s)

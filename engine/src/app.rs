@@ -75,6 +75,12 @@ impl Engine {
         {
             tracing::info!("{note}");
         }
+        if role != Role::Worker
+            && settings.hubspot_webhook_key().is_some()
+            && settings.public_url.is_none()
+        {
+            tracing::warn!("CRM_PUBLIC_URL is not set: HubSpot v2/v3 signatures are checked against the URI rebuilt from Host and X-Forwarded-* headers; set it when a proxy sits in front");
+        }
         let metrics = Arc::new(Metrics::new());
         let mut projectors = Vec::new();
         if role != Role::Api {
@@ -105,6 +111,13 @@ impl Engine {
             public_url: settings.public_url.clone(),
             max_body_bytes: settings.webhook_max_bytes,
             latest_migration: db::latest_migration(),
+            api_token: settings.api_token.clone(),
+            vault: settings.vault().map(Arc::new),
+            hubspot_app: settings.hubspot_app(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("building the HTTP client")?,
         });
         Ok(Self {
             settings,
@@ -203,6 +216,7 @@ async fn projector(
     let mut pc = ProjectorConfig::new(provider, name, topology.events_stream());
     pc.batch = settings.batch_size;
     pc.max_deliver = settings.max_deliver;
+    pc.ack_wait = settings.retry_base;
     Ok(Projector::new(
         pc,
         config,

@@ -48,7 +48,7 @@ pub const VARIABLES: &[Variable] = &[
     var("CRM_SYNC_RPS", "5", "requests per second per connection to a provider"),
     var("CRM_NATS_PREFIX", "(none)", "prefix of subjects and streams, for several installations on one NATS account"),
     var("CRM_STREAM_REPLICAS", "1", "replicas of each JetStream stream (1-5; 3 in a cluster)"),
-    var("CRM_DEDUPE_WINDOW_SECS", "3600", "JetStream duplicate window in seconds (at least 900)"),
+    var("CRM_DEDUPE_WINDOW_SECS", "86400", "JetStream duplicate window in seconds (at least 900); a day covers HubSpot's retries"),
     var("CRM_WEBHOOK_MAX_BYTES", "1048576", "largest webhook body accepted (413 above)"),
     var("CRM_BATCH_SIZE", "500", "events a projector commits together, at most"),
     var("CRM_MAX_DELIVER", "10", "deliveries of a failing event before it is dead-lettered (2-1000)"),
@@ -232,16 +232,12 @@ impl Settings {
         })?;
         let encryption_key = r.secret("ENCRYPTION_KEY");
         if let Some(key) = &encryption_key {
-            let ok = key
-                .expose()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .all(|l| l.starts_with("AGE-SECRET-KEY-1"));
-            if !ok {
+            if let Err(e) = crmsync_adapters::Vault::parse(key.expose()) {
                 return Err(ConfigError {
                     name: "ENCRYPTION_KEY",
-                    problem: "must hold age identities (lines starting AGE-SECRET-KEY-1; make one with `age-keygen`), got (value hidden)".into(),
+                    problem: format!(
+                        "must hold age identities, one per line (make one with `age-keygen`): {e}"
+                    ),
                 });
             }
         }
@@ -313,6 +309,32 @@ impl Settings {
             .or_else(|| self.hubspot_client_secret.clone())
     }
 
+    /// The vault of `ENCRYPTION_KEY`, when set (validated at start-up).
+    pub fn vault(&self) -> Option<crmsync_adapters::Vault> {
+        self.encryption_key
+            .as_ref()
+            .and_then(|k| crmsync_adapters::Vault::parse(k.expose()).ok())
+    }
+
+    /// HubSpot's OAuth app, when its client id and secret are set.
+    pub fn hubspot_app(&self) -> Option<crmsync_adapters::hubspot::oauth::OAuthApp> {
+        Some(crmsync_adapters::hubspot::oauth::OAuthApp {
+            client_id: self.hubspot_client_id.clone()?,
+            client_secret: self.hubspot_client_secret.clone()?,
+            auth_url: self.hubspot_auth_url.clone(),
+            api_url: self.hubspot_api_url.clone(),
+            scopes: [
+                "oauth",
+                "crm.objects.contacts.read",
+                "crm.objects.contacts.write",
+                "crm.objects.companies.read",
+                "crm.objects.deals.read",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        })
+    }
+
     /// How consumers retry and when they give up.
     pub fn delivery_policy(&self) -> crate::topology::DeliveryPolicy {
         crate::topology::DeliveryPolicy {
@@ -361,7 +383,7 @@ mod tests {
         assert_eq!(s.sync_rps, 5.0);
         assert_eq!(s.odoo_timeout, Duration::from_secs(30));
         assert_eq!(s.hubspot_api_url, "https://api.hubapi.com");
-        assert_eq!(s.dedupe_window, Duration::from_secs(3600));
+        assert_eq!(s.dedupe_window, Duration::from_secs(86_400));
         assert!(s.hubspot_webhook_key().is_none());
     }
 

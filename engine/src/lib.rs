@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod logging;
+pub mod sandbox_cmd;
 pub mod topology;
 
 pub use app::{Engine, Role};

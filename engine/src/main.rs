@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crmsync_engine::app::{shutdown_signal, Engine, Role};
-use crmsync_engine::config::{ConfigError, Settings};
+use crmsync_engine::config::{ConfigError, LogFormat, Settings};
 use crmsync_engine::demo::{self, DemoOptions};
+use crmsync_engine::sandbox_cmd::{self, SandboxOptions};
 use crmsync_engine::{db, logging};
 
 const ABOUT: &str =
@@ -36,6 +37,13 @@ enum Command {
     /// the projected contacts, then keep serving (until Ctrl-C) unless --exit.
     #[command(after_help = env_help())]
     Demo(DemoOptions),
+    /// Re-encrypt every stored secret to the first identity of ENCRYPTION_KEY (put the
+    /// new identity first and keep the old one after it while this runs).
+    RotateKey,
+    /// Run the HubSpot, Zoho CRM and Odoo emulators standalone (any subset) and print
+    /// one JSON object per emulator on stdout: its base URL and the credentials it
+    /// accepts. Serves until Ctrl-C.
+    Sandbox(SandboxOptions),
 }
 
 fn env_help() -> String {
@@ -62,6 +70,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Sandbox(opts) = cli.command {
+        // The emulators need none of the engine's configuration.
+        logging::init(LogFormat::Text);
+        return sandbox_cmd::run(opts, shutdown_signal()).await;
+    }
     let settings = Settings::from_env()?;
     logging::init(settings.log_format);
     match cli.command {
@@ -76,5 +89,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(opts) => demo::run(settings, opts, shutdown_signal()).await,
+        Command::RotateKey => {
+            let vault = settings.vault().ok_or_else(|| ConfigError {
+                name: "ENCRYPTION_KEY",
+                problem: "must be set: rotate-key re-encrypts to its first identity".into(),
+            })?;
+            let pool = db::connect(&settings.database_url).await?;
+            db::migrate(&pool).await?;
+            let rotated = crmsync_ingest::connections::rotate(&pool, &vault).await?;
+            tracing::info!(
+                rotated,
+                "secrets re-encrypted to the first ENCRYPTION_KEY identity"
+            );
+            Ok(())
+        }
+        Command::Sandbox(_) => unreachable!("handled above"),
     }
 }

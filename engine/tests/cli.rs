@@ -17,7 +17,7 @@ fn help_explains_every_command_and_every_variable() {
     let out = crmsync().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for command in ["serve", "migrate", "demo"] {
+    for command in ["serve", "migrate", "demo", "sandbox"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
     for v in crmsync_engine::config::VARIABLES {
@@ -129,4 +129,98 @@ fn the_readme_documents_every_variable() {
             v.name
         );
     }
+}
+
+#[tokio::test]
+async fn sandbox_prints_credentials_that_work_over_http_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut child = crmsync()
+        .args([
+            "sandbox",
+            "--hubspot",
+            "127.0.0.1:0",
+            "--zoho",
+            "127.0.0.1:0",
+            "--odoo",
+            "127.0.0.1:0",
+            "--contacts",
+            "7",
+            "--seed",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut emulators = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        emulators.insert(v["provider"].as_str().unwrap().to_owned(), v);
+    }
+    let http = reqwest::Client::new();
+
+    let hs = &emulators["hubspot"];
+    let contacts: serde_json::Value = http
+        .get(format!(
+            "{}/crm/v3/objects/contacts?limit=100",
+            hs["base_url"].as_str().unwrap()
+        ))
+        .bearer_auth(hs["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(contacts["results"].as_array().unwrap().len(), 7);
+
+    let zoho = &emulators["zoho"];
+    let records = http
+        .get(format!(
+            "{}/crm/v8/Contacts?fields=Email",
+            zoho["api_domain"].as_str().unwrap()
+        ))
+        .header(
+            "Authorization",
+            format!("Zoho-oauthtoken {}", zoho["access_token"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(records.status(), 200);
+    let records: serde_json::Value = records.json().await.unwrap();
+    assert_eq!(records["data"].as_array().unwrap().len(), 7);
+
+    let odoo = &emulators["odoo"];
+    let uid: serde_json::Value = http
+        .post(format!("{}/jsonrpc", odoo["base_url"].as_str().unwrap()))
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "method": "call", "id": 1, "params": {
+            "service": "common", "method": "authenticate",
+            "args": [odoo["database"], odoo["login"], odoo["api_key"], {}]}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(uid["result"], odoo["uid"]);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sandbox_without_an_emulator_says_what_to_name() {
+    let out = crmsync().arg("sandbox").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--hubspot ADDR"), "{err}");
 }

@@ -18,6 +18,16 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    /// An internal failure: logged in full, answered as 503 without details.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        ApiError::Unavailable("a dependency is unavailable; try again".into())
+    }
 }
 
 impl ApiError {
@@ -30,6 +40,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         }
     }
 

@@ -3,18 +3,22 @@
 //! A webhook is answered 2xx only after JetStream has acknowledged every event of it;
 //! providers retry anything else, so nothing is lost.
 
+pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod health;
+pub mod oauth;
 pub mod publish;
 pub mod webhooks;
 
 use std::sync::Arc;
 
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
 
-use crmsync_adapters::{Metrics, Secret};
+use crmsync_adapters::hubspot::oauth::OAuthApp;
+use crmsync_adapters::{Metrics, Secret, Vault};
 use crmsync_schema::Subjects;
 
 pub use error::ApiError;
@@ -35,6 +39,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The newest migration this build knows; `/readyz` waits for it.
     pub latest_migration: i64,
+    /// The control API's bearer token.
+    pub api_token: Option<Secret<String>>,
+    /// Seals stored tokens; also keys OAuth state.
+    pub vault: Option<Arc<Vault>>,
+    /// HubSpot's OAuth app, when configured.
+    pub hubspot_app: Option<OAuthApp>,
+    /// The HTTP client for provider calls.
+    pub http: reqwest::Client,
 }
 
 /// Every route of the API role.
@@ -42,6 +54,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(health::routes())
         .route("/crm/webhooks/hubspot", post(webhooks::hubspot::receive))
+        .route("/crm/hubspot/start", get(oauth::hubspot::start))
+        .route("/crm/hubspot/callback", get(oauth::hubspot::callback))
+        .route("/crm/hubspot/disconnect", post(oauth::hubspot::disconnect))
+        .route("/crm/connections", get(oauth::list))
         .with_state(state)
 }
 

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod mapping;
+pub mod oauth;
 pub mod webhook;

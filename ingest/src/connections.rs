@@ -1,0 +1,280 @@
+//! Connections: a workspace's link to a provider account, its tokens sealed with age,
+//! and access tokens refreshed ahead of expiry, one refresh at a time per connection
+//! even across workers (the refresh runs under the row's lock).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crmsync_adapters::hubspot::oauth::{OAuthApp, OAuthError, TokenSet};
+use crmsync_adapters::{Secret, Vault};
+
+/// Refresh when less than this is left.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+
+/// A connection as the API shows it: no secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Connection {
+    pub workspace_id: String,
+    pub provider: String,
+    pub account_id: Option<String>,
+    pub status: String,
+    pub access_expires_at: Option<DateTime<Utc>>,
+    pub settings: Value,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What is sealed in `secrets`.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("workspace {workspace} has no {provider} connection")]
+    NotConnected { workspace: String, provider: String },
+    #[error("the {provider} connection of workspace {workspace} must be made again: {reason}")]
+    NeedsReconnect {
+        workspace: String,
+        provider: String,
+        reason: String,
+    },
+    #[error("refreshing the access token failed for now: {0}")]
+    Transient(String),
+    #[error("stored secrets cannot be opened: {0}")]
+    Vault(#[from] crmsync_adapters::vault::VaultError),
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+fn seal(vault: &Vault, access: &str, refresh: Option<&str>) -> Result<Vec<u8>, ConnectionError> {
+    let sealed = Sealed {
+        access_token: access.to_owned(),
+        refresh_token: refresh.map(str::to_owned),
+    };
+    Ok(vault.seal(&serde_json::to_vec(&sealed).expect("serialisable"))?)
+}
+
+fn open(vault: &Vault, secrets: &[u8]) -> Result<Sealed, ConnectionError> {
+    let plain = vault.open(secrets)?;
+    serde_json::from_slice(&plain)
+        .map_err(|_| ConnectionError::Vault(crmsync_adapters::vault::VaultError::Decrypt))
+}
+
+fn expiry(tokens: &TokenSet) -> DateTime<Utc> {
+    Utc::now()
+        + chrono::Duration::seconds(
+            i64::try_from(tokens.expires_in)
+                .unwrap_or(i64::MAX / 2)
+                .min(10 * 365 * 86_400),
+        )
+}
+
+/// Creates or replaces a connection with fresh tokens.
+pub async fn save(
+    pool: &PgPool,
+    vault: &Vault,
+    workspace: &str,
+    provider: &str,
+    account_id: &str,
+    tokens: &TokenSet,
+    settings: &Value,
+) -> Result<(), ConnectionError> {
+    let secrets = seal(
+        vault,
+        tokens.access_token.expose(),
+        tokens.refresh_token.as_ref().map(|t| t.expose().as_str()),
+    )?;
+    sqlx::query(
+        "INSERT INTO crm_connections
+             (workspace_id, provider, account_id, status, secrets, access_expires_at, settings)
+         VALUES ($1, $2, $3, 'active', $4, $5, $6)
+         ON CONFLICT (workspace_id, provider) DO UPDATE SET
+             account_id = EXCLUDED.account_id, status = 'active', secrets = EXCLUDED.secrets,
+             access_expires_at = EXCLUDED.access_expires_at, settings = EXCLUDED.settings,
+             last_error = NULL, updated_at = now()",
+    )
+    .bind(workspace)
+    .bind(provider)
+    .bind(account_id)
+    .bind(secrets)
+    .bind(expiry(tokens))
+    .bind(settings)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(
+    pool: &PgPool,
+    workspace: &str,
+    provider: &str,
+) -> Result<Option<Connection>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT workspace_id, provider, account_id, status, access_expires_at, settings,
+                last_error, created_at, updated_at
+         FROM crm_connections WHERE workspace_id = $1 AND provider = $2",
+    )
+    .bind(workspace)
+    .bind(provider)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Removes a connection and its secrets; false when there was none.
+pub async fn remove(pool: &PgPool, workspace: &str, provider: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM crm_connections WHERE workspace_id = $1 AND provider = $2")
+        .bind(workspace)
+        .bind(provider)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+type Row = (String, Vec<u8>, Option<DateTime<Utc>>);
+type LockedRow = (String, Vec<u8>, Option<DateTime<Utc>>, Option<String>);
+
+fn fresh(expires: Option<DateTime<Utc>>) -> bool {
+    expires
+        .is_some_and(|e| e - Utc::now() > chrono::Duration::from_std(REFRESH_AHEAD).expect("small"))
+}
+
+/// A usable HubSpot access token for `workspace`, refreshed first when it is about to
+/// expire. Concurrent callers, in this process or others, refresh once.
+pub async fn hubspot_access_token(
+    pool: &PgPool,
+    vault: &Vault,
+    app: &OAuthApp,
+    http: &reqwest::Client,
+    workspace: &str,
+) -> Result<Secret<String>, ConnectionError> {
+    const PROVIDER: &str = "hubspot";
+    let not_connected = || ConnectionError::NotConnected {
+        workspace: workspace.to_owned(),
+        provider: PROVIDER.to_owned(),
+    };
+    let select = "SELECT status, secrets, access_expires_at FROM crm_connections
+                  WHERE workspace_id = $1 AND provider = $2";
+    let row: Option<Row> = sqlx::query_as(select)
+        .bind(workspace)
+        .bind(PROVIDER)
+        .fetch_optional(pool)
+        .await?;
+    let (status, secrets, expires) = row.ok_or_else(not_connected)?;
+    if status == "active" && fresh(expires) {
+        return Ok(Secret::new(open(vault, &secrets)?.access_token));
+    }
+    let mut tx = pool.begin().await?;
+    let row: Option<LockedRow> = sqlx::query_as(
+        "SELECT status, secrets, access_expires_at, last_error FROM crm_connections
+         WHERE workspace_id = $1 AND provider = $2 FOR UPDATE",
+    )
+    .bind(workspace)
+    .bind(PROVIDER)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (status, secrets, expires, last_error) = row.ok_or_else(not_connected)?;
+    if status != "active" {
+        return Err(ConnectionError::NeedsReconnect {
+            workspace: workspace.to_owned(),
+            provider: PROVIDER.to_owned(),
+            reason: last_error.unwrap_or_default(),
+        });
+    }
+    let sealed = open(vault, &secrets)?;
+    if fresh(expires) {
+        // Another caller refreshed while this one waited for the lock.
+        return Ok(Secret::new(sealed.access_token));
+    }
+    let Some(refresh_token) = sealed.refresh_token.clone() else {
+        return Err(ConnectionError::NeedsReconnect {
+            workspace: workspace.to_owned(),
+            provider: PROVIDER.to_owned(),
+            reason: "no refresh token".into(),
+        });
+    };
+    match app.refresh(http, &refresh_token).await {
+        Ok(tokens) => {
+            let refresh = tokens
+                .refresh_token
+                .as_ref()
+                .map_or(refresh_token.as_str(), |t| t.expose().as_str());
+            let secrets = seal(vault, tokens.access_token.expose(), Some(refresh))?;
+            sqlx::query(
+                "UPDATE crm_connections SET secrets = $3, access_expires_at = $4,
+                        last_error = NULL, updated_at = now()
+                 WHERE workspace_id = $1 AND provider = $2",
+            )
+            .bind(workspace)
+            .bind(PROVIDER)
+            .bind(secrets)
+            .bind(expiry(&tokens))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!(workspace, provider = PROVIDER, "access token refreshed");
+            Ok(tokens.access_token)
+        }
+        Err(OAuthError::InvalidGrant(reason)) => {
+            sqlx::query(
+                "UPDATE crm_connections SET status = 'needs_reconnect', last_error = $3,
+                        updated_at = now()
+                 WHERE workspace_id = $1 AND provider = $2",
+            )
+            .bind(workspace)
+            .bind(PROVIDER)
+            .bind(&reason)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                workspace,
+                provider = PROVIDER,
+                "refresh token refused; the connection needs to be made again"
+            );
+            Err(ConnectionError::NeedsReconnect {
+                workspace: workspace.to_owned(),
+                provider: PROVIDER.to_owned(),
+                reason,
+            })
+        }
+        Err(e) => Err(ConnectionError::Transient(e.to_string())),
+    }
+}
+
+/// Re-encrypts every connection's secrets to the vault's first identity; returns how
+/// many were re-encrypted.
+pub async fn rotate(pool: &PgPool, vault: &Vault) -> Result<u64, ConnectionError> {
+    let rows: Vec<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT workspace_id, provider, secrets FROM crm_connections")
+            .fetch_all(pool)
+            .await?;
+    let mut rotated = 0;
+    for (workspace, provider, secrets) in rows {
+        if vault.is_current(&secrets) {
+            continue;
+        }
+        let plain = vault.open(&secrets)?;
+        let resealed = vault.seal(&plain)?;
+        sqlx::query(
+            "UPDATE crm_connections SET secrets = $3, updated_at = now()
+             WHERE workspace_id = $1 AND provider = $2 AND secrets = $4",
+        )
+        .bind(&workspace)
+        .bind(&provider)
+        .bind(resealed)
+        .bind(&secrets)
+        .execute(pool)
+        .await?;
+        rotated += 1;
+    }
+    Ok(rotated)
+}
