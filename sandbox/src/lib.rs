@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod data;
+pub mod driver;
 pub mod faults;
 pub mod hubspot;
 pub mod odoo;

@@ -439,22 +439,6 @@ impl HubSpotSandbox {
 
     /// Runs the mutation driver at about `per_sec` changes a second until aborted.
     pub fn spawn_mutations(self: &Arc<Self>, per_sec: f64) -> tokio::task::JoinHandle<()> {
-        let hs = self.clone();
-        tokio::spawn(async move {
-            if per_sec <= 0.0 {
-                return;
-            }
-            let tick = Duration::from_millis(50);
-            let per_tick = per_sec * tick.as_secs_f64();
-            let mut owed = 0.0;
-            let mut interval = tokio::time::interval(tick);
-            loop {
-                interval.tick().await;
-                owed += per_tick;
-                let n = owed.floor() as usize;
-                owed -= n as f64;
-                hs.mutate(n);
-            }
-        })
+        crate::driver::spawn(self, per_sec, Self::mutate)
     }
 }

@@ -50,7 +50,6 @@ mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -249,23 +248,7 @@ impl OdooSandbox {
     /// Runs the mutation driver at about `per_sec` steps a second until aborted or
     /// the sandbox is dropped.
     pub fn spawn_mutations(self: &Arc<Self>, per_sec: f64) -> tokio::task::JoinHandle<()> {
-        let sandbox = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if per_sec.is_nan() || per_sec <= 0.0 {
-                return;
-            }
-            let period = Duration::from_secs_f64(1.0 / per_sec).max(Duration::from_millis(1));
-            let per_tick = (per_sec / 1000.0).ceil().max(1.0) as usize;
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(sandbox) = sandbox.upgrade() else {
-                    return;
-                };
-                sandbox.mutate(per_tick);
-            }
-        })
+        crate::driver::spawn(self, per_sec, Self::mutate)
     }
 
     /// Opens a transaction as another user (Marc Demo), stamped now; see

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -162,26 +161,6 @@ impl ZohoSandbox {
     /// Runs the mutation driver at about `per_sec` changes a second, those of each
     /// 50 ms tick together, until the task is aborted or the sandbox dropped.
     pub fn spawn_mutations(self: &Arc<Self>, per_sec: f64) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if per_sec.is_nan() || per_sec <= 0.0 {
-                return;
-            }
-            let tick = Duration::from_millis(50);
-            let per_tick = per_sec * tick.as_secs_f64();
-            let mut owed = 0.0;
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                let Some(sb) = weak.upgrade() else {
-                    return;
-                };
-                owed += per_tick;
-                let n = owed.floor();
-                owed -= n;
-                sb.mutate(n as usize);
-            }
-        })
+        crate::driver::spawn(self, per_sec, Self::mutate)
     }
 }
