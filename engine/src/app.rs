@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::Metrics;
 use crmsync_ingest::AppState;
-use crmsync_projectors::{Projector, ProjectorConfig};
+use crmsync_projectors::{Projector, ProjectorConfig, Table};
 use crmsync_schema::{ObjectType, Provider};
 
 use crate::config::Settings;
@@ -84,18 +84,20 @@ impl Engine {
         let metrics = Arc::new(Metrics::new());
         let mut projectors = Vec::new();
         if role != Role::Api {
-            projectors.push(
-                projector(
-                    &settings,
-                    &topology,
-                    &js,
-                    &pool,
-                    &metrics,
-                    Provider::HubSpot,
-                    ObjectType::contact(),
-                )
-                .await?,
-            );
+            for table in Table::ALL {
+                projectors.push(
+                    projector(
+                        &settings,
+                        &topology,
+                        &js,
+                        &pool,
+                        &metrics,
+                        Provider::HubSpot,
+                        table,
+                    )
+                    .await?,
+                );
+            }
         }
         let addr = SocketAddr::new(settings.bind, settings.port);
         let listener = TcpListener::bind(addr)
@@ -204,8 +206,9 @@ async fn projector(
     pool: &PgPool,
     metrics: &Arc<Metrics>,
     provider: Provider,
-    object: ObjectType,
+    table: Table,
 ) -> anyhow::Result<Projector> {
+    let object = ObjectType::parse(table.object()).expect("a table's object type is valid");
     let config = topology.projector_consumer(provider, &object);
     let name = config.durable_name.clone().unwrap_or_default();
     // Created here so that a bad configuration stops start-up with a clear error.
@@ -213,7 +216,7 @@ async fn projector(
         .ensure_consumer(js, config.clone())
         .await
         .with_context(|| format!("creating consumer {name}"))?;
-    let mut pc = ProjectorConfig::new(provider, name, topology.events_stream());
+    let mut pc = ProjectorConfig::new(provider, table, name, topology.events_stream());
     pc.batch = settings.batch_size;
     pc.max_deliver = settings.max_deliver;
     pc.ack_wait = settings.retry_base;

@@ -356,3 +356,71 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn companies_and_deals_are_projected_into_their_own_tables() {
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(11);
+    let t = 1_700_000_000_000;
+    let events = vec![
+        f.creation("company", 1, t),
+        f.property_change("company", 1, t + 1, "name", "Acme"),
+        f.property_change("company", 1, t + 1, "domain", "acme.io"),
+        f.creation("deal", 2, t),
+        f.property_change("deal", 2, t + 1, "dealname", "Renewal"),
+        f.property_change("deal", 2, t + 1, "amount", "1200.50"),
+        f.property_change("deal", 3, t + 1, "amount", "n/a"),
+        f.deletion("company", 1, t + 5),
+    ];
+    engine.post_events(Signature::V3, &events).await;
+    let pool = engine.pool.clone();
+    let rows = crmsync_testkit::eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let companies: Vec<(String, Option<String>, Option<String>, bool)> =
+                sqlx::query_as("SELECT remote_id, name, domain, deleted FROM companies WHERE workspace_id = '11'")
+                    .fetch_all(&pool)
+                    .await
+                    .ok()?;
+            let deals: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT remote_id, name, amount::text FROM deals WHERE workspace_id = '11' ORDER BY remote_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .ok()?;
+            let done = companies.first().is_some_and(|c| c.3) && deals.len() == 2 && deals[0].2.is_some();
+            done.then_some((companies, deals))
+        }
+    })
+    .await
+    .expect("companies and deals are projected");
+    let (companies, deals) = rows;
+    assert_eq!(
+        companies,
+        [(
+            "1".to_owned(),
+            Some("Acme".to_owned()),
+            Some("acme.io".to_owned()),
+            true
+        )]
+    );
+    assert_eq!(
+        deals[0],
+        (
+            "2".to_owned(),
+            Some("Renewal".to_owned()),
+            Some("1200.50".to_owned())
+        )
+    );
+    assert_eq!(
+        deals[1],
+        ("3".to_owned(), None, None),
+        "an unreadable amount is NULL, not a poison event"
+    );
+    let metrics = engine.metrics().await;
+    assert!(
+        metrics.contains(r#"entity_type="deal",direction="inbound""#),
+        "{metrics}"
+    );
+    engine.stop().await;
+}

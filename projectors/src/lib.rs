@@ -7,11 +7,12 @@
 //! blocks the rest.
 
 pub mod checkpoint;
-pub mod contacts;
 pub mod dlq;
 pub mod projector;
+pub mod tables;
 
 pub use projector::{Projector, ProjectorConfig};
+pub use tables::Table;
 
 /// The migrations of crmsync's Postgres schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

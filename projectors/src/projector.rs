@@ -16,14 +16,16 @@ use crmsync_adapters::Metrics;
 use crmsync_schema::envelope::{data_bytes, event_time};
 use crmsync_schema::{binding, FieldSet, Provider, Subjects, Version};
 
-use crate::contacts::{self, RowKey};
+use crate::tables::{self, RowKey, Table};
 use crate::{checkpoint, dlq};
 
 /// How a projector consumes.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
-    /// The provider whose events it projects (for metrics).
+    /// The provider whose events it projects.
     pub provider: Provider,
+    /// The table it projects into.
+    pub table: Table,
     /// The durable consumer's name, also the checkpoint's key.
     pub consumer: String,
     /// The stream it reads.
@@ -39,9 +41,15 @@ pub struct ProjectorConfig {
 }
 
 impl ProjectorConfig {
-    pub fn new(provider: Provider, consumer: impl Into<String>, stream: impl Into<String>) -> Self {
+    pub fn new(
+        provider: Provider,
+        table: Table,
+        consumer: impl Into<String>,
+        stream: impl Into<String>,
+    ) -> Self {
         Self {
             provider,
+            table,
             consumer: consumer.into(),
             stream: stream.into(),
             batch: 500,
@@ -220,7 +228,10 @@ impl Projector {
             let time = event_time(&event);
             lag = Some((Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0);
             let version = Version::new(time, cloudevents::AttributesReader::id(&event));
-            let changes = contacts::normalise(subject.provider, &data_bytes(&event), &version)
+            let changes = self
+                .config
+                .table
+                .normalise(subject.provider, &data_bytes(&event), &version)
                 .map_err(|e| e.to_string())?;
             Ok(changes
                 .into_iter()
@@ -250,7 +261,9 @@ impl Projector {
         }
         let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        contacts::upsert(&mut tx, &rows).await.map_err(classify)?;
+        tables::upsert(&mut tx, self.config.table, &rows)
+            .await
+            .map_err(classify)?;
         checkpoint::advance(
             &mut tx,
             &self.config.consumer,
@@ -311,7 +324,7 @@ impl Projector {
         let provider = self.config.provider.as_str();
         let entity = EntityLabels {
             provider,
-            entity_type: "contact",
+            entity_type: self.config.table.object(),
         };
         self.metrics
             .sync_duration
@@ -321,7 +334,7 @@ impl Projector {
             .entities_synced
             .get_or_create(&SyncedLabels {
                 provider,
-                entity_type: "contact",
+                entity_type: self.config.table.object(),
                 direction: "inbound",
             })
             .inc_by(committed.len() as u64);

@@ -21,20 +21,57 @@ pub const CONTACT_FIELDS: &[(&str, &str)] = &[
     ("hubspot_owner_id", "owner_id"),
 ];
 
-/// The canonical name of a HubSpot contact property. An unmapped property keeps its
-/// name, unless that name is a canonical field's: then it becomes `hubspot.<name>`, so
-/// a custom property called `phone` cannot overwrite the mapped phone.
-pub fn contact_field(property: &str) -> std::borrow::Cow<'_, str> {
-    if let Some((_, canonical)) = CONTACT_FIELDS.iter().find(|(hs, _)| *hs == property) {
+/// HubSpot company properties with a canonical name.
+pub const COMPANY_FIELDS: &[(&str, &str)] = &[
+    ("name", "name"),
+    ("domain", "domain"),
+    ("phone", "phone"),
+    ("city", "city"),
+    ("country", "country"),
+    ("industry", "industry"),
+    ("hubspot_owner_id", "owner_id"),
+];
+
+/// HubSpot deal properties with a canonical name.
+pub const DEAL_FIELDS: &[(&str, &str)] = &[
+    ("dealname", "name"),
+    ("amount", "amount"),
+    ("dealstage", "stage"),
+    ("pipeline", "pipeline"),
+    ("closedate", "close_date"),
+    ("hubspot_owner_id", "owner_id"),
+];
+
+/// The mapping table of an object type, if crmsync projects it.
+pub fn fields_of(object: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    match object {
+        "contact" => Some(CONTACT_FIELDS),
+        "company" => Some(COMPANY_FIELDS),
+        "deal" => Some(DEAL_FIELDS),
+        _ => None,
+    }
+}
+
+/// The canonical name of a HubSpot property in `table`. An unmapped property keeps
+/// its name, unless that name is a canonical field's: then it becomes
+/// `hubspot.<name>`, so a custom property called `phone` cannot overwrite the mapped
+/// phone.
+pub fn canonical_field<'a>(
+    table: &[(&str, &'static str)],
+    property: &'a str,
+) -> std::borrow::Cow<'a, str> {
+    if let Some((_, canonical)) = table.iter().find(|(hs, _)| *hs == property) {
         return (*canonical).into();
     }
-    if CONTACT_FIELDS
-        .iter()
-        .any(|(_, canonical)| *canonical == property)
-    {
+    if table.iter().any(|(_, canonical)| *canonical == property) {
         return format!("hubspot.{property}").into();
     }
     property.into()
+}
+
+/// The canonical name of a HubSpot contact property.
+pub fn contact_field(property: &str) -> std::borrow::Cow<'_, str> {
+    canonical_field(CONTACT_FIELDS, property)
 }
 
 fn malformed(reason: impl Into<String>) -> MappingError {
@@ -57,9 +94,28 @@ fn one(id: RemoteId, field: &str, value: Value, version: &Version) -> RowChange 
     }
 }
 
-/// Normalises one raw HubSpot contact webhook event (the CloudEvent's data) into the
-/// row changes it implies. Association changes carry nothing for the contacts table.
+/// Normalises one raw HubSpot webhook event about `object` (`contact`, `company`,
+/// `deal`: the CloudEvent's data) into the row changes it implies. Association
+/// changes carry nothing for the object's own table.
+pub fn changes(
+    object: &str,
+    data: &[u8],
+    version: &Version,
+) -> Result<Vec<RowChange>, MappingError> {
+    let table = fields_of(object).ok_or_else(|| malformed(format!("no mapping for {object}")))?;
+    changes_with(table, data, version)
+}
+
+/// [`changes`] for contacts.
 pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>, MappingError> {
+    changes_with(CONTACT_FIELDS, data, version)
+}
+
+fn changes_with(
+    table: &[(&str, &'static str)],
+    data: &[u8],
+    version: &Version,
+) -> Result<Vec<RowChange>, MappingError> {
     let event: WebhookEvent = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
     let id = remote_id(&event.record_id().map(|i| i.0.clone()).unwrap_or_default())?;
     Ok(match event.change() {
@@ -76,7 +132,7 @@ pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>,
                 Some(Value::String(s)) if s.is_empty() => Value::Null,
                 Some(v) => v,
             };
-            vec![one(id, &contact_field(property), value, version)]
+            vec![one(id, &canonical_field(table, property), value, version)]
         }
         Change::Merged => {
             let survivor = event
@@ -142,6 +198,20 @@ mod tests {
         assert_eq!(contact_field("phone"), "phone");
         assert_eq!(contact_field("first_name"), "hubspot.first_name");
         assert_eq!(contact_field("favourite_colour"), "favourite_colour");
+    }
+
+    #[test]
+    fn companies_and_deals_map_their_own_properties() {
+        let mut e = base("propertyChange");
+        e["subscriptionType"] = json!("deal.propertyChange");
+        e["propertyName"] = json!("dealname");
+        e["propertyValue"] = json!("Renewal");
+        let c = super::changes("deal", e.to_string().as_bytes(), &version()).unwrap();
+        assert_eq!(c[0].fields.fields["name"], json!("Renewal"));
+        e["propertyName"] = json!("name");
+        let c = super::changes("company", e.to_string().as_bytes(), &version()).unwrap();
+        assert_eq!(c[0].fields.fields["name"], json!("Renewal"));
+        assert!(super::changes("ticket", e.to_string().as_bytes(), &version()).is_err());
     }
 
     #[test]
