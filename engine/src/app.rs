@@ -39,6 +39,7 @@ pub struct Engine {
     pub topology: Topology,
     listener: TcpListener,
     projectors: Vec<Projector>,
+    hubspot: Option<Arc<crate::hubspot::HubSpot>>,
 }
 
 /// Connects to NATS, whose URL may list several servers.
@@ -99,6 +100,16 @@ impl Engine {
                 );
             }
         }
+        let hubspot = match (role, settings.hubspot_app(), settings.vault()) {
+            (Role::Api, _, _) | (_, None, _) | (_, _, None) => None,
+            (_, Some(app), Some(vault)) => Some(Arc::new(crate::hubspot::HubSpot::new(
+                pool.clone(),
+                Arc::new(vault),
+                app,
+                metrics.clone(),
+                settings.sync_rps,
+            ))),
+        };
         let addr = SocketAddr::new(settings.bind, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -128,6 +139,7 @@ impl Engine {
             topology,
             listener,
             projectors,
+            hubspot,
         })
     }
 
@@ -139,6 +151,11 @@ impl Engine {
 
     pub fn pool(&self) -> &PgPool {
         &self.state.pool
+    }
+
+    /// The HubSpot connector, when this process syncs HubSpot.
+    pub fn hubspot(&self) -> Option<Arc<crate::hubspot::HubSpot>> {
+        self.hubspot.clone()
     }
 
     /// Serves and consumes until `stop` is cancelled; then stops taking requests,
@@ -168,6 +185,29 @@ impl Engine {
                     .await
                     .map_err(|e| anyhow::anyhow!("projector failed: {e}"))
             });
+        }
+        if let Some(hubspot) = self.hubspot {
+            let js = self.state.js.clone();
+            let topology = self.topology.clone();
+            let cursors = js
+                .get_key_value(topology.cursor_bucket())
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
+            tasks.spawn(crate::hubspot::hydrator::run(
+                hubspot.clone(),
+                js.clone(),
+                topology.clone(),
+                stop.clone(),
+            ));
+            tasks.spawn(crate::hubspot::poller::run(
+                hubspot,
+                js,
+                topology.subjects.clone(),
+                cursors,
+                self.settings.poll_interval,
+                self.settings.poll_lookback,
+                stop.clone(),
+            ));
         }
         let mut result = Ok(());
         tokio::select! {

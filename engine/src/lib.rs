@@ -4,6 +4,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod hubspot;
 pub mod logging;
 pub mod sandbox_cmd;
 pub mod topology;

@@ -37,6 +37,10 @@ enum Command {
     /// the projected contacts, then keep serving (until Ctrl-C) unless --exit.
     #[command(after_help = env_help())]
     Demo(DemoOptions),
+    /// Store every record of a connected account as snapshot events, paging the
+    /// provider's list API with progress on stderr; resumes where a crashed run
+    /// stopped.
+    Backfill(BackfillOptions),
     /// Re-encrypt every stored secret to the first identity of ENCRYPTION_KEY (put the
     /// new identity first and keep the old one after it while this runs).
     RotateKey,
@@ -44,6 +48,19 @@ enum Command {
     /// one JSON object per emulator on stdout: its base URL and the credentials it
     /// accepts. Serves until Ctrl-C.
     Sandbox(SandboxOptions),
+}
+
+#[derive(Debug, clap::Args)]
+struct BackfillOptions {
+    /// The provider (hubspot).
+    #[arg(long)]
+    provider: String,
+    /// The workspace whose connection to backfill.
+    #[arg(long)]
+    workspace: String,
+    /// One object only: contacts, companies or deals (default: all three).
+    #[arg(long)]
+    object: Option<String>,
 }
 
 fn env_help() -> String {
@@ -89,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(opts) => demo::run(settings, opts, shutdown_signal()).await,
+        Command::Backfill(opts) => backfill(settings, opts).await,
         Command::RotateKey => {
             let vault = settings.vault().ok_or_else(|| ConfigError {
                 name: "ENCRYPTION_KEY",
@@ -105,4 +123,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sandbox(_) => unreachable!("handled above"),
     }
+}
+
+async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<()> {
+    use crmsync_engine::hubspot::{backfill::backfill as run_backfill, poller::OBJECTS, HubSpot};
+    if opts.provider != "hubspot" {
+        anyhow::bail!("backfill supports --provider hubspot (got {:?}); zoho and odoo come with their adapters", opts.provider);
+    }
+    let objects: Vec<&str> = match opts.object.as_deref() {
+        None => OBJECTS.to_vec(),
+        Some(o) if OBJECTS.contains(&o) => vec![o],
+        Some(o) => anyhow::bail!("--object must be contacts, companies or deals (got {o:?})"),
+    };
+    let app = settings.hubspot_app().ok_or_else(|| ConfigError {
+        name: "CRM_HUBSPOT_CLIENT_SECRET",
+        problem: "and CRM_HUBSPOT_CLIENT_ID must be set to call HubSpot".into(),
+    })?;
+    let vault = settings.vault().ok_or_else(|| ConfigError {
+        name: "ENCRYPTION_KEY",
+        problem: "must be set to open the stored tokens".into(),
+    })?;
+    let engine = Engine::build(settings.clone(), Role::Api).await?;
+    let hubspot = HubSpot::new(
+        engine.pool().clone(),
+        std::sync::Arc::new(vault),
+        app,
+        engine.state.metrics.clone(),
+        settings.sync_rps,
+    );
+    let connection = hubspot
+        .connected()
+        .await?
+        .into_iter()
+        .find(|c| c.workspace == opts.workspace)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "workspace {:?} has no active HubSpot connection",
+                opts.workspace
+            )
+        })?;
+    let client = hubspot.client(&connection.workspace).await?;
+    let js = engine.state.js.clone();
+    let cursors = js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
+    let mut stderr = std::io::stderr();
+    let mut total = 0;
+    for object in objects {
+        total += run_backfill(
+            &client,
+            &js,
+            &engine.topology.subjects,
+            &cursors,
+            &connection,
+            object,
+            &mut stderr,
+        )
+        .await?;
+    }
+    tracing::info!(records = total, workspace = %connection.workspace, "backfill done");
+    Ok(())
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
 use crmsync_adapters::Metrics;
 use crmsync_schema::envelope::{data_bytes, event_time};
-use crmsync_schema::{binding, FieldSet, Provider, Subjects, Version};
+use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version};
 
 use crate::tables::{self, RowKey, Table};
 use crate::{checkpoint, dlq};
@@ -231,7 +231,12 @@ impl Projector {
             let changes = self
                 .config
                 .table
-                .normalise(subject.provider, &data_bytes(&event), &version)
+                .normalise(
+                    subject.provider,
+                    Change::of_type(cloudevents::AttributesReader::ty(&event)),
+                    &data_bytes(&event),
+                    &version,
+                )
                 .map_err(|e| e.to_string())?;
             Ok(changes
                 .into_iter()

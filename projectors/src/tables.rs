@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use crmsync_adapters::{hubspot, MappingError, RowChange};
-use crmsync_schema::{FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
+use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 /// A row's key.
 pub type RowKey = (WorkspaceId, Provider, RemoteId);
@@ -52,16 +52,21 @@ impl Table {
         }
     }
 
-    /// The row changes one event of this table's object implies.
+    /// The row changes one event of this table's object implies: a snapshot or a
+    /// provider change event, as `change` says.
     pub fn normalise(
         self,
         provider: Provider,
+        change: Option<Change>,
         data: &[u8],
         version: &Version,
     ) -> Result<Vec<RowChange>, MappingError> {
-        match provider {
-            Provider::HubSpot => hubspot::mapping::changes(self.object(), data, version),
-            other => Err(MappingError::Malformed {
+        match (provider, change) {
+            (Provider::HubSpot, Some(Change::Snapshot)) => {
+                hubspot::mapping::snapshot_changes(self.object(), data, version)
+            }
+            (Provider::HubSpot, _) => hubspot::mapping::changes(self.object(), data, version),
+            (other, _) => Err(MappingError::Malformed {
                 provider: other.as_str(),
                 reason: format!("no {} mapping for this provider yet", self.object()),
             }),

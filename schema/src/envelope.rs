@@ -27,11 +27,30 @@ pub enum Change {
     Restored,
     Merged,
     AssociationChanged,
+    /// The whole record as the provider holds it now (hydrator, poller, backfill).
+    Snapshot,
     /// Anything else the provider reported; stored, so nothing is lost.
     Other,
 }
 
 impl Change {
+    /// The change an event type `crmsync.<object>.<change>.v1` names.
+    pub fn of_type(event_type: &str) -> Option<Change> {
+        let change = event_type.strip_prefix("crmsync.")?.split('.').nth(1)?;
+        [
+            Change::Created,
+            Change::Updated,
+            Change::Deleted,
+            Change::Restored,
+            Change::Merged,
+            Change::AssociationChanged,
+            Change::Snapshot,
+            Change::Other,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == change)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Change::Created => "created",
@@ -40,6 +59,7 @@ impl Change {
             Change::Restored => "restored",
             Change::Merged => "merged",
             Change::AssociationChanged => "association_changed",
+            Change::Snapshot => "snapshot",
             Change::Other => "other",
         }
     }

@@ -106,6 +106,59 @@ pub fn changes(
     changes_with(table, data, version)
 }
 
+/// Normalises a snapshot (the HubSpot object JSON, as the API answers it): every
+/// property it carries is set at the snapshot's version, and `archived` is the
+/// tombstone.
+pub fn snapshot_changes(
+    object: &str,
+    data: &[u8],
+    version: &Version,
+) -> Result<Vec<RowChange>, MappingError> {
+    let table = fields_of(object).ok_or_else(|| malformed(format!("no mapping for {object}")))?;
+    let snapshot: super::client::HsObject =
+        serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    let id = remote_id(&snapshot.id)?;
+    let mut fields = FieldSet::default();
+    fields.set(DELETED, Value::Bool(snapshot.archived), version);
+    for (property, value) in &snapshot.properties {
+        if matches!(
+            property.as_str(),
+            "hs_object_id"
+                | "createdate"
+                | "lastmodifieddate"
+                | "hs_lastmodifieddate"
+                | "hs_merged_object_ids"
+        ) {
+            continue;
+        }
+        let value = match value {
+            Value::String(s) if s.is_empty() => Value::Null,
+            other => other.clone(),
+        };
+        fields.set(&canonical_field(table, property), value, version);
+    }
+    let mut changes = Vec::new();
+    // Ids merged into this record point at it, even when the merge webhook was lost.
+    if let Some(Value::String(merged)) = snapshot.properties.get("hs_merged_object_ids") {
+        for old in merged
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != snapshot.id)
+        {
+            let into = Value::String(snapshot.id.clone());
+            changes.push(one(remote_id(old)?, MERGED_INTO, into, version));
+        }
+    }
+    changes.insert(
+        0,
+        RowChange {
+            remote_id: id,
+            fields,
+        },
+    );
+    Ok(changes)
+}
+
 /// [`changes`] for contacts.
 pub fn contact_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>, MappingError> {
     changes_with(CONTACT_FIELDS, data, version)
@@ -156,7 +209,7 @@ fn changes_with(
             }
             changes
         }
-        Change::AssociationChanged | Change::Other => Vec::new(),
+        Change::AssociationChanged | Change::Snapshot | Change::Other => Vec::new(),
     })
 }
 

@@ -4,4 +4,5 @@
 pub mod client;
 pub mod mapping;
 pub mod oauth;
+pub mod snapshot;
 pub mod webhook;

@@ -30,6 +30,8 @@ pub struct TestEngine {
     pub topology: Topology,
     pub settings: Settings,
     pub http: reqwest::Client,
+    /// The HubSpot connector, when the engine syncs HubSpot.
+    pub hubspot: Option<std::sync::Arc<crmsync_engine::hubspot::HubSpot>>,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -77,6 +79,7 @@ impl TestEngine {
         let pool = engine.pool().clone();
         let topology = engine.topology.clone();
         let js = engine.state.js.clone();
+        let hubspot = engine.hubspot();
         let stop = CancellationToken::new();
         let handle = Some(tokio::spawn(engine.run_until_stopped(stop.clone())));
         Self {
@@ -86,6 +89,7 @@ impl TestEngine {
             topology,
             settings,
             http: reqwest::Client::new(),
+            hubspot,
             stop,
             handle,
         }

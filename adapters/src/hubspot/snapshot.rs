@@ -1,0 +1,74 @@
+//! Snapshots: a HubSpot object as the API answers it, stored as a raw event so that
+//! a hydrated webhook, a poll and a backfill of the same version collide in JetStream.
+
+use chrono::{DateTime, Utc};
+
+use crmsync_schema::{Change, ObjectType, Provider, RawEvent, RemoteId, WorkspaceId};
+
+use super::client::HsObject;
+
+/// The singular object type of an API type (`contacts` → `contact`).
+pub fn object_of(api_type: &str) -> Option<ObjectType> {
+    match api_type {
+        "contacts" => Some(ObjectType::contact()),
+        "companies" => Some(ObjectType::company()),
+        "deals" => Some(ObjectType::deal()),
+        _ => None,
+    }
+}
+
+/// The API type of an object type (`contact` → `contacts`).
+pub fn api_type_of(object: &str) -> Option<&'static str> {
+    match object {
+        "contact" => Some("contacts"),
+        "company" => Some("companies"),
+        "deal" => Some("deals"),
+        _ => None,
+    }
+}
+
+/// The properties crmsync asks for: the mapped ones, and the merge lineage.
+pub fn properties_of(object: &str) -> Vec<&'static str> {
+    let mut properties: Vec<&'static str> = super::mapping::fields_of(object)
+        .map(|t| t.iter().map(|(hs, _)| *hs).collect())
+        .unwrap_or_default();
+    properties.push("hs_merged_object_ids");
+    properties
+}
+
+fn time(object: &HsObject) -> DateTime<Utc> {
+    let modified = object
+        .properties
+        .get("hs_lastmodifieddate")
+        .or_else(|| object.properties.get("lastmodifieddate"))
+        .and_then(|v| v.as_str())
+        .or(object.archived_at.as_deref())
+        .or(object.updated_at.as_deref());
+    modified
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// The raw event of a snapshot of `object` in `portal`.
+pub fn snapshot_event(
+    portal: &WorkspaceId,
+    object: &ObjectType,
+    record: &HsObject,
+) -> Option<RawEvent> {
+    let id = RemoteId::parse(record.id.clone()).ok()?;
+    let at = time(record);
+    let archived = if record.archived { "-a" } else { "" };
+    let event_id = format!("hs-snap-{}-{}{archived}", record.id, at.timestamp_millis());
+    Some(RawEvent {
+        provider: Provider::HubSpot,
+        workspace: portal.clone(),
+        object: object.clone(),
+        id,
+        change: Change::Snapshot,
+        version: event_id.clone(),
+        event_id,
+        time: at,
+        data: serde_json::to_vec(record).ok()?,
+    })
+}

@@ -1,0 +1,78 @@
+//! Backfill: every record of a portal, paged through the list API and stored as
+//! snapshot events, resuming after a crash from the last stored page (its `after`
+//! cursor is kept in the `crm_cursors` bucket until the object is done).
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+
+use crmsync_adapters::hubspot::client::HubSpotClient;
+use crmsync_adapters::hubspot::snapshot::{object_of, properties_of, snapshot_event};
+use crmsync_ingest::publish::publish_all;
+use crmsync_schema::{Subjects, WorkspaceId};
+
+use super::Connected;
+
+pub fn resume_key(workspace: &str, api_type: &str) -> String {
+    format!("backfill.hubspot.{}.{api_type}", hex::encode(workspace))
+}
+
+/// Backfills one object; returns the number of records stored. Progress goes to
+/// `progress` (stderr for the CLI) one line a page.
+#[allow(clippy::too_many_arguments)]
+pub async fn backfill(
+    client: &HubSpotClient,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cursors: &kv::Store,
+    connection: &Connected,
+    api_type: &str,
+    progress: &mut dyn std::io::Write,
+) -> anyhow::Result<u64> {
+    let key = resume_key(&connection.workspace, api_type);
+    let mut after: Option<String> = cursors
+        .get(&key)
+        .await
+        .context("reading the backfill resume point")?
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .filter(|a| !a.is_empty());
+    if let Some(a) = &after {
+        let _ = writeln!(progress, "{api_type}: resuming after {a}");
+    }
+    let portal = WorkspaceId::parse(connection.portal.clone())?;
+    let object = object_of(api_type).context("unknown object type")?;
+    let properties = properties_of(object.as_str());
+    let mut stored = 0u64;
+    let mut pages = 0u64;
+    loop {
+        let page = client
+            .list(api_type, after.as_deref(), &properties, false)
+            .await?;
+        let events: Vec<_> = page
+            .results
+            .iter()
+            .filter_map(|r| snapshot_event(&portal, &object, r))
+            .collect();
+        publish_all(js, subjects, &events)
+            .await
+            .context("storing backfilled records")?;
+        stored += events.len() as u64;
+        pages += 1;
+        match page.after {
+            Some(a) => {
+                cursors
+                    .put(&key, a.clone().into_bytes().into())
+                    .await
+                    .context("saving the backfill resume point")?;
+                after = Some(a);
+            }
+            None => break,
+        }
+        let _ = writeln!(progress, "{api_type}: {stored} records ({pages} pages)");
+    }
+    cursors
+        .delete(&key)
+        .await
+        .context("clearing the backfill resume point")?;
+    let _ = writeln!(progress, "{api_type}: done, {stored} records");
+    Ok(stored)
+}

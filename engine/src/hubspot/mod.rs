@@ -1,0 +1,117 @@
+//! Keeping HubSpot portals in step: clients per connection, the hydrator (thin
+//! webhook events → snapshots), the delta poller (the safety net) and backfill.
+
+pub mod backfill;
+pub mod hydrator;
+pub mod poller;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crmsync_adapters::hubspot::client::HubSpotClient;
+use crmsync_adapters::hubspot::oauth::OAuthApp;
+use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_ingest::connections;
+
+/// Everything needed to call HubSpot for any connected workspace.
+#[derive(Debug)]
+pub struct HubSpot {
+    pool: PgPool,
+    vault: Arc<Vault>,
+    app: OAuthApp,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    rps: f64,
+    clients: Mutex<HashMap<String, HubSpotClient>>,
+}
+
+/// An active connection: the workspace and its portal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub workspace: String,
+    pub portal: String,
+}
+
+impl HubSpot {
+    pub fn new(
+        pool: PgPool,
+        vault: Arc<Vault>,
+        app: OAuthApp,
+        metrics: Arc<Metrics>,
+        rps: f64,
+    ) -> Self {
+        Self {
+            pool,
+            vault,
+            app,
+            http: reqwest::Client::new(),
+            metrics,
+            rps,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client for `workspace` with a fresh access token; one rate limiter per
+    /// connection (`CRM_SYNC_RPS`, bursts of twice that).
+    pub async fn client(&self, workspace: &str) -> anyhow::Result<HubSpotClient> {
+        let token: Secret<String> = connections::hubspot_access_token(
+            &self.pool,
+            &self.vault,
+            &self.app,
+            &self.http,
+            workspace,
+        )
+        .await?;
+        let mut clients = self.clients.lock().await;
+        let client = clients.entry(workspace.to_owned()).or_insert_with(|| {
+            HubSpotClient::new(
+                self.app.api_url.clone(),
+                token.clone(),
+                Arc::new(RateLimiter::new(self.rps, (self.rps * 2.0).max(1.0))),
+                self.metrics.clone(),
+            )
+        });
+        client.set_token(token).await;
+        Ok(client.clone())
+    }
+
+    /// The workspace connected to `portal`, if any.
+    pub async fn workspace_of(&self, portal: &str) -> anyhow::Result<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT workspace_id FROM crm_connections
+             WHERE provider = 'hubspot' AND account_id = $1 AND status = 'active'
+             ORDER BY workspace_id LIMIT 1",
+        )
+        .bind(portal)
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up the connection of a portal")
+    }
+
+    /// Every active HubSpot connection.
+    pub async fn connected(&self) -> anyhow::Result<Vec<Connected>> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT workspace_id, account_id FROM crm_connections
+             WHERE provider = 'hubspot' AND status = 'active' ORDER BY workspace_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(workspace, portal)| {
+                Some(Connected {
+                    workspace,
+                    portal: portal?,
+                })
+            })
+            .collect())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

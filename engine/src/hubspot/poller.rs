@@ -1,0 +1,227 @@
+//! Delta polling, the safety net: webhooks are a hint, polling is the truth.
+//!
+//! Each cycle searches records modified since the cursor minus a lookback (search
+//! lags writes), paging by keyset on `hs_object_id` inside the window so that no
+//! query ever pages past HubSpot's 10,000-result cap; archived records are found by
+//! listing `archived=true`. Every record found is stored as a snapshot event, and
+//! only then is the cursor advanced, by compare-and-set in the `crm_cursors` bucket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crmsync_adapters::hubspot::client::{HsObject, HubSpotClient};
+use crmsync_adapters::hubspot::snapshot::{object_of, properties_of, snapshot_event};
+use crmsync_ingest::publish::publish_all;
+use crmsync_schema::{Subjects, WorkspaceId};
+
+use super::{Connected, HubSpot};
+
+/// The objects crmsync keeps in step, by API type.
+pub const OBJECTS: [&str; 3] = ["contacts", "companies", "deals"];
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cursor {
+    /// The newest modification time seen, in ms.
+    pub since_ms: i64,
+}
+
+/// What one poll of one object did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollReport {
+    pub records: usize,
+    pub archived: usize,
+    pub pages: usize,
+    pub cursor: Cursor,
+}
+
+/// Where a connection's cursor for `api_type` lives (KV keys allow only a few
+/// characters, so the workspace is hex-encoded).
+pub fn cursor_key(workspace: &str, api_type: &str) -> String {
+    format!("hubspot.{}.{api_type}", hex::encode(workspace))
+}
+
+fn modified_ms(record: &HsObject) -> i64 {
+    ["hs_lastmodifieddate", "lastmodifieddate"]
+        .iter()
+        .find_map(|p| record.properties.get(*p).and_then(|v| v.as_str()))
+        .or(record.archived_at.as_deref())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| t.timestamp_millis())
+}
+
+async fn store(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    portal: &WorkspaceId,
+    api_type: &str,
+    records: &[HsObject],
+) -> anyhow::Result<()> {
+    let object = object_of(api_type).context("unknown object type")?;
+    let events: Vec<_> = records
+        .iter()
+        .filter_map(|r| snapshot_event(portal, &object, r))
+        .collect();
+    publish_all(js, subjects, &events)
+        .await
+        .context("storing polled records")?;
+    Ok(())
+}
+
+/// One poll of one object of one connection.
+#[allow(clippy::too_many_arguments)]
+pub async fn poll_once(
+    client: &HubSpotClient,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cursors: &kv::Store,
+    connection: &Connected,
+    api_type: &str,
+    lookback: Duration,
+) -> anyhow::Result<PollReport> {
+    let key = cursor_key(&connection.workspace, api_type);
+    let entry = cursors
+        .entry(&key)
+        .await
+        .context("reading the poll cursor")?;
+    let (cursor, revision) = match &entry {
+        Some(e) => (
+            serde_json::from_slice::<Cursor>(&e.value).unwrap_or_default(),
+            Some(e.revision),
+        ),
+        None => (Cursor::default(), None),
+    };
+    let from = (cursor.since_ms - lookback.as_millis() as i64).max(0);
+    let portal = WorkspaceId::parse(connection.portal.clone())?;
+    let object = object_of(api_type).context("unknown object type")?;
+    let modified = if api_type == "contacts" {
+        "lastmodifieddate"
+    } else {
+        "hs_lastmodifieddate"
+    };
+    let mut properties = properties_of(object.as_str());
+    properties.push(modified);
+    let mut report = PollReport {
+        cursor,
+        ..PollReport::default()
+    };
+    let mut newest = cursor.since_ms;
+    let mut last_id = 0u64;
+    loop {
+        let request = json!({
+            "filterGroups": [{"filters": [
+                {"propertyName": modified, "operator": "GTE", "value": from.to_string()},
+                {"propertyName": "hs_object_id", "operator": "GT", "value": last_id.to_string()},
+            ]}],
+            "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+            "properties": properties,
+            "limit": 200,
+        });
+        let page = client.search(api_type, &request).await?;
+        if page.results.is_empty() {
+            break;
+        }
+        report.pages += 1;
+        report.records += page.results.len();
+        store(js, subjects, &portal, api_type, &page.results).await?;
+        for r in &page.results {
+            newest = newest.max(modified_ms(r));
+            last_id = last_id.max(r.id.parse().unwrap_or(0));
+        }
+        if page.results.len() < 200 {
+            break;
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = client
+            .list(api_type, after.as_deref(), &properties, true)
+            .await?;
+        let recent: Vec<HsObject> = page
+            .results
+            .into_iter()
+            .filter(|r| modified_ms(r) >= from)
+            .collect();
+        report.archived += recent.len();
+        store(js, subjects, &portal, api_type, &recent).await?;
+        for r in &recent {
+            newest = newest.max(modified_ms(r));
+        }
+        match page.after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    let next = Cursor { since_ms: newest };
+    let value = serde_json::to_vec(&next)?.into();
+    let advanced = match revision {
+        Some(rev) => cursors.update(&key, value, rev).await.is_ok(),
+        None => cursors.create(&key, value).await.is_ok(),
+    };
+    if !advanced {
+        tracing::info!(workspace = %connection.workspace, api_type, "another poller advanced the cursor first");
+    }
+    report.cursor = next;
+    Ok(report)
+}
+
+/// Polls every connection and object every `interval` until stopped.
+pub async fn run(
+    hubspot: Arc<HubSpot>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    cursors: kv::Store,
+    interval: Duration,
+    lookback: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(?interval, "HubSpot poller started");
+    loop {
+        match hubspot.connected().await {
+            Ok(connections) => {
+                for connection in connections {
+                    let client = match hubspot.client(&connection.workspace).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(workspace = %connection.workspace, error = %e, "cannot poll");
+                            continue;
+                        }
+                    };
+                    for api_type in OBJECTS {
+                        match poll_once(
+                            &client,
+                            &js,
+                            &subjects,
+                            &cursors,
+                            &connection,
+                            api_type,
+                            lookback,
+                        )
+                        .await
+                        {
+                            Ok(r) => {
+                                tracing::debug!(workspace = %connection.workspace, api_type, records = r.records, archived = r.archived, "polled")
+                            }
+                            Err(e) => {
+                                tracing::warn!(workspace = %connection.workspace, api_type, error = %e, "poll failed")
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list connections"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    tracing::info!("HubSpot poller stopped");
+    Ok(())
+}
