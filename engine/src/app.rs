@@ -249,7 +249,10 @@ async fn projector(
     table: Table,
 ) -> anyhow::Result<Projector> {
     let object = ObjectType::parse(table.object()).expect("a table's object type is valid");
-    let config = topology.projector_consumer(provider, &object);
+    let mut config = topology.projector_consumer(provider, &object);
+    if table.object_filter().is_none() {
+        config.filter_subject = format!("{}.raw.{provider}.>", topology.subjects.root());
+    }
     let name = config.durable_name.clone().unwrap_or_default();
     // Created here so that a bad configuration stops start-up with a clear error.
     topology

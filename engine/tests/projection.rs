@@ -424,3 +424,57 @@ async fn companies_and_deals_are_projected_into_their_own_tables() {
     );
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn association_changes_are_projected_as_links_in_any_order() {
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(12);
+    let t = 1_700_000_000_000;
+    let link = |f: &mut EventFactory, at: i64, removed: bool| {
+        let mut e = f.creation("contact", 1, at);
+        e["subscriptionType"] = json!("contact.associationChange");
+        e["associationType"] = json!("CONTACT_TO_COMPANY");
+        e["fromObjectId"] = json!(1);
+        e["toObjectId"] = json!(9);
+        e["associationRemoved"] = json!(removed);
+        e
+    };
+    // Removed last, delivered first: the removal still wins.
+    let events = vec![
+        link(&mut f, t + 10, true),
+        link(&mut f, t, false),
+        f.creation("contact", 1, t),
+    ];
+    engine.post_events(Signature::V3, &events).await;
+    let pool = engine.pool.clone();
+    let row = crmsync_testkit::eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, String, String, bool)>(
+                "SELECT from_type, from_id, to_type, to_id, removed FROM associations WHERE workspace_id = '12'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+            .filter(|r| r.4)
+        }
+    })
+    .await
+    .expect("the link is projected");
+    assert_eq!(
+        row,
+        (
+            "contact".into(),
+            "1".into(),
+            "company".into(),
+            "9".into(),
+            true
+        )
+    );
+    assert!(
+        !engine.metrics().await.contains("crm_dead_lettered_total{"),
+        "other events are skipped, not poison"
+    );
+    engine.stop().await;
+}

@@ -19,10 +19,17 @@ pub enum Table {
     Contacts,
     Companies,
     Deals,
+    /// Links between records, from every object's association changes.
+    Associations,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Contacts, Table::Companies, Table::Deals];
+    pub const ALL: [Table; 4] = [
+        Table::Contacts,
+        Table::Companies,
+        Table::Deals,
+        Table::Associations,
+    ];
 
     /// The table of an object type.
     pub fn for_object(object: &ObjectType) -> Option<Table> {
@@ -40,6 +47,7 @@ impl Table {
             Table::Contacts => "contacts",
             Table::Companies => "companies",
             Table::Deals => "deals",
+            Table::Associations => "associations",
         }
     }
 
@@ -49,6 +57,15 @@ impl Table {
             Table::Contacts => "contact",
             Table::Companies => "company",
             Table::Deals => "deal",
+            Table::Associations => "association",
+        }
+    }
+
+    /// Which raw events its consumer reads: one object's, or (associations) all.
+    pub const fn object_filter(self) -> Option<&'static str> {
+        match self {
+            Table::Associations => None,
+            other => Some(other.object()),
         }
     }
 
@@ -62,6 +79,14 @@ impl Table {
         version: &Version,
     ) -> Result<Vec<RowChange>, MappingError> {
         match (provider, change) {
+            (_, change)
+                if self == Table::Associations && change != Some(Change::AssociationChanged) =>
+            {
+                Ok(Vec::new())
+            }
+            (Provider::HubSpot, _) if self == Table::Associations => {
+                hubspot::mapping::association_changes(data, version)
+            }
             (Provider::HubSpot, Some(Change::Snapshot)) => {
                 hubspot::mapping::snapshot_changes(self.object(), data, version)
             }

@@ -106,6 +106,48 @@ pub fn changes(
     changes_with(table, data, version)
 }
 
+/// Normalises a HubSpot association change (`CONTACT_TO_COMPANY`, …) into the link
+/// row it adds or removes; other events carry no link.
+pub fn association_changes(data: &[u8], version: &Version) -> Result<Vec<RowChange>, MappingError> {
+    let event: WebhookEvent = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    if event.change() != Change::AssociationChanged {
+        return Ok(Vec::new());
+    }
+    let value: Value = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    let kind = value
+        .get("associationType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("associationChange without associationType"))?;
+    let (from, to) = kind
+        .split_once("_TO_")
+        .ok_or_else(|| malformed(format!("associationType {kind:?} is not FROM_TO_TO")))?;
+    let id_of = |name: &str| match value.get(name) {
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(malformed(format!("associationChange without {name}"))),
+    };
+    let link = [
+        from.to_ascii_lowercase(),
+        id_of("fromObjectId")?,
+        to.to_ascii_lowercase(),
+        id_of("toObjectId")?,
+    ]
+    .iter()
+    .map(|p| crmsync_schema::subject::escape_token(p))
+    .collect::<Vec<_>>()
+    .join("|");
+    let removed = value
+        .get("associationRemoved")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(vec![one(
+        remote_id(&link)?,
+        "$removed",
+        Value::Bool(removed),
+        version,
+    )])
+}
+
 /// Normalises a snapshot (the HubSpot object JSON, as the API answers it): every
 /// property it carries is set at the snapshot's version, and `archived` is the
 /// tombstone.
@@ -265,6 +307,23 @@ mod tests {
         let c = super::changes("company", e.to_string().as_bytes(), &version()).unwrap();
         assert_eq!(c[0].fields.fields["name"], json!("Renewal"));
         assert!(super::changes("ticket", e.to_string().as_bytes(), &version()).is_err());
+    }
+
+    #[test]
+    fn association_changes_become_link_rows() {
+        let mut e = base("associationChange");
+        e["associationType"] = json!("CONTACT_TO_COMPANY");
+        e["fromObjectId"] = json!(42);
+        e["toObjectId"] = json!(7);
+        e["associationRemoved"] = json!(true);
+        let c = association_changes(e.to_string().as_bytes(), &version()).unwrap();
+        assert_eq!(c[0].remote_id.as_str(), "contact|42|company|7");
+        assert_eq!(c[0].fields.fields["$removed"], json!(true));
+        assert!(
+            association_changes(base("creation").to_string().as_bytes(), &version())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
