@@ -58,8 +58,7 @@ fn duration(s: &str) -> Result<Duration, String> {
         return secs
             .parse::<f64>()
             .ok()
-            .filter(|v| *v >= 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|v| Duration::try_from_secs_f64(v).ok())
             .ok_or_else(bad);
     }
     Err(bad())
@@ -204,6 +203,11 @@ mod tests {
         for (bad, why) in [
             ("errors=2", "probability"),
             ("latency=fast", "duration"),
+            ("latency=infs", "duration"),
+            ("hang=1e300s", "duration"),
+            ("hang=-1s", "duration"),
+            ("hang=NaNs", "duration"),
+            ("latency=99999999999999999999999ms", "duration"),
             ("storm=10s/5s", "must not exceed"),
             ("melt=1", "unknown fault"),
             ("errors", "key=value"),

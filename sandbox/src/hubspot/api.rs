@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::search::{self, SearchRequest, MAX_RESULTS};
-use super::store::{association_type_id, canonical_type, default_properties, now_ms, StoreError};
+use super::store::{
+    association_target, association_type_id, canonical_type, default_properties, now_ms, Store,
+    StoreError,
+};
 use super::{oauth, HubSpotSandbox};
 
 type Hs = State<Arc<HubSpotSandbox>>;
@@ -244,6 +247,60 @@ pub async fn get(
     }
 }
 
+/// The links a create asks for, each checked (a known type id from `ty`, a target
+/// that exists) before anything is written: `(target type, target id)`.
+fn requested_links(
+    store: &Store,
+    ty: &'static str,
+    input: &Value,
+) -> Result<Vec<(&'static str, u64)>, Response> {
+    let list = match input.get("associations") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid("associations must be an array")),
+    };
+    let malformed = || invalid("associations need to.id and types[].associationTypeId");
+    let mut links = Vec::with_capacity(list.len());
+    for a in list {
+        let to = match a.pointer("/to/id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(malformed()),
+        };
+        let types = a
+            .get("types")
+            .and_then(Value::as_array)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(malformed)?;
+        let mut to_type = None;
+        for t in types {
+            let type_id = t
+                .get("associationTypeId")
+                .and_then(Value::as_u64)
+                .ok_or_else(malformed)?;
+            let target = association_target(ty, type_id).ok_or_else(|| {
+                invalid(format!(
+                    "associationTypeId {type_id} is not a valid association type from {ty}"
+                ))
+            })?;
+            if to_type.is_some_and(|t| t != target) {
+                return Err(invalid(
+                    "the types of one association must all point to one object type",
+                ));
+            }
+            to_type = Some(target);
+        }
+        let to_type = to_type.ok_or_else(malformed)?;
+        let to_id: u64 = to.parse().map_err(|_| invalid("to.id must be numeric"))?;
+        let target = store
+            .live(to_type, to_id)
+            .ok_or_else(|| invalid(format!("{to_type} {to_id} does not exist")))?;
+        links.push((to_type, target.id));
+    }
+    Ok(links)
+}
+
+/// Creates one record and its links, or nothing: every check runs first.
 fn create_one(hs: &HubSpotSandbox, ty: &'static str, input: &Value) -> Result<Value, Response> {
     let props = props_of(input)?;
     let at = now_ms();
@@ -259,38 +316,14 @@ fn create_one(hs: &HubSpotSandbox, ty: &'static str, input: &Value) -> Result<Va
             }
         }
     }
+    let links = requested_links(&store, ty, input)?;
     let (id, mut changes) = store.create(ty, props, at);
-    for a in input
-        .get("associations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let to = a.pointer("/to/id").map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-        let type_id = a
-            .pointer("/types/0/associationTypeId")
-            .and_then(Value::as_u64);
-        let (Some(to), Some(type_id)) = (to, type_id) else {
-            return Err(invalid(
-                "associations need to.id and types[].associationTypeId",
-            ));
-        };
-        let to_type = ["contacts", "companies", "deals", "calls", "notes"]
-            .into_iter()
-            .find(|t| u64::from(association_type_id(ty, t)) == type_id)
-            .ok_or_else(|| invalid(format!("unknown associationTypeId {type_id} from {ty}")))?;
-        let to: u64 = to.parse().map_err(|_| invalid("to.id must be numeric"))?;
-        if store.live(to_type, to).is_none() {
-            return Err(invalid(format!("{to_type} {to} does not exist")));
-        }
+    for (to_type, to) in links {
         changes.extend(store.associate(ty, id, to_type, to));
     }
     let record = store.objects[ty][&id].clone();
     drop(store);
-    hs.webhooks.emit(&changes);
+    hs.webhooks.emit(&changes, at);
     let all: Vec<String> = record.properties.keys().cloned().collect();
     Ok(record.to_json(ty, &all))
 }
@@ -490,13 +523,20 @@ pub async fn search(
         Err(m) => return invalid(m),
     };
     let limit = req.limit.unwrap_or(10).max(1);
-    if offset + limit > MAX_RESULTS {
-        return error(
+    let past_cap = || {
+        error(
             StatusCode::BAD_REQUEST,
             "VALIDATION_ERROR",
             format!("There was a problem with the request. Paging through search results is limited to {MAX_RESULTS} results: after {offset} + limit {limit} is past it"),
-        );
+        )
+    };
+    if offset >= MAX_RESULTS {
+        return past_cap();
     }
+    let end = match offset.checked_add(limit) {
+        Some(end) if end <= MAX_RESULTS => end,
+        _ => return past_cap(),
+    };
     let properties = wanted(ty, req.properties.clone());
     let now = now_ms();
     let store = hs.store.lock().expect("store lock");
@@ -527,9 +567,8 @@ pub async fn search(
         })
         .collect();
     let mut body = json!({"total": total, "results": results});
-    if offset + limit < total {
-        let next = offset + limit;
-        body["paging"] = json!({"next": {"after": next.to_string(), "link": ""}});
+    if end < total {
+        body["paging"] = json!({"next": {"after": end.to_string(), "link": ""}});
     }
     Json(body).into_response()
 }
@@ -562,7 +601,9 @@ pub async fn merge(State(hs): Hs, Path(ty): Path<String>, Json(body): Json<Merge
 }
 
 fn assoc_json(from: &str, to: &str, ids: Vec<u64>) -> Vec<Value> {
-    let type_id = association_type_id(from, to);
+    let Some(type_id) = association_type_id(from, to) else {
+        return Vec::new();
+    };
     ids.into_iter()
         .map(|id| json!({"toObjectId": id, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": null}]}))
         .collect()
@@ -614,16 +655,22 @@ pub async fn associate_default(
         (Ok(a), Ok(b)) => (a, b),
         (Err(r), _) | (_, Err(r)) => return r,
     };
+    let Some(type_id) = association_type_id(from, to) else {
+        return invalid(format!("{from} cannot be associated with {to}"));
+    };
     let (Ok(a), Ok(b)) = (from_id.parse::<u64>(), to_id.parse::<u64>()) else {
         return invalid("ids must be numeric");
     };
-    let changes = {
+    let (changes, a, b) = {
         let mut store = hs.store.lock().expect("store lock");
-        if store.live(from, a).is_none() || store.live(to, b).is_none() {
+        let (Some(a), Some(b)) = (
+            store.live(from, a).map(|r| r.id),
+            store.live(to, b).map(|r| r.id),
+        ) else {
             return not_found("Object not found");
-        }
-        store.associate(from, a, to, b)
+        };
+        (store.associate(from, a, to, b), a, b)
     };
-    hs.webhooks.emit(&changes);
-    Json(json!({"status": "COMPLETE", "results": [{"from": {"id": a.to_string()}, "to": {"id": b.to_string()}, "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": association_type_id(from, to)}}]})).into_response()
+    hs.webhooks.emit(&changes, now_ms());
+    Json(json!({"status": "COMPLETE", "results": [{"from": {"id": a.to_string()}, "to": {"id": b.to_string()}, "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}}]})).into_response()
 }

@@ -1,7 +1,7 @@
 //! Webhook delivery as HubSpot does it: every change becomes an event; events are
-//! sent in batches of up to 100 to the target URL, signed (v3 by default), and a
-//! failed or timed-out batch is retried with growing delays, up to 10 attempts;
-//! a 4xx other than 429 is not retried.
+//! sent in batches of up to 100 to the target URL, signed with v1 (or v2) and v3 over
+//! the URL exactly as it goes out, and a failed or timed-out batch is retried with
+//! growing delays, up to 10 attempts; a 4xx other than 429 is not retried.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::store::{now_ms, singular, Change};
-use super::webhooks::{signed_headers, Signature};
+use super::webhooks::{delivery_headers, subscription_id, Signature};
 use crate::faults::FaultState;
 
 /// The most events in one delivery.
@@ -75,8 +75,9 @@ impl Outbox {
         self.config.write().expect("delivery config").signature = signature;
     }
 
-    /// Queues the webhook events of `changes` (nothing when no target is set).
-    pub fn emit(&self, changes: &[Change]) {
+    /// Queues the webhook events of `changes` made at `at` (ms), their `occurredAt`
+    /// (nothing when no target is set).
+    pub fn emit(&self, changes: &[Change], at: i64) {
         let (portal, app, has_target) = {
             let c = self.config.read().expect("delivery config");
             (c.portal_id, c.app_id, c.target.is_some())
@@ -84,12 +85,10 @@ impl Outbox {
         if !has_target {
             return;
         }
-        let at = now_ms();
         for change in changes {
             let id = self.next_event_id.fetch_add(1, Ordering::Relaxed);
             let mut e = json!({
                 "eventId": id,
-                "subscriptionId": 100 + id % 7,
                 "portalId": portal,
                 "appId": app,
                 "occurredAt": at,
@@ -97,7 +96,10 @@ impl Outbox {
                 "changeSource": "CRM",
             });
             let (object, kind, object_id) = match change {
-                Change::Created { object_type, id } => (singular(object_type), "creation", *id),
+                Change::Created { object_type, id } => {
+                    e["changeFlag"] = json!("NEW");
+                    (singular(object_type), "creation", *id)
+                }
                 Change::Property {
                     object_type,
                     id,
@@ -108,7 +110,10 @@ impl Outbox {
                     e["propertyValue"] = json!(value);
                     (singular(object_type), "propertyChange", *id)
                 }
-                Change::Archived { object_type, id } => (singular(object_type), "deletion", *id),
+                Change::Archived { object_type, id } => {
+                    e["changeFlag"] = json!("DELETED");
+                    (singular(object_type), "deletion", *id)
+                }
                 Change::Restored { object_type, id } => (singular(object_type), "restore", *id),
                 Change::Merged {
                     object_type,
@@ -142,7 +147,9 @@ impl Outbox {
             if !matches!(object, "contact" | "company" | "deal") {
                 continue;
             }
-            e["subscriptionType"] = json!(format!("{object}.{kind}"));
+            let subscription_type = format!("{object}.{kind}");
+            e["subscriptionId"] = json!(subscription_id(&subscription_type));
+            e["subscriptionType"] = json!(subscription_type);
             e["objectId"] = json!(object_id);
             self.stats.events.fetch_add(1, Ordering::Relaxed);
             let _ = self.tx.send(e);
@@ -196,12 +203,21 @@ async fn deliver(
             e["attemptNumber"] = json!(attempt);
         }
         let body = serde_json::to_vec(&batch).expect("JSON");
-        let mut request = client.post(&target).body(body.clone());
-        for (name, value) in signed_headers(c.signature, &c.client_secret, &target, &body, now_ms())
-        {
-            request = request.header(name, value);
-        }
-        let retry = match request.send().await {
+        // Sign the URL as the request carries it (`http://host` goes out as
+        // `http://host/`), so a receiver rebuilding it can check the signature.
+        let sent = match reqwest::Url::parse(&target) {
+            Ok(url) => {
+                let mut request = client.post(url.clone()).body(body.clone());
+                for (name, value) in
+                    delivery_headers(c.signature, &c.client_secret, url.as_str(), &body, now_ms())
+                {
+                    request = request.header(name, value);
+                }
+                request.send().await.map_err(|_| ())
+            }
+            Err(_) => Err(()),
+        };
+        let retry = match sent {
             Ok(r) if r.status().is_success() => {
                 stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
                 stats

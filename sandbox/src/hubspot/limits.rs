@@ -1,5 +1,6 @@
-//! HubSpot's rate limits: a rolling 10-second window and a daily cap per portal,
-//! reported in `X-HubSpot-RateLimit-*` headers; search has its own per-second limit.
+//! HubSpot's rate limits: a rolling 10-second window per portal, and a daily cap for
+//! private apps only (calls with an OAuth token of a public app have none), reported in
+//! `X-HubSpot-RateLimit-*` headers; search has its own per-second limit.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -22,7 +23,8 @@ struct Windows {
 #[derive(Debug)]
 pub struct Limits {
     pub per_ten_seconds: u32,
-    pub per_day: u64,
+    /// The daily cap, and with it the `-Daily*` headers; `None` for OAuth apps.
+    pub per_day: Option<u64>,
     pub search_per_second: u32,
     windows: Mutex<Windows>,
 }
@@ -54,7 +56,7 @@ fn trim(q: &mut VecDeque<Instant>, now: Instant, span: Duration) {
 }
 
 impl Limits {
-    pub fn new(per_ten_seconds: u32, per_day: u64, search_per_second: u32) -> Self {
+    pub fn new(per_ten_seconds: u32, per_day: Option<u64>, search_per_second: u32) -> Self {
         Self {
             per_ten_seconds,
             per_day,
@@ -78,7 +80,7 @@ impl Limits {
         }
         trim(&mut w.ten_second, now, Duration::from_secs(10));
         trim(&mut w.search, now, Duration::from_secs(1));
-        if w.day_used >= self.per_day {
+        if self.per_day.is_some_and(|cap| w.day_used >= cap) {
             return Err(too_many("DAILY", "You have reached your daily limit."));
         }
         if w.ten_second.len() >= self.per_ten_seconds as usize {
@@ -108,15 +110,17 @@ impl Limits {
         let mut set = |name: &'static str, v: u64| {
             h.insert(name, HeaderValue::from(v));
         };
-        set("x-hubspot-ratelimit-daily", self.per_day);
-        set(
-            "x-hubspot-ratelimit-daily-remaining",
-            self.per_day - w.day_used,
-        );
+        if let Some(cap) = self.per_day {
+            set("x-hubspot-ratelimit-daily", cap);
+            set(
+                "x-hubspot-ratelimit-daily-remaining",
+                cap.saturating_sub(w.day_used),
+            );
+        }
         set("x-hubspot-ratelimit-max", u64::from(self.per_ten_seconds));
         set(
             "x-hubspot-ratelimit-remaining",
-            u64::from(self.per_ten_seconds) - w.ten_second.len() as u64,
+            u64::from(self.per_ten_seconds).saturating_sub(w.ten_second.len() as u64),
         );
         set("x-hubspot-ratelimit-interval-milliseconds", 10_000);
         set("x-hubspot-ratelimit-secondly", secondly);

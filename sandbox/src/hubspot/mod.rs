@@ -47,13 +47,18 @@ pub struct Config {
     pub app_id: u64,
     /// How long access tokens live (HubSpot: 30 minutes).
     pub token_ttl: Duration,
-    /// Requests per rolling 10 s (100 free/starter, 190 professional/enterprise).
+    /// Requests per rolling 10 s: 100 for a public OAuth app (and free/starter private
+    /// apps), 190 for professional/enterprise private apps.
     pub per_ten_seconds: u32,
-    pub per_day: u64,
+    /// A private app's daily cap (250k / 625k / 1M); `None`, the default, for OAuth
+    /// apps, which have none and get no `X-HubSpot-RateLimit-Daily*` headers.
+    pub per_day: Option<u64>,
     pub search_per_second: u32,
     /// How long a write takes to show in search.
     pub index_lag: Duration,
     pub webhook_target: Option<String>,
+    /// Every delivery carries v3 and a legacy `X-HubSpot-Signature`: v2 when this is
+    /// [`Signature::V2`], else v1.
     pub webhook_signature: Signature,
     pub webhook_batch_delay: Duration,
     pub webhook_retry_base: Duration,
@@ -72,8 +77,8 @@ impl Default for Config {
             portal_id: 62515,
             app_id: 54321,
             token_ttl: Duration::from_secs(30 * 60),
-            per_ten_seconds: 190,
-            per_day: 1_000_000,
+            per_ten_seconds: 100,
+            per_day: None,
             search_per_second: 5,
             index_lag: Duration::from_secs(2),
             webhook_target: None,
@@ -289,12 +294,14 @@ impl HubSpotSandbox {
     }
 
     pub fn create(&self, ty: &'static str, properties: BTreeMap<String, String>) -> u64 {
+        // Webhooks carry the time of the change itself, as lastmodifieddate does.
+        let at = now_ms();
         let (id, changes) = self
             .store
             .lock()
             .expect("store lock")
-            .create(ty, properties, now_ms());
-        self.webhooks.emit(&changes);
+            .create(ty, properties, at);
+        self.webhooks.emit(&changes, at);
         id
     }
 
@@ -304,44 +311,43 @@ impl HubSpotSandbox {
         id: u64,
         properties: &BTreeMap<String, String>,
     ) -> Result<Value, StoreError> {
+        let at = now_ms();
         let (v, changes) = {
             let mut store = self.store.lock().expect("store lock");
-            let (id, changes) = store.update(ty, id, properties, now_ms())?;
+            let (id, changes) = store.update(ty, id, properties, at)?;
             let record = &store.objects[ty][&id];
             let all: Vec<String> = record.properties.keys().cloned().collect();
             (record.to_json(ty, &all), changes)
         };
-        self.webhooks.emit(&changes);
+        self.webhooks.emit(&changes, at);
         Ok(v)
     }
 
     pub fn archive(&self, ty: &'static str, id: u64) {
-        let changes = self
-            .store
-            .lock()
-            .expect("store lock")
-            .archive(ty, id, now_ms());
-        self.webhooks.emit(&changes);
+        // Webhooks carry the time of the change itself, as lastmodifieddate does.
+        let at = now_ms();
+        let changes = self.store.lock().expect("store lock").archive(ty, id, at);
+        self.webhooks.emit(&changes, at);
     }
 
     pub fn restore(&self, ty: &'static str, id: u64) {
-        let changes = self
-            .store
-            .lock()
-            .expect("store lock")
-            .restore(ty, id, now_ms());
-        self.webhooks.emit(&changes);
+        // Webhooks carry the time of the change itself, as lastmodifieddate does.
+        let at = now_ms();
+        let changes = self.store.lock().expect("store lock").restore(ty, id, at);
+        self.webhooks.emit(&changes, at);
     }
 
     pub fn merge(&self, ty: &'static str, primary: u64, merged: u64) -> Result<Value, StoreError> {
+        // Webhooks carry the time of the change itself, as lastmodifieddate does.
+        let at = now_ms();
         let (v, changes) = {
             let mut store = self.store.lock().expect("store lock");
-            let (id, changes) = store.merge(ty, primary, merged, now_ms())?;
+            let (id, changes) = store.merge(ty, primary, merged, at)?;
             let record = &store.objects[ty][&id];
             let all: Vec<String> = record.properties.keys().cloned().collect();
             (record.to_json(ty, &all), changes)
         };
-        self.webhooks.emit(&changes);
+        self.webhooks.emit(&changes, at);
         Ok(v)
     }
 
@@ -373,9 +379,9 @@ impl HubSpotSandbox {
                 6..=7 => "companies",
                 _ => "deals",
             };
-            let live: Vec<u64> = self.snapshot(ty).into_keys().collect();
             let roll = rng.gen_range(0..100);
-            if live.len() < 2 || roll < 30 {
+            let picked = self.pick_live(ty, &mut rng);
+            if picked.is_none() || roll < 30 {
                 let i = 1_000_000 + step;
                 let p = match ty {
                     "contacts" => {
@@ -403,7 +409,7 @@ impl HubSpotSandbox {
                 self.create(ty, p);
                 continue;
             }
-            let id = live[rng.gen_range(0..live.len())];
+            let Some(id) = picked else { continue };
             match roll {
                 30..=84 => {
                     let (name, value) = match ty {
@@ -415,26 +421,48 @@ impl HubSpotSandbox {
                 }
                 85..=92 => self.archive(ty, id),
                 93..=95 => {
-                    let archived: Vec<u64> = {
+                    let archived = {
                         let store = self.store.lock().expect("store lock");
                         store.objects[ty]
                             .values()
-                            .filter(|r| r.archived_at.is_some())
+                            .find(|r| r.archived_at.is_some())
                             .map(|r| r.id)
-                            .collect()
                     };
-                    if let Some(&a) = archived.first() {
+                    if let Some(a) = archived {
                         self.restore(ty, a);
                     }
                 }
                 _ => {
-                    let other = live[rng.gen_range(0..live.len())];
-                    if other != id {
+                    if let Some(other) = self.pick_live(ty, &mut rng).filter(|o| *o != id) {
                         let _ = self.merge(ty, id, other);
                     }
                 }
             }
         }
+    }
+
+    /// A live record of `ty` drawn with `rng`, found by probing the table's keys so that
+    /// a step stays cheap with 100,000 records; `None` when there is none.
+    fn pick_live(&self, ty: &str, rng: &mut impl Rng) -> Option<u64> {
+        let store = self.store.lock().expect("store lock");
+        let table = store.objects.get(ty)?;
+        let (first, last) = (*table.keys().next()?, *table.keys().next_back()?);
+        let live = |r: &store::Record| r.archived_at.is_none() && r.merged_into.is_none();
+        for _ in 0..16 {
+            let probe = rng.gen_range(first..=last);
+            if let Some((id, r)) = table.range(probe..).next() {
+                if live(r) {
+                    return Some(*id);
+                }
+            }
+        }
+        // Mostly dead records: count the live ones out, cloning nothing.
+        let n = table.values().filter(|r| live(r)).count();
+        if n == 0 {
+            return None;
+        }
+        let k = rng.gen_range(0..n);
+        table.values().filter(|r| live(r)).nth(k).map(|r| r.id)
     }
 
     /// Runs the mutation driver at about `per_sec` changes a second until aborted.

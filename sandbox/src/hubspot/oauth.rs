@@ -28,13 +28,33 @@ fn token(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// How long an expired access token is still recognised (and answered as expired
+/// rather than unknown) before it is forgotten.
+const EXPIRED_KEPT_MS: i64 = 60 * 60 * 1000;
+
 impl Tokens {
     pub fn issue(&mut self, ttl_ms: i64) -> (String, String) {
-        let access = token("CKv1-na1");
+        let access = self.mint(ttl_ms);
         let refresh = token("na1-refresh");
-        self.access.insert(access.clone(), now_ms() + ttl_ms);
         self.refresh.insert(refresh.clone(), ());
         (access, refresh)
+    }
+
+    /// A new access token; forgets long-expired ones, so long runs do not grow.
+    pub fn mint(&mut self, ttl_ms: i64) -> String {
+        let now = now_ms();
+        self.purge(now);
+        let access = token("CKv1-na1");
+        self.access
+            .insert(access.clone(), now.saturating_add(ttl_ms));
+        access
+    }
+
+    /// Drops expired codes, and access tokens expired for over an hour.
+    pub fn purge(&mut self, now: i64) {
+        self.codes.retain(|_, (_, expiry)| *expiry > now);
+        self.access
+            .retain(|_, expiry| *expiry > now.saturating_sub(EXPIRED_KEPT_MS));
     }
 }
 
@@ -68,11 +88,14 @@ pub async fn authorize(
         return error("BAD_REQUEST", "redirect_uri and scope are required");
     };
     let code = token("code");
-    hs.tokens
-        .lock()
-        .expect("tokens lock")
-        .codes
-        .insert(code.clone(), (redirect.clone(), now_ms() + 10 * 60 * 1000));
+    {
+        let mut tokens = hs.tokens.lock().expect("tokens lock");
+        let now = now_ms();
+        tokens.purge(now);
+        tokens
+            .codes
+            .insert(code.clone(), (redirect.clone(), now + 10 * 60 * 1000));
+    }
     let sep = if redirect.contains('?') { '&' } else { '?' };
     let mut url = format!("{redirect}{sep}code={code}");
     if let Some(state) = q.state {
@@ -148,8 +171,7 @@ pub async fn token_endpoint(
                 });
                 return (StatusCode::BAD_REQUEST, Json(body)).into_response();
             }
-            let access = token("CKv1-na1");
-            tokens.access.insert(access.clone(), now_ms() + ttl);
+            let access = tokens.mint(ttl);
             Json(json!({"access_token": access, "refresh_token": refresh, "expires_in": ttl / 1000, "token_type": "bearer"})).into_response()
         }
         _ => error(
@@ -232,5 +254,26 @@ pub fn check_bearer(hs: &HubSpotSandbox, header: Option<&str>) -> Option<Respons
             ),
         ),
         Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuing_forgets_long_expired_tokens_and_codes() {
+        let mut t = Tokens::default();
+        let now = now_ms();
+        t.access.insert("old".into(), now - EXPIRED_KEPT_MS - 1);
+        t.access.insert("recent".into(), now - 1000);
+        t.codes.insert("stale".into(), ("r".into(), now - 1));
+        t.codes.insert("fresh".into(), ("r".into(), now + 60_000));
+        let (access, _) = t.issue(60_000);
+        assert!(!t.access.contains_key("old"));
+        assert!(t.access.contains_key("recent"), "still answered as expired");
+        assert!(t.access.contains_key(&access));
+        assert!(!t.codes.contains_key("stale"));
+        assert!(t.codes.contains_key("fresh"));
     }
 }

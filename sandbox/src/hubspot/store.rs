@@ -51,25 +51,46 @@ pub fn default_properties(object_type: &str) -> &'static [&'static str] {
     }
 }
 
-/// The association type id HubSpot defines between two types.
-pub fn association_type_id(from: &str, to: &str) -> u32 {
+/// The association type ids HubSpot defines from one type to another: the unlabeled
+/// one first (what v4 reports for a link), then the primary one where there is one.
+/// Empty when HubSpot defines no association between the two.
+pub fn association_type_ids(from: &str, to: &str) -> &'static [u32] {
     match (from, to) {
-        ("contacts", "companies") => 279,
-        ("companies", "contacts") => 280,
-        ("deals", "contacts") => 3,
-        ("contacts", "deals") => 4,
-        ("deals", "companies") => 341,
-        ("companies", "deals") => 342,
-        ("calls", "contacts") => 194,
-        ("contacts", "calls") => 193,
-        ("calls", "deals") => 206,
-        ("deals", "calls") => 205,
-        ("notes", "contacts") => 202,
-        ("contacts", "notes") => 201,
-        ("notes", "deals") => 214,
-        ("deals", "notes") => 213,
-        _ => 1,
+        ("contacts", "companies") => &[279, 1],
+        ("companies", "contacts") => &[280, 2],
+        ("deals", "contacts") => &[3],
+        ("contacts", "deals") => &[4],
+        ("deals", "companies") => &[341, 5],
+        ("companies", "deals") => &[342, 6],
+        ("calls", "contacts") => &[194],
+        ("contacts", "calls") => &[193],
+        ("calls", "companies") => &[182],
+        ("companies", "calls") => &[181],
+        ("calls", "deals") => &[206],
+        ("deals", "calls") => &[205],
+        ("notes", "contacts") => &[202],
+        ("contacts", "notes") => &[201],
+        ("notes", "companies") => &[190],
+        ("companies", "notes") => &[189],
+        ("notes", "deals") => &[214],
+        ("deals", "notes") => &[213],
+        _ => &[],
     }
+}
+
+/// The association type id v4 reports for a link from `from` to `to`, if HubSpot
+/// defines one.
+pub fn association_type_id(from: &str, to: &str) -> Option<u32> {
+    association_type_ids(from, to).first().copied()
+}
+
+/// The object type an association of `type_id` from `from` points to.
+pub fn association_target(from: &str, type_id: u64) -> Option<&'static str> {
+    TYPES.into_iter().find(|to| {
+        association_type_ids(from, to)
+            .iter()
+            .any(|id| u64::from(*id) == type_id)
+    })
 }
 
 pub fn iso(ms: i64) -> String {
@@ -358,6 +379,26 @@ impl Store {
         for key in ["hs_object_id", "createdate", modified_property(object_type)] {
             props.remove(key);
         }
+        // As HubSpot does: the survivor lists every id merged into it.
+        let mut merged_ids: Vec<String> = [&p, &m]
+            .iter()
+            .flat_map(|r| {
+                let earlier = r
+                    .properties
+                    .get("hs_merged_object_ids")
+                    .cloned()
+                    .unwrap_or_default();
+                earlier
+                    .split(';')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .chain(std::iter::once(r.id.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        merged_ids.sort();
+        merged_ids.dedup();
+        props.insert("hs_merged_object_ids".into(), merged_ids.join(";"));
         let (new_id, _) = self.create(object_type, props, at);
         for old in [p.id, m.id] {
             if let Some(r) = self.table(object_type).get_mut(&old) {
@@ -365,24 +406,28 @@ impl Store {
                 r.index.clear();
             }
         }
-        // Links follow the survivor.
-        let moved: Vec<_> = self
-            .associations
-            .iter()
-            .filter(|((t, id, _), _)| *t == object_type && (*id == p.id || *id == m.id))
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for ((_, _, to_type), to_ids) in moved {
-            for to in to_ids {
-                self.associate(object_type, new_id, to_type, to);
+        let mut moved: Vec<(&'static str, u64)> = Vec::new();
+        for old in [p.id, m.id] {
+            for to_type in TYPES {
+                let linked = self.associations.get(&(object_type, old, to_type));
+                for to in linked.into_iter().flatten() {
+                    // Links to records since merged away are dead already.
+                    if self.resolve(to_type, *to).is_some_and(|r| r.id == *to) {
+                        moved.push((to_type, *to));
+                    }
+                }
             }
         }
-        let changes = vec![Change::Merged {
+        let mut changes = vec![Change::Merged {
             object_type,
             primary: p.id,
             merged: m.id,
             new_id,
         }];
+        // Links follow the survivor, each announced as an associationChange.
+        for (to_type, to) in moved {
+            changes.extend(self.associate(object_type, new_id, to_type, to));
+        }
         Ok((new_id, changes))
     }
 

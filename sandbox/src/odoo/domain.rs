@@ -9,6 +9,12 @@
 //! `not like`, `not ilike`) also match empty values. Datetime values are compared with
 //! the stored microseconds, as Postgres compares a `timestamp` column with a literal;
 //! a bare date `YYYY-MM-DD` becomes `00:00:00`, or `23:59:59` for `>` and `<=`.
+//!
+//! Domains come from clients, so parsing and matching never recurse on their input:
+//! the prefix operators are read with an explicit stack (a run of one operator, such
+//! as the `['|'] * (n - 1)` a client writes for an OR of n leaves, is one n-ary node),
+//! nesting is capped at [`MAX_DEPTH`], and `like` patterns at [`MAX_PATTERN`]
+//! characters.
 
 use std::cmp::Ordering;
 
@@ -17,6 +23,11 @@ use serde_json::Value;
 use super::clock;
 use super::errors::OdooError;
 use super::models::{self, Kind, Model};
+
+/// How deeply operators of different kinds may nest in one domain.
+pub(crate) const MAX_DEPTH: usize = 64;
+/// The longest `like` pattern, in characters.
+pub(crate) const MAX_PATTERN: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -79,8 +90,8 @@ pub(crate) enum Domain {
     False,
     Leaf(Leaf),
     Not(Box<Domain>),
-    And(Box<Domain>, Box<Domain>),
-    Or(Box<Domain>, Box<Domain>),
+    And(Vec<Domain>),
+    Or(Vec<Domain>),
 }
 
 impl Domain {
@@ -89,7 +100,7 @@ impl Domain {
         match self {
             Domain::Leaf(l) => l.path[0].0.fields[l.path[0].1].name == field,
             Domain::Not(d) => d.mentions(field),
-            Domain::And(a, b) | Domain::Or(a, b) => a.mentions(field) || b.mentions(field),
+            Domain::And(terms) | Domain::Or(terms) => terms.iter().any(|d| d.mentions(field)),
             Domain::True | Domain::False => false,
         }
     }
@@ -110,7 +121,7 @@ pub(crate) fn only_active(model: &'static Model, domain: Domain) -> Domain {
         op: Op::Eq,
         value: Value::Bool(true),
     });
-    Domain::And(Box::new(domain), Box::new(active))
+    Domain::And(vec![domain, active])
 }
 
 /// Python's `repr`, for error messages that quote a leaf or a value.
@@ -139,6 +150,32 @@ fn leaf_repr(items: &[Value]) -> String {
     )
 }
 
+/// A prefix operator waiting for its terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    Not,
+    And,
+    Or,
+}
+
+#[derive(Debug)]
+struct Pending {
+    op: Prefix,
+    /// How many terms complete it.
+    needed: usize,
+    terms: Vec<Domain>,
+}
+
+impl Pending {
+    fn finish(mut self) -> Domain {
+        match self.op {
+            Prefix::Not => Domain::Not(Box::new(self.terms.pop().unwrap_or(Domain::True))),
+            Prefix::And => Domain::And(self.terms),
+            Prefix::Or => Domain::Or(self.terms),
+        }
+    }
+}
+
 /// Parses a domain against `model`, checking every field and operator.
 pub(crate) fn parse(model: &'static Model, domain: &Value) -> Result<Domain, OdooError> {
     let items: &[Value] = match domain {
@@ -151,54 +188,77 @@ pub(crate) fn parse(model: &'static Model, domain: &Value) -> Result<Domain, Odo
             )))
         }
     };
-    let mut pos = 0;
-    let mut terms = Vec::new();
-    while pos < items.len() {
-        terms.push(term(model, items, &mut pos, domain)?);
+    // Terms left side by side are ANDed.
+    let mut top = Vec::new();
+    let mut stack: Vec<Pending> = Vec::new();
+    for item in items {
+        let prefix = match item {
+            Value::String(op) if op == "!" => Some(Prefix::Not),
+            Value::String(op) if op == "&" => Some(Prefix::And),
+            Value::String(op) if op == "|" => Some(Prefix::Or),
+            _ => None,
+        };
+        if let Some(op) = prefix {
+            let depth = stack.len();
+            match stack.last_mut() {
+                // `| | a b c` is `| a b c`: one node takes one more term.
+                Some(p) if p.op == op && op != Prefix::Not => p.needed += 1,
+                _ if depth >= MAX_DEPTH => {
+                    return Err(OdooError::value_error(format!(
+                        "Domain nested more than {MAX_DEPTH} levels deep is not supported"
+                    )))
+                }
+                _ => stack.push(Pending {
+                    op,
+                    needed: if op == Prefix::Not { 1 } else { 2 },
+                    terms: Vec::new(),
+                }),
+            }
+            continue;
+        }
+        let mut term = match item {
+            Value::Array(leaf) if leaf.len() == 3 => parse_leaf(model, leaf)?,
+            other => {
+                return Err(OdooError::value_error(format!(
+                    "Invalid leaf {}",
+                    py_repr(other)
+                )))
+            }
+        };
+        loop {
+            let Some(p) = stack.last_mut() else {
+                top.push(term);
+                break;
+            };
+            p.terms.push(term);
+            if p.terms.len() < p.needed {
+                break;
+            }
+            term = stack.pop().expect("just seen").finish();
+        }
     }
-    Ok(terms
-        .into_iter()
-        .reduce(|a, b| Domain::And(Box::new(a), Box::new(b)))
-        .unwrap_or(Domain::True))
-}
-
-fn term(
-    model: &'static Model,
-    items: &[Value],
-    pos: &mut usize,
-    whole: &Value,
-) -> Result<Domain, OdooError> {
-    let Some(item) = items.get(*pos) else {
+    if !stack.is_empty() {
         return Err(OdooError::value_error(format!(
             "Domain {} is syntactically not correct.",
-            py_repr(whole)
+            py_repr(domain)
         )));
-    };
-    *pos += 1;
-    match item {
-        Value::String(op) if op == "&" || op == "|" => {
-            let a = term(model, items, pos, whole)?;
-            let b = term(model, items, pos, whole)?;
-            Ok(if op == "&" {
-                Domain::And(Box::new(a), Box::new(b))
-            } else {
-                Domain::Or(Box::new(a), Box::new(b))
-            })
-        }
-        Value::String(op) if op == "!" => {
-            Ok(Domain::Not(Box::new(term(model, items, pos, whole)?)))
-        }
-        Value::Array(leaf) if leaf.len() == 3 => parse_leaf(model, leaf),
-        other => Err(OdooError::value_error(format!(
-            "Invalid leaf {}",
-            py_repr(other)
-        ))),
     }
+    Ok(match top.len() {
+        0 => Domain::True,
+        1 => top.pop().expect("one term"),
+        _ => Domain::And(top),
+    })
 }
 
 fn parse_leaf(model: &'static Model, items: &[Value]) -> Result<Domain, OdooError> {
     let invalid = || OdooError::value_error(format!("Invalid leaf {}", leaf_repr(items)));
     let op = items[1].as_str().and_then(Op::parse).ok_or_else(invalid)?;
+    if op.is_like() && as_text(&items[2]).chars().count() > MAX_PATTERN {
+        return Err(OdooError::value_error(format!(
+            "Invalid leaf: a {} pattern may hold at most {MAX_PATTERN} characters",
+            items[1].as_str().unwrap_or_default()
+        )));
+    }
     let path = match &items[0] {
         Value::String(p) => p,
         Value::Number(n) if op == Op::Eq && items[2].as_i64() == Some(1) => {
@@ -213,6 +273,11 @@ fn parse_leaf(model: &'static Model, items: &[Value]) -> Result<Domain, OdooErro
     let mut steps = Vec::new();
     let mut current = model;
     let segments: Vec<&str> = path.split('.').collect();
+    if segments.len() > MAX_DEPTH {
+        return Err(OdooError::value_error(format!(
+            "Invalid leaf: a path may follow at most {MAX_DEPTH} fields"
+        )));
+    }
     for (i, seg) in segments.iter().enumerate() {
         let idx = current.idx(seg).ok_or_else(|| {
             OdooError::value_error(format!(
@@ -320,14 +385,63 @@ fn like(text: &str, pattern: &str, insensitive: bool) -> bool {
     like_from(&t, &p)
 }
 
+/// One element of a `LIKE` pattern.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Token {
+    /// `%`: any run of characters.
+    Any,
+    /// `_`: one character.
+    One,
+    Char(char),
+}
+
+/// Iterative wildcard matching: on a mismatch, back up to the last `%` and let it take
+/// one more character. Each `%` only ever moves forward, so this is O(text × pattern)
+/// at worst, never exponential.
 fn like_from(t: &[char], p: &[char]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some('%') => (0..=t.len()).any(|i| like_from(&t[i..], &p[1..])),
-        Some('_') => !t.is_empty() && like_from(&t[1..], &p[1..]),
-        Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && like_from(&t[1..], &p[2..]),
-        Some(c) => t.first() == Some(c) && like_from(&t[1..], &p[1..]),
+    let mut tokens = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        tokens.push(match p[i] {
+            '%' => Token::Any,
+            '_' => Token::One,
+            '\\' if i + 1 < p.len() => {
+                i += 1;
+                Token::Char(p[i])
+            }
+            c => Token::Char(c),
+        });
+        i += 1;
     }
+    let (mut ti, mut pi) = (0, 0);
+    // After the last `%` seen: the pattern position past it, and the text position it
+    // has taken up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match tokens.get(pi) {
+            Some(Token::Any) => {
+                star = Some((pi + 1, ti));
+                pi += 1;
+            }
+            Some(Token::One) => {
+                ti += 1;
+                pi += 1;
+            }
+            Some(Token::Char(c)) if *c == t[ti] => {
+                ti += 1;
+                pi += 1;
+            }
+            _ => match star {
+                Some((after, taken)) => {
+                    star = Some((after, taken + 1));
+                    pi = after;
+                    ti = taken + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    tokens[pi..].iter().all(|k| *k == Token::Any)
 }
 
 /// Whether a field value `v` (stored form, or a related record's display name for
@@ -401,8 +515,125 @@ mod tests {
             ("Acme", "A_e", false, false),
             ("50%", "50\\%", false, true),
             ("", "%", false, true),
+            ("", "", false, true),
+            ("a", "", false, false),
+            ("abc", "%%c", false, true),
+            ("abcbc", "%bc", false, true),
+            ("abcbd", "a%b_", false, true),
+            ("ab", "a%b%", false, true),
+            ("a_c", "a\\_c", false, true),
+            ("abc", "a\\_c", false, false),
+            ("trailing\\", "trailing\\", false, true),
         ] {
             assert_eq!(like(text, pattern, ci), want, "{text} like {pattern}");
+        }
+    }
+
+    #[test]
+    fn like_never_blows_up_on_many_wildcards() {
+        let text = "a".repeat(5_000);
+        let pattern = format!("{}b", "%a".repeat(500));
+        let started = std::time::Instant::now();
+        assert!(!like(&text, &pattern, false));
+        assert!(like(&text, &"%a".repeat(500), false));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    fn partner() -> &'static Model {
+        models::model_in(17, "res.partner").expect("res.partner")
+    }
+
+    #[test]
+    fn deeply_nested_domains_get_a_clean_value_error() {
+        let mut items: Vec<Value> = ["!", "&"]
+            .iter()
+            .cycle()
+            .take(200_000)
+            .map(|op| json!(op))
+            .collect();
+        items.extend(std::iter::repeat_n(json!(["name", "=", "x"]), 100_001));
+        let err = parse(partner(), &Value::Array(items)).unwrap_err();
+        assert_eq!(err.name, "builtins.ValueError");
+        assert!(err.message.contains("nested"), "{}", err.message);
+
+        let nots: Vec<Value> = std::iter::repeat_n(json!("!"), 100_000)
+            .chain([json!(["name", "=", "x"])])
+            .collect();
+        assert!(parse(partner(), &Value::Array(nots)).is_err());
+
+        let path = vec!["parent_id"; 100_000].join(".") + ".name";
+        let err = parse(partner(), &json!([[path, "=", "x"]])).unwrap_err();
+        assert_eq!(err.name, "builtins.ValueError");
+
+        let err = parse(
+            partner(),
+            &json!([["name", "ilike", "%".repeat(MAX_PATTERN + 1)]]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("pattern"), "{}", err.message);
+    }
+
+    #[test]
+    fn long_runs_of_one_operator_parse_flat() {
+        let n = 100_000;
+        let items: Vec<Value> = std::iter::repeat_n(json!("|"), n - 1)
+            .chain(std::iter::repeat_n(json!(["name", "=", "x"]), n))
+            .collect();
+        let Ok(Domain::Or(terms)) = parse(partner(), &Value::Array(items)) else {
+            panic!("an OR of leaves")
+        };
+        assert_eq!(terms.len(), n);
+        let flat: Vec<Value> = std::iter::repeat_n(json!(["name", "=", "x"]), n).collect();
+        assert!(matches!(
+            parse(partner(), &Value::Array(flat)),
+            Ok(Domain::And(t)) if t.len() == n
+        ));
+    }
+
+    #[test]
+    fn prefix_operators_group_as_polish_notation() {
+        let leaf = |v: &str| json!(["name", "=", v]);
+        let shape = |d: &Domain| -> String {
+            fn go(d: &Domain) -> String {
+                match d {
+                    Domain::True => "T".into(),
+                    Domain::False => "F".into(),
+                    Domain::Leaf(l) => l.value.as_str().unwrap_or("?").into(),
+                    Domain::Not(d) => format!("!{}", go(d)),
+                    Domain::And(t) => {
+                        format!("&({})", t.iter().map(go).collect::<Vec<_>>().join(","))
+                    }
+                    Domain::Or(t) => {
+                        format!("|({})", t.iter().map(go).collect::<Vec<_>>().join(","))
+                    }
+                }
+            }
+            go(d)
+        };
+        for (domain, want) in [
+            (
+                json!(["|", leaf("a"), "&", leaf("b"), leaf("c")]),
+                "|(a,&(b,c))",
+            ),
+            (
+                json!(["|", "|", leaf("a"), leaf("b"), leaf("c")]),
+                "|(a,b,c)",
+            ),
+            (
+                json!(["!", "|", leaf("a"), leaf("b"), leaf("c")]),
+                "&(!|(a,b),c)",
+            ),
+            (json!([leaf("a"), "!", leaf("b")]), "&(a,!b)"),
+            (json!([[1, "=", 1]]), "T"),
+        ] {
+            assert_eq!(shape(&parse(partner(), &domain).unwrap()), want, "{domain}");
+        }
+        for bad in [
+            json!(["|", leaf("a")]),
+            json!(["!"]),
+            json!(["&", leaf("a"), "|"]),
+        ] {
+            assert!(parse(partner(), &bad).is_err(), "{bad}");
         }
     }
 

@@ -324,8 +324,8 @@ impl Store {
             Domain::True => true,
             Domain::False => false,
             Domain::Not(d) => !self.holds(row, d, env),
-            Domain::And(a, b) => self.holds(row, a, env) && self.holds(row, b, env),
-            Domain::Or(a, b) => self.holds(row, a, env) || self.holds(row, b, env),
+            Domain::And(terms) => terms.iter().all(|d| self.holds(row, d, env)),
+            Domain::Or(terms) => terms.iter().any(|d| self.holds(row, d, env)),
             Domain::Leaf(l) => self.leaf_holds(row, l, 0, env),
         }
     }

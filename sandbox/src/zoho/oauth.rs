@@ -138,17 +138,26 @@ impl Tokens {
     }
 
     fn mint(&mut self, dc: DataCentre, scope: Arc<str>, refresh: Option<String>) -> String {
+        let now = now_ms();
+        self.purge(now);
         let token = token_string();
         self.access.insert(
             token.clone(),
             AccessToken {
                 dc,
                 scope,
-                expires: now_ms() + ACCESS_TTL_MS,
+                expires: now + ACCESS_TTL_MS,
                 refresh,
             },
         );
         token
+    }
+
+    /// Forgets expired codes and access tokens (Zoho answers an expired token as it
+    /// does an unknown one), so long runs do not grow.
+    fn purge(&mut self, now: i64) {
+        self.codes.retain(|_, g| g.expires >= now);
+        self.access.retain(|_, a| a.expires > now);
     }
 
     pub fn access(&self, token: &str) -> Option<&AccessToken> {
@@ -297,17 +306,22 @@ pub async fn authorize(
     };
     let home = sb.home_dc();
     let code = token_string();
-    sb.tokens().codes.insert(
-        code.clone(),
-        Grant {
-            client_id: sb.config.client_id.clone(),
-            redirect_uri: redirect_uri.to_owned(),
-            scope: scope.to_owned(),
-            dc: home,
-            offline: get("access_type") == Some("offline"),
-            expires: now_ms() + CODE_TTL_MS,
-        },
-    );
+    {
+        let mut tokens = sb.tokens();
+        let now = now_ms();
+        tokens.purge(now);
+        tokens.codes.insert(
+            code.clone(),
+            Grant {
+                client_id: sb.config.client_id.clone(),
+                redirect_uri: redirect_uri.to_owned(),
+                scope: scope.to_owned(),
+                dc: home,
+                offline: get("access_type") == Some("offline"),
+                expires: now + CODE_TTL_MS,
+            },
+        );
+    }
     {
         let mut pairs = target.query_pairs_mut();
         if let Some(state) = q.get("state") {
@@ -435,5 +449,27 @@ mod tests {
             t.exchange(DataCentre::Eu, "c", None, "code").unwrap_err(),
             OAuthError::InvalidCode
         );
+    }
+
+    #[test]
+    fn minting_forgets_expired_tokens_and_codes() {
+        let mut t = Tokens::default();
+        let (old, _) = t.issue(DataCentre::Us, "ZohoCRM.modules.ALL", true, "c");
+        t.expire_access_tokens();
+        t.codes.insert(
+            "stale".into(),
+            Grant {
+                client_id: "c".into(),
+                redirect_uri: "http://x/cb".into(),
+                scope: "ZohoCRM.modules.ALL".into(),
+                dc: DataCentre::Us,
+                offline: false,
+                expires: now_ms() - 1,
+            },
+        );
+        let (fresh, _) = t.issue(DataCentre::Us, "ZohoCRM.modules.ALL", false, "c");
+        assert!(t.access(&old).is_none());
+        assert!(t.access(&fresh).is_some());
+        assert!(t.codes.is_empty());
     }
 }

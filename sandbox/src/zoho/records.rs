@@ -363,7 +363,9 @@ pub async fn deleted(
         .filter(|d| since.is_none_or(|s| d.deleted_time > s))
         .collect();
     rows.sort_by(|a, b| b.deleted_time.cmp(&a.deleted_time).then(b.id.cmp(&a.id)));
-    let from = ((page - 1) * per_page).min(rows.len());
+    let from = (page - 1)
+        .checked_mul(per_page)
+        .map_or(rows.len(), |from| from.min(rows.len()));
     let to = (from + per_page).min(rows.len());
     if from == to {
         return Ok(StatusCode::NO_CONTENT.into_response());

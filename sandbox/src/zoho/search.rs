@@ -24,10 +24,17 @@ use super::store::{Record, Store, Value};
 use super::ZohoSandbox;
 
 const MAX_CONDITIONS: usize = 10;
+/// How deeply groups may nest; criteria come from clients and are parsed recursively.
+const MAX_DEPTH: usize = 64;
 
 fn invalid(reason: &str) -> ApiError {
     ApiError::bad_request("INVALID_QUERY", "Invalid query formed")
         .with_details(json!({"reason": reason}))
+}
+
+fn too_many_conditions() -> ApiError {
+    ApiError::bad_request("LIMIT_EXCEEDED", "criteria limit exceeded")
+        .with_details(json!({"limit": MAX_CONDITIONS, "param_name": "criteria"}))
 }
 
 struct Parser<'a> {
@@ -35,6 +42,8 @@ struct Parser<'a> {
     src: &'a [u8],
     text: &'a str,
     at: usize,
+    depth: usize,
+    conditions: usize,
 }
 
 impl Parser<'_> {
@@ -79,17 +88,30 @@ impl Parser<'_> {
 
     fn group(&mut self) -> Result<Expr, ApiError> {
         self.expect(b'(')?;
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(
+                ApiError::bad_request("LIMIT_EXCEEDED", "criteria nested too deeply")
+                    .with_details(json!({"limit": MAX_DEPTH, "param_name": "criteria"})),
+            );
+        }
         let expr = if self.peek() == Some(b'(') {
             self.sequence()?
         } else {
             self.condition()?
         };
         self.expect(b')')?;
+        self.depth -= 1;
         Ok(expr)
     }
 
     /// `field:operator:value` up to the unescaped `)`.
     fn condition(&mut self) -> Result<Expr, ApiError> {
+        // Counted as they are read, so a long run of groups never builds a deep tree.
+        self.conditions += 1;
+        if self.conditions > MAX_CONDITIONS {
+            return Err(too_many_conditions());
+        }
         let start = self.at;
         while let Some(b) = self.peek() {
             match b {
@@ -167,16 +189,12 @@ pub fn criteria(module: Module, text: &str) -> Result<Expr, ApiError> {
         src: text.as_bytes(),
         text,
         at: 0,
+        depth: 0,
+        conditions: 0,
     };
     let expr = p.sequence()?;
     if p.at != text.len() {
         return Err(invalid("invalid criteria"));
-    }
-    if expr.count() > MAX_CONDITIONS {
-        return Err(
-            ApiError::bad_request("LIMIT_EXCEEDED", "criteria limit exceeded")
-                .with_details(json!({"limit": MAX_CONDITIONS, "param_name": "criteria"})),
-        );
     }
     Ok(expr)
 }
@@ -338,5 +356,27 @@ mod tests {
         ] {
             assert!(criteria(m, bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deeply_nested_or_endless_criteria_get_a_clean_error() {
+        let m = Module::Contacts;
+        let n = 100_000;
+        let nested = format!("{}Email:equals:x{}", "(".repeat(n), ")".repeat(n));
+        let err = criteria(m, &nested).unwrap_err();
+        assert_eq!(err.code, "LIMIT_EXCEEDED");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        let unclosed = "(".repeat(n);
+        assert_eq!(criteria(m, &unclosed).unwrap_err().code, "LIMIT_EXCEEDED");
+        let endless = vec!["(Email:equals:x)"; n].join("or");
+        assert_eq!(criteria(m, &endless).unwrap_err().code, "LIMIT_EXCEEDED");
+        let ten = ["(Email:equals:x)"; 10].join("and");
+        assert!(criteria(m, &ten).is_ok());
+        let nested_ok = format!(
+            "{}Email:equals:x{}",
+            "(".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH)
+        );
+        assert!(criteria(m, &nested_ok).is_ok());
     }
 }

@@ -22,6 +22,8 @@ pub const MAX_OFFSET: usize = 100_000;
 const DEFAULT_LIMIT: usize = 200;
 const MAX_FIELDS: usize = 50;
 const MAX_CONDITIONS: usize = 25;
+/// How deeply parentheses may nest in WHERE; the parser recurses on them.
+const MAX_DEPTH: usize = 64;
 
 const KEYWORDS: &[&str] = &[
     "select", "from", "where", "and", "or", "not", "like", "in", "is", "null", "order", "by",
@@ -43,6 +45,7 @@ struct P {
     toks: Vec<Tok>,
     at: usize,
     module: Module,
+    depth: usize,
 }
 
 fn invalid_column(name: &str, clause: &str) -> ApiError {
@@ -194,10 +197,19 @@ impl P {
     fn term(&mut self) -> Result<Expr, ApiError> {
         if self.peek() == Some(&Tok::LParen) {
             self.at += 1;
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(ApiError::bad_request(
+                    "LIMIT_EXCEEDED",
+                    "where clause nested too deeply",
+                )
+                .with_details(json!({"clause": "where", "limit": MAX_DEPTH})));
+            }
             let e = self.expr()?;
             if self.bump() != Some(Tok::RParen) {
                 return Err(syntax_error(&self.near()));
             }
+            self.depth -= 1;
             Ok(e)
         } else {
             self.condition()
@@ -228,6 +240,7 @@ pub fn parse(src: &str) -> Result<Query, ApiError> {
         toks,
         at: 0,
         module: Module::Contacts,
+        depth: 0,
     };
     p.expect_kw("select")?;
     let mut names = Vec::new();
@@ -383,5 +396,26 @@ mod tests {
         ] {
             assert_eq!(parse(q).unwrap_err().code, code, "{q}");
         }
+    }
+
+    #[test]
+    fn deeply_nested_where_clauses_get_a_clean_error() {
+        let n = 100_000;
+        let q = format!(
+            "select Last_Name from Contacts where {}Last_Name = 'a'{}",
+            "(".repeat(n),
+            ")".repeat(n)
+        );
+        let err = parse(&q).unwrap_err();
+        assert_eq!(err.code, "LIMIT_EXCEEDED");
+        assert_eq!(err.details["clause"], "where");
+        let q = format!("select Last_Name from Contacts where {}", "(".repeat(n));
+        assert_eq!(parse(&q).unwrap_err().code, "LIMIT_EXCEEDED");
+        let q = format!(
+            "select Last_Name from Contacts where {}Last_Name = 'a'{} limit 5",
+            "(".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH)
+        );
+        assert_eq!(parse(&q).unwrap().limit, 5);
     }
 }
