@@ -224,3 +224,30 @@ fn sandbox_without_an_emulator_says_what_to_name() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("--hubspot ADDR"), "{err}");
 }
+
+#[test]
+fn backfill_refuses_unknown_providers_and_objects_clearly() {
+    let out = crmsync()
+        .args(["backfill", "--provider", "salesforce", "--workspace", "w"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("--provider hubspot"));
+    let out = crmsync()
+        .args([
+            "backfill",
+            "--provider",
+            "hubspot",
+            "--workspace",
+            "w",
+            "--object",
+            "tickets",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("--object must be contacts, companies or deals"));
+}

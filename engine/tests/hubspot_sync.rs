@@ -254,3 +254,93 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
     );
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_backfill_resumes_after_the_last_stored_page() {
+    let (hs, portal) = HubSpotSandbox::start(
+        Config {
+            contacts: 250,
+            ..Config::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let (_, key) = Vault::generate();
+    let base = portal.base_url.clone();
+    let engine = TestEngine::start(&[
+        ("CRM_PUBLIC_URL", ""),
+        ("CRM_API_TOKEN", API_TOKEN),
+        ("ENCRYPTION_KEY", &key),
+        ("CRM_HUBSPOT_CLIENT_ID", "hubspot-sandbox-client"),
+        ("CRM_HUBSPOT_CLIENT_SECRET", "hubspot-sandbox-secret"),
+        ("CRM_HUBSPOT_API_URL", &base),
+        ("CRM_HUBSPOT_AUTH_URL", &base),
+        ("CRM_POLL_INTERVAL_SECS", "3600"),
+    ])
+    .await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let start = no_redirects
+        .get(engine.url("/crm/hubspot/start?workspace=acme"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let approved = no_redirects
+        .get(start.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        no_redirects
+            .get(approved.headers()["location"].to_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A crashed run had stored the first page and saved its cursor.
+    let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
+    let cursors = engine
+        .js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .unwrap();
+    let resume = crmsync_engine::hubspot::backfill::resume_key("acme", "contacts");
+    cursors
+        .put(&resume, ids[100].to_string().into_bytes().into())
+        .await
+        .unwrap();
+
+    let hubspot = engine.hubspot.clone().unwrap();
+    let connection = hubspot.connected().await.unwrap().remove(0);
+    let client = hubspot.client("acme").await.unwrap();
+    let mut progress = Vec::new();
+    let stored = backfill(
+        &client,
+        &engine.js,
+        &engine.topology.subjects,
+        &cursors,
+        &connection,
+        "contacts",
+        &mut progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored, 150, "only the pages after the saved cursor");
+    let progress = String::from_utf8(progress).unwrap();
+    assert!(
+        progress.starts_with(&format!("contacts: resuming after {}", ids[100])),
+        "{progress}"
+    );
+    assert!(
+        cursors.get(&resume).await.unwrap().is_none(),
+        "a finished backfill forgets its cursor"
+    );
+    engine.stop().await;
+}
