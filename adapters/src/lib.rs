@@ -23,6 +23,17 @@ pub struct RowChange {
     pub fields: FieldSet,
 }
 
+/// A link set's verdict on the links it does not list: gone as of `version`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retraction {
+    pub from_type: String,
+    pub from_id: String,
+    pub to_type: String,
+    /// The links that stay.
+    pub keep: Vec<String>,
+    pub version: crmsync_schema::Version,
+}
+
 /// Why a provider event could not be normalised. Permanent: retrying will not help.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {

@@ -206,6 +206,7 @@ impl Engine {
                 cursors,
                 self.settings.poll_interval,
                 self.settings.poll_lookback,
+                self.settings.link_sweep_every,
                 stop.clone(),
             ));
         }

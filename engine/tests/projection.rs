@@ -478,3 +478,53 @@ async fn association_changes_are_projected_as_links_in_any_order() {
     );
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_link_set_marks_the_links_it_does_not_list_removed() {
+    use crmsync_adapters::hubspot::snapshot::links_event;
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(13);
+    let t = 1_700_000_000_000;
+    let mut add = |to: u64| {
+        let mut e = f.creation("contact", 1, t);
+        e["subscriptionType"] = json!("contact.associationChange");
+        e["associationType"] = json!("CONTACT_TO_COMPANY");
+        e["fromObjectId"] = json!(1);
+        e["toObjectId"] = json!(to);
+        e["associationRemoved"] = json!(false);
+        e
+    };
+    let events = vec![add(8), add(9)];
+    engine.post_events(Signature::V3, &events).await;
+    let portal = crmsync_schema::WorkspaceId::parse("13").unwrap();
+    let later = chrono::DateTime::from_timestamp_millis(t + 60_000).unwrap();
+    let set = links_event(
+        &portal,
+        &crmsync_schema::ObjectType::contact(),
+        "1",
+        "company",
+        &["9".to_owned()],
+        later,
+    )
+    .unwrap();
+    publish_all(&engine.js, &engine.topology.subjects, &[set])
+        .await
+        .unwrap();
+    let pool = engine.pool.clone();
+    let rows = crmsync_testkit::eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, bool)> = sqlx::query_as(
+                "SELECT to_id, removed FROM associations WHERE workspace_id = '13' ORDER BY to_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .ok()?;
+            (rows.len() == 2 && rows[0].1).then_some(rows)
+        }
+    })
+    .await
+    .expect("the sweep's verdict is projected");
+    assert_eq!(rows, [("8".to_owned(), true), ("9".to_owned(), false)]);
+    engine.stop().await;
+}

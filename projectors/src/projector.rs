@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
 use crmsync_adapters::Metrics;
+use crmsync_adapters::Retraction;
 use crmsync_schema::envelope::{data_bytes, event_time};
-use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version};
+use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version, WorkspaceId};
 
 use crate::tables::{self, RowKey, Table};
 use crate::{checkpoint, dlq};
@@ -77,8 +78,15 @@ struct Decoded {
     msg: Message,
     seq: u64,
     delivered: i64,
-    outcome: Result<Vec<(RowKey, FieldSet)>, String>,
+    outcome: Result<Outcome, String>,
     lag: Option<f64>,
+}
+
+/// What a decoded message asks of the table.
+#[derive(Debug, Default)]
+struct Outcome {
+    rows: Vec<(RowKey, FieldSet)>,
+    retractions: Vec<(WorkspaceId, Provider, Retraction)>,
 }
 
 /// Why a held batch was not committed.
@@ -228,7 +236,7 @@ impl Projector {
             let time = event_time(&event);
             lag = Some((Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0);
             let version = Version::new(time, cloudevents::AttributesReader::id(&event));
-            let changes = self
+            let normalised = self
                 .config
                 .table
                 .normalise(
@@ -238,15 +246,23 @@ impl Projector {
                     &version,
                 )
                 .map_err(|e| e.to_string())?;
-            Ok(changes
-                .into_iter()
-                .map(|c| {
-                    (
-                        (subject.workspace.clone(), subject.provider, c.remote_id),
-                        c.fields,
-                    )
-                })
-                .collect())
+            Ok(Outcome {
+                rows: normalised
+                    .rows
+                    .into_iter()
+                    .map(|c| {
+                        (
+                            (subject.workspace.clone(), subject.provider, c.remote_id),
+                            c.fields,
+                        )
+                    })
+                    .collect(),
+                retractions: normalised
+                    .retractions
+                    .into_iter()
+                    .map(|r| (subject.workspace.clone(), subject.provider, r))
+                    .collect(),
+            })
         })();
         Decoded {
             msg,
@@ -260,7 +276,7 @@ impl Projector {
     async fn commit(&self, items: &[&Decoded]) -> Result<(), BatchError> {
         let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
         for item in items {
-            for (key, set) in item.outcome.as_ref().into_iter().flatten() {
+            for (key, set) in item.outcome.iter().flat_map(|o| &o.rows) {
                 rows.entry(key.clone()).or_default().merge(set);
             }
         }
@@ -269,6 +285,17 @@ impl Projector {
         tables::upsert(&mut tx, self.config.table, &rows)
             .await
             .map_err(classify)?;
+        let mut retractions = Vec::new();
+        for item in items {
+            if let Ok(outcome) = &item.outcome {
+                retractions.extend(outcome.retractions.iter());
+            }
+        }
+        for (workspace, provider, retraction) in retractions {
+            tables::retract(&mut tx, workspace, *provider, retraction)
+                .await
+                .map_err(classify)?;
+        }
         checkpoint::advance(
             &mut tx,
             &self.config.consumer,

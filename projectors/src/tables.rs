@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crmsync_adapters::{hubspot, MappingError, RowChange};
+use crmsync_adapters::{hubspot, MappingError, Retraction, RowChange};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 /// A row's key.
@@ -77,26 +77,79 @@ impl Table {
         change: Option<Change>,
         data: &[u8],
         version: &Version,
-    ) -> Result<Vec<RowChange>, MappingError> {
+    ) -> Result<Normalised, MappingError> {
+        let rows = |rows: Vec<RowChange>| Normalised {
+            rows,
+            retractions: Vec::new(),
+        };
         match (provider, change) {
+            (Provider::HubSpot, Some(Change::Links)) if self == Table::Associations => {
+                let (links, retraction) = hubspot::mapping::links_changes(data, version)?;
+                Ok(Normalised {
+                    rows: links,
+                    retractions: vec![retraction],
+                })
+            }
+            (_, Some(Change::Links)) => Ok(rows(Vec::new())),
             (_, change)
                 if self == Table::Associations && change != Some(Change::AssociationChanged) =>
             {
-                Ok(Vec::new())
+                Ok(rows(Vec::new()))
             }
             (Provider::HubSpot, _) if self == Table::Associations => {
-                hubspot::mapping::association_changes(data, version)
+                hubspot::mapping::association_changes(data, version).map(rows)
             }
             (Provider::HubSpot, Some(Change::Snapshot)) => {
-                hubspot::mapping::snapshot_changes(self.object(), data, version)
+                hubspot::mapping::snapshot_changes(self.object(), data, version).map(rows)
             }
-            (Provider::HubSpot, _) => hubspot::mapping::changes(self.object(), data, version),
+            (Provider::HubSpot, _) => {
+                hubspot::mapping::changes(self.object(), data, version).map(rows)
+            }
             (other, _) => Err(MappingError::Malformed {
                 provider: other.as_str(),
                 reason: format!("no {} mapping for this provider yet", self.object()),
             }),
         }
     }
+}
+
+/// What one event means for a table: rows to merge, and (link sets) links to mark
+/// removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Normalised {
+    pub rows: Vec<RowChange>,
+    pub retractions: Vec<Retraction>,
+}
+
+/// Marks removed, as of the retraction's version, every link of its record to its
+/// object type that it does not keep.
+pub async fn retract(
+    tx: &mut PgConnection,
+    workspace: &WorkspaceId,
+    provider: Provider,
+    r: &Retraction,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"UPDATE associations AS a SET
+               (fields, field_versions) = (
+                   SELECT m.fields, m.versions
+                   FROM crm_merge_fields(a.fields, a.field_versions,
+                                         '{"$removed": true}'::jsonb,
+                                         jsonb_build_object('$removed', $7::text)) m),
+               projected_at = now()
+           WHERE workspace_id = $1 AND provider = $2 AND from_type = $3 AND from_id = $4
+             AND to_type = $5 AND NOT (to_id = ANY($6))"#,
+    )
+    .bind(workspace.as_str())
+    .bind(provider.as_str())
+    .bind(&r.from_type)
+    .bind(&r.from_id)
+    .bind(&r.to_type)
+    .bind(&r.keep)
+    .bind(r.version.as_str())
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// Upserts the merged changes of a batch: one statement whatever the batch size.

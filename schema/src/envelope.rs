@@ -29,6 +29,8 @@ pub enum Change {
     AssociationChanged,
     /// The whole record as the provider holds it now (hydrator, poller, backfill).
     Snapshot,
+    /// The complete set of a record's links to one object type (association sweep).
+    Links,
     /// Anything else the provider reported; stored, so nothing is lost.
     Other,
 }
@@ -45,6 +47,7 @@ impl Change {
             Change::Merged,
             Change::AssociationChanged,
             Change::Snapshot,
+            Change::Links,
             Change::Other,
         ]
         .into_iter()
@@ -60,6 +63,7 @@ impl Change {
             Change::Merged => "merged",
             Change::AssociationChanged => "association_changed",
             Change::Snapshot => "snapshot",
+            Change::Links => "links",
             Change::Other => "other",
         }
     }

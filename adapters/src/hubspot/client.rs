@@ -350,6 +350,53 @@ impl HubSpotClient {
         Ok(out)
     }
 
+    /// The ids each of `ids` (of `from`) is linked to among `to` records, through
+    /// `POST /crm/v4/associations/{from}/{to}/batch/read`; every asked id is present.
+    pub async fn associations(
+        &self,
+        from: &str,
+        to: &str,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ProviderError> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> =
+            ids.iter().map(|id| (id.clone(), Vec::new())).collect();
+        for chunk in ids.chunks(100) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let path = format!("/crm/v4/associations/{from}/{to}/batch/read");
+            let v = self
+                .call(
+                    "associations",
+                    from,
+                    reqwest::Method::POST,
+                    &path,
+                    Some(&json!({"inputs": inputs})),
+                )
+                .await?;
+            for result in v
+                .get("results")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(from_id) = result.pointer("/from/id").map(id_text) else {
+                    continue;
+                };
+                let links = out.entry(from_id).or_default();
+                for to in result
+                    .get("to")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(id) = to.get("toObjectId").map(id_text) {
+                        links.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// One page of `POST …/search`.
     pub async fn search(&self, object: &str, request: &Value) -> Result<Page, ProviderError> {
         let path = format!("/crm/v3/objects/{object}/search");
@@ -378,6 +425,13 @@ impl HubSpotClient {
             status: None,
             message: format!("unreadable object: {e}"),
         })
+    }
+}
+
+fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 

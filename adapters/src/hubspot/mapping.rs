@@ -148,6 +148,46 @@ pub fn association_changes(data: &[u8], version: &Version) -> Result<Vec<RowChan
     )])
 }
 
+/// Normalises a link set: every listed link is present as of the set's version, and
+/// the retraction marks the others removed.
+pub fn links_changes(
+    data: &[u8],
+    version: &Version,
+) -> Result<(Vec<RowChange>, crate::Retraction), MappingError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Links {
+        from_type: String,
+        from_id: String,
+        to_type: String,
+        to_ids: Vec<String>,
+    }
+    let links: Links = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    let esc = crmsync_schema::subject::escape_token;
+    let mut rows = Vec::with_capacity(links.to_ids.len());
+    for to in &links.to_ids {
+        let link = [&links.from_type, &links.from_id, &links.to_type, to]
+            .iter()
+            .map(|p| esc(p))
+            .collect::<Vec<_>>()
+            .join("|");
+        rows.push(one(
+            remote_id(&link)?,
+            "$removed",
+            Value::Bool(false),
+            version,
+        ));
+    }
+    let retraction = crate::Retraction {
+        from_type: esc(&links.from_type),
+        from_id: esc(&links.from_id),
+        to_type: esc(&links.to_type),
+        keep: links.to_ids.iter().map(|t| esc(t)).collect(),
+        version: version.clone(),
+    };
+    Ok((rows, retraction))
+}
+
 /// Normalises a snapshot (the HubSpot object JSON, as the API answers it): every
 /// property it carries is set at the snapshot's version, and `archived` is the
 /// tombstone.
@@ -251,7 +291,7 @@ fn changes_with(
             }
             changes
         }
-        Change::AssociationChanged | Change::Snapshot | Change::Other => Vec::new(),
+        Change::AssociationChanged | Change::Snapshot | Change::Links | Change::Other => Vec::new(),
     })
 }
 

@@ -72,3 +72,34 @@ pub fn snapshot_event(
         data: serde_json::to_vec(record).ok()?,
     })
 }
+
+/// The complete set of `from`'s links to `to_object` records at `at`, as found by an
+/// association sweep: links not in it are gone.
+pub fn links_event(
+    portal: &WorkspaceId,
+    from_object: &ObjectType,
+    from_id: &str,
+    to_object: &str,
+    to_ids: &[String],
+    at: DateTime<Utc>,
+) -> Option<RawEvent> {
+    let id = RemoteId::parse(from_id.to_owned()).ok()?;
+    let event_id = format!("hs-links-{from_id}-{to_object}-{}", at.timestamp_millis());
+    let data = serde_json::json!({
+        "fromType": from_object.as_str(),
+        "fromId": from_id,
+        "toType": to_object,
+        "toIds": to_ids,
+    });
+    Some(RawEvent {
+        provider: Provider::HubSpot,
+        workspace: portal.clone(),
+        object: from_object.clone(),
+        id,
+        change: Change::Links,
+        version: event_id.clone(),
+        event_id,
+        time: at,
+        data: serde_json::to_vec(&data).ok()?,
+    })
+}

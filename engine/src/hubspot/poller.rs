@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::hubspot::client::{HsObject, HubSpotClient};
-use crmsync_adapters::hubspot::snapshot::{object_of, properties_of, snapshot_event};
+use crmsync_adapters::hubspot::snapshot::{links_event, object_of, properties_of, snapshot_event};
 use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{Subjects, WorkspaceId};
 
@@ -72,6 +72,54 @@ async fn store(
         .await
         .context("storing polled records")?;
     Ok(())
+}
+
+/// The links crmsync keeps in step: (from, to) API types.
+pub const LINKS: [(&str, &str); 3] = [
+    ("contacts", "companies"),
+    ("deals", "contacts"),
+    ("deals", "companies"),
+];
+
+/// The association sweep: association changes do not touch a record's modified date,
+/// so a lost `associationChange` webhook is never seen by the delta poll. Every so
+/// often the complete link sets of every record are read (list, then v4 batch read)
+/// and stored as link-set events; the projection marks links missing from a set as
+/// removed. Returns how many link sets were stored.
+pub async fn sweep_links(
+    client: &HubSpotClient,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    connection: &Connected,
+) -> anyhow::Result<usize> {
+    let at = chrono::Utc::now();
+    let portal = WorkspaceId::parse(connection.portal.clone())?;
+    let mut stored = 0;
+    for (from, to) in LINKS {
+        let from_object = object_of(from).context("unknown object type")?;
+        let to_object = object_of(to).context("unknown object type")?;
+        let mut after: Option<String> = None;
+        loop {
+            let page = client.list(from, after.as_deref(), &[], false).await?;
+            let ids: Vec<String> = page.results.iter().map(|r| r.id.clone()).collect();
+            let links = client.associations(from, to, &ids).await?;
+            let events: Vec<_> = links
+                .iter()
+                .filter_map(|(id, to_ids)| {
+                    links_event(&portal, &from_object, id, to_object.as_str(), to_ids, at)
+                })
+                .collect();
+            publish_all(js, subjects, &events)
+                .await
+                .context("storing link sets")?;
+            stored += events.len();
+            match page.after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+    }
+    Ok(stored)
 }
 
 /// One poll of one object of one connection.
@@ -171,7 +219,9 @@ pub async fn poll_once(
     Ok(report)
 }
 
-/// Polls every connection and object every `interval` until stopped.
+/// Polls every connection and object every `interval`, and sweeps links every
+/// `sweep_every` polls, until stopped.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     hubspot: Arc<HubSpot>,
     js: jetstream::Context,
@@ -179,10 +229,14 @@ pub async fn run(
     cursors: kv::Store,
     interval: Duration,
     lookback: Duration,
+    sweep_every: u32,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     tracing::info!(?interval, "HubSpot poller started");
+    let mut cycle: u32 = 0;
     loop {
+        let sweep = sweep_every > 0 && cycle % sweep_every == sweep_every - 1;
+        cycle = cycle.wrapping_add(1);
         match hubspot.connected().await {
             Ok(connections) => {
                 for connection in connections {
@@ -210,6 +264,16 @@ pub async fn run(
                             }
                             Err(e) => {
                                 tracing::warn!(workspace = %connection.workspace, api_type, error = %e, "poll failed")
+                            }
+                        }
+                    }
+                    if sweep {
+                        match sweep_links(&client, &js, &subjects, &connection).await {
+                            Ok(n) => {
+                                tracing::info!(workspace = %connection.workspace, link_sets = n, "links swept")
+                            }
+                            Err(e) => {
+                                tracing::warn!(workspace = %connection.workspace, error = %e, "link sweep failed")
                             }
                         }
                     }

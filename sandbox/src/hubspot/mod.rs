@@ -351,6 +351,24 @@ impl HubSpotSandbox {
         Ok(v)
     }
 
+    /// Live links from `from` records to `to` records: (from id, to id).
+    pub fn links(&self, from: &str, to: &str) -> std::collections::BTreeSet<(u64, u64)> {
+        let store = self.store.lock().expect("store lock");
+        let Some(table) = store.objects.get(from) else {
+            return Default::default();
+        };
+        table
+            .values()
+            .filter(|r| r.archived_at.is_none() && r.merged_into.is_none())
+            .flat_map(|r| {
+                store
+                    .associated(from, r.id, to)
+                    .into_iter()
+                    .map(move |t| (r.id, t))
+            })
+            .collect()
+    }
+
     /// Live records of a type, by id: what the portal holds now.
     pub fn snapshot(&self, ty: &str) -> BTreeMap<u64, BTreeMap<String, String>> {
         let store = self.store.lock().expect("store lock");
