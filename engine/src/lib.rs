@@ -1,6 +1,7 @@
 //! The crmsync engine: configuration, topology, start-up and the CLI's commands.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -41,6 +41,9 @@ enum Command {
     /// provider's list API with progress on stderr; resumes where a crashed run
     /// stopped.
     Backfill(BackfillOptions),
+    /// Measure ingest, projection and end-to-end latency beside the raw ceilings of the
+    /// same run (uses its own NATS prefix and a scratch database crmsync_bench).
+    Bench(crmsync_engine::bench::BenchOptions),
     /// Re-encrypt every stored secret to the first identity of ENCRYPTION_KEY (put the
     /// new identity first and keep the old one after it while this runs).
     RotateKey,
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(opts) => demo::run(settings, opts, shutdown_signal()).await,
         Command::Backfill(opts) => backfill(settings, opts).await,
+        Command::Bench(opts) => crmsync_engine::bench::run(settings, opts).await,
         Command::RotateKey => {
             let vault = settings.vault().ok_or_else(|| ConfigError {
                 name: "ENCRYPTION_KEY",

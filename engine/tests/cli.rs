@@ -251,3 +251,54 @@ fn backfill_refuses_unknown_providers_and_objects_clearly() {
         .unwrap()
         .contains("--object must be contacts, companies or deals"));
 }
+
+#[test]
+fn bench_prints_one_json_object_per_scenario_with_every_figure() {
+    let out = crmsync()
+        .args(["bench", "--events", "300", "--json"])
+        .env("DATABASE_URL", crmsync_testkit::database_url())
+        .env("NATS_URL", crmsync_testkit::nats_url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scenarios: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ingest", "project", "e2e"]);
+    for s in &scenarios {
+        for key in [
+            "events",
+            "seconds",
+            "rate",
+            "ceiling_rate",
+            "ratio",
+            "p50_ms",
+            "p99_ms",
+            "peak_rss_mb",
+        ] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+        assert_eq!(s["events"], 300);
+        assert!(s["rate"].as_f64().unwrap() > 0.0);
+    }
+    assert!(scenarios[0]["ceiling_rate"].as_f64().unwrap() > 0.0);
+    assert!(scenarios[2]["p99_ms"].as_f64().unwrap() >= scenarios[2]["p50_ms"].as_f64().unwrap());
+    let unknown = crmsync()
+        .args(["bench", "--scenario", "warp"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(unknown.stderr)
+        .unwrap()
+        .contains("--scenario must be"));
+}

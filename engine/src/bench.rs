@@ -1,0 +1,387 @@
+//! `crmsync bench`: throughput and latency of the engine's paths, each printed beside
+//! the raw ceiling measured in the same run on the same servers, so the ratio holds on
+//! a noisy machine. Nothing here is asserted in a test.
+//!
+//! Runs against `NATS_URL` with its own subject prefix (its streams are deleted
+//! afterwards) and against a scratch database `crmsync_bench` on the `DATABASE_URL`
+//! server (recreated each run).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crmsync_adapters::hubspot::webhook::receive_batch;
+use crmsync_adapters::Secret;
+use crmsync_ingest::publish::publish_all;
+use crmsync_projectors::checkpoint;
+use crmsync_sandbox::hubspot::webhooks::{signed_headers, EventFactory, Signature};
+use crmsync_schema::{ObjectType, Provider, RawEvent};
+
+use crate::app::{Engine, Role};
+use crate::config::Settings;
+use crate::topology::Topology;
+
+const SECRET: &str = "crmsync-bench-secret";
+/// The URL webhooks are signed for (the engine rebuilds it from CRM_PUBLIC_URL).
+const PUBLIC_URL: &str = "http://bench.crmsync.local";
+const WEBHOOK: &str = "/crm/webhooks/hubspot";
+const PORTAL: u64 = 777;
+
+/// Options of `crmsync bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// ingest, project, e2e, or all (replay and outbound come with their features).
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+    /// Events per scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// One JSON object per scenario instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figures {
+    pub scenario: &'static str,
+    pub events: usize,
+    pub seconds: f64,
+    pub rate: f64,
+    pub ceiling_rate: Option<f64>,
+    pub ratio: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub peak_rss_mb: f64,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn figures(scenario: &'static str, events: usize, seconds: f64, ceiling: Option<f64>) -> Figures {
+    let rate = events as f64 / seconds.max(1e-9);
+    Figures {
+        scenario,
+        events,
+        seconds,
+        rate,
+        ceiling_rate: ceiling,
+        ratio: ceiling.map(|c| rate / c),
+        p50_ms: None,
+        p99_ms: None,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+/// `n` webhook events: property changes over `n / 4` contacts, at `at` ms onwards.
+fn events(n: usize, at: i64) -> Vec<Value> {
+    let mut f = EventFactory::new(PORTAL);
+    (0..n)
+        .map(|i| {
+            let contact = 1 + (i / 4) as u64;
+            let name = ["email", "firstname", "lastname", "phone"][i % 4];
+            f.property_change("contact", contact, at + i as i64, name, &format!("v{i}"))
+        })
+        .collect()
+}
+
+fn raw_events(values: &[Value]) -> anyhow::Result<Vec<RawEvent>> {
+    Ok(receive_batch(&serde_json::to_vec(values)?)?.events)
+}
+
+async fn bench_settings(base: &Settings, prefix: &str) -> anyhow::Result<Settings> {
+    let mut url = url::Url::parse(base.database_url.expose()).context("DATABASE_URL")?;
+    url.set_path("/crmsync_bench");
+    let mut s = base.clone();
+    s.database_url = Secret::new(url.to_string());
+    s.nats_prefix = Some(prefix.to_owned());
+    s.port = 0;
+    s.bind = std::net::Ipv4Addr::LOCALHOST.into();
+    s.hubspot_client_secret = Some(Secret::new(SECRET.into()));
+    s.hubspot_webhook_secret = None;
+    s.public_url = Some(PUBLIC_URL.to_owned());
+    Ok(s)
+}
+
+async fn fresh_database(settings: &Settings) -> anyhow::Result<()> {
+    use sqlx::migrate::MigrateDatabase;
+    let url = settings.database_url.expose();
+    if sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::force_drop_database(url).await?;
+    }
+    Ok(())
+}
+
+async fn drop_streams(js: &async_nats::jetstream::Context, t: &Topology) {
+    for name in [
+        t.events_stream(),
+        t.outbound_stream(),
+        t.dlq_stream(),
+        format!("KV_{}", t.cursor_bucket()),
+    ] {
+        let _ = js.delete_stream(name).await;
+    }
+}
+
+/// Webhook batches of 100 over HTTP, 16 in flight, until JetStream acked all; beside
+/// a raw publish of the same events with the same headers.
+async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
+    let settings = bench_settings(base, "bench_ingest").await?;
+    fresh_database(&settings).await?;
+    let engine = Engine::build(settings.clone(), Role::Api).await?;
+    let url = format!("http://{}{WEBHOOK}", engine.local_addr());
+    let js = engine.state.js.clone();
+    let topology = engine.topology.clone();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(engine.run_until_stopped(stop.clone()));
+    let values = events(n, Utc::now().timestamp_millis());
+    let bodies: Vec<Vec<u8>> = values
+        .chunks(100)
+        .map(|c| serde_json::to_vec(c).expect("JSON"))
+        .collect();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(bodies.iter())
+        .map(|body| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let mut request = http.post(&url).body(body.clone());
+                let signed = format!("{PUBLIC_URL}{WEBHOOK}");
+                for (name, value) in signed_headers(
+                    Signature::V3,
+                    SECRET,
+                    &signed,
+                    body,
+                    Utc::now().timestamp_millis(),
+                ) {
+                    request = request.header(name, value);
+                }
+                let status = request.send().await?.status();
+                anyhow::ensure!(status.is_success(), "webhook answered {status}");
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    stop.cancel();
+    running.await??;
+    drop_streams(&js, &topology).await;
+
+    // Ceiling: the same events, raw, into a stream of their own.
+    let raw = Topology::new(
+        Some("bench_raw"),
+        1,
+        settings.dedupe_window,
+        settings.delivery_policy(),
+    )?;
+    raw.ensure(&js).await?;
+    let events = raw_events(&values)?;
+    let started = Instant::now();
+    for chunk in events.chunks(1600) {
+        publish_all(&js, &raw.subjects, chunk).await?;
+    }
+    let ceiling = n as f64 / started.elapsed().as_secs_f64();
+    drop_streams(&js, &raw).await;
+    Ok(figures("ingest", n, seconds, Some(ceiling)))
+}
+
+/// Events already in the stream → Postgres; beside a raw batched UNNEST upsert of the
+/// same rows.
+async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
+    let settings = bench_settings(base, "bench_project").await?;
+    fresh_database(&settings).await?;
+    let api = Engine::build(settings.clone(), Role::Api).await?;
+    let js = api.state.js.clone();
+    let pool = api.pool().clone();
+    let topology = api.topology.clone();
+    drop(api);
+    let values = events(n, Utc::now().timestamp_millis());
+    let mut last = 0;
+    for chunk in raw_events(&values)?.chunks(1600) {
+        last = last.max(
+            publish_all(&js, &topology.subjects, chunk)
+                .await?
+                .last_sequence,
+        );
+    }
+    let worker = Engine::build(settings.clone(), Role::Worker).await?;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+    let done = checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(600)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(done, "the projection did not finish within 10 minutes");
+    stop.cancel();
+    running.await??;
+    drop_streams(&js, &topology).await;
+
+    // Ceiling: the same rows, one field each, upserted in batches of 500.
+    sqlx::query("CREATE TABLE bench_ceiling (workspace_id text, provider text, remote_id text, fields jsonb, PRIMARY KEY (workspace_id, provider, remote_id))")
+        .execute(&pool)
+        .await?;
+    let started = Instant::now();
+    for chunk in values.chunks(500) {
+        // Folded per row first, as the projector does: one statement may not touch a
+        // row twice.
+        let mut rows: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+            std::collections::BTreeMap::new();
+        for v in chunk {
+            rows.entry(v["objectId"].to_string()).or_default().insert(
+                v["propertyName"].as_str().unwrap_or("x").to_owned(),
+                v["propertyValue"].clone(),
+            );
+        }
+        let ids: Vec<&String> = rows.keys().collect();
+        let fields: Vec<Value> = rows.values().map(|m| Value::Object(m.clone())).collect();
+        let ws = vec![PORTAL.to_string(); rows.len()];
+        let provider = vec!["hubspot"; rows.len()];
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO bench_ceiling SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[])
+             ON CONFLICT (workspace_id, provider, remote_id) DO UPDATE SET fields = bench_ceiling.fields || EXCLUDED.fields",
+        )
+        .bind(&ws)
+        .bind(&provider)
+        .bind(&ids)
+        .bind(&fields)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let ceiling = n as f64 / started.elapsed().as_secs_f64();
+    Ok(figures("project", n, seconds, Some(ceiling)))
+}
+
+/// Webhook → visible in Postgres: one event per request at 1,000 a second; latency
+/// is the row's projection time minus the event's send time.
+async fn e2e(base: &Settings, n: usize) -> anyhow::Result<Figures> {
+    let settings = bench_settings(base, "bench_e2e").await?;
+    fresh_database(&settings).await?;
+    let engine = Engine::build(settings.clone(), Role::All).await?;
+    let url = format!("http://{}{WEBHOOK}", engine.local_addr());
+    let js = engine.state.js.clone();
+    let pool = engine.pool().clone();
+    let topology = engine.topology.clone();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(engine.run_until_stopped(stop.clone()));
+    let http = reqwest::Client::new();
+    let mut f = EventFactory::new(PORTAL);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let started = Instant::now();
+    let mut sends = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        let now = Utc::now().timestamp_millis();
+        let body = serde_json::to_vec(&[f.property_change(
+            "contact",
+            1 + i as u64,
+            now,
+            "email",
+            "x@y.z",
+        )])?;
+        let http = http.clone();
+        let url = url.clone();
+        sends.push(tokio::spawn(async move {
+            let mut request = http.post(&url).body(body.clone());
+            let signed = format!("{PUBLIC_URL}{WEBHOOK}");
+            for (name, value) in signed_headers(Signature::V3, SECRET, &signed, &body, now) {
+                request = request.header(name, value);
+            }
+            request
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        }));
+    }
+    for s in sends {
+        anyhow::ensure!(s.await?, "a webhook was refused");
+    }
+    let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+    let last = n as u64;
+    checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(120)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT extract(epoch FROM projected_at - source_updated_at) * 1000 AS ms FROM contacts) l",
+    )
+    .fetch_one(&pool)
+    .await?;
+    stop.cancel();
+    running.await??;
+    drop_streams(&js, &topology).await;
+    let mut fig = figures("e2e", n, seconds, None);
+    fig.p50_ms = p50;
+    fig.p99_ms = p99;
+    Ok(fig)
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
+    let scenarios: Vec<&str> = match opts.scenario.as_str() {
+        "all" => vec!["ingest", "project", "e2e"],
+        s @ ("ingest" | "project" | "e2e") => vec![s],
+        "replay" | "outbound" => anyhow::bail!(
+            "the {} scenario comes with its feature (replay, outbound push); not built yet",
+            opts.scenario
+        ),
+        other => anyhow::bail!("--scenario must be ingest, project, e2e or all (got {other:?})"),
+    };
+    if !opts.json {
+        println!(
+            "{:<8} {:>8} {:>9} {:>12} {:>12} {:>6} {:>8} {:>8} {:>8}",
+            "scenario",
+            "events",
+            "seconds",
+            "events/s",
+            "ceiling/s",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "RSS MB"
+        );
+    }
+    for scenario in scenarios {
+        eprintln!("bench: {scenario} with {} events…", opts.events);
+        let f = match scenario {
+            "ingest" => ingest(&settings, opts.events).await?,
+            "project" => project(&settings, opts.events).await?,
+            _ => e2e(&settings, opts.events.min(10_000)).await?,
+        };
+        if opts.json {
+            println!("{}", serde_json::to_string(&f)?);
+        } else {
+            let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |x| format!("{x:.p$}"));
+            println!(
+                "{:<8} {:>8} {:>9.2} {:>12.0} {:>12} {:>6} {:>8} {:>8} {:>8.1}",
+                f.scenario,
+                f.events,
+                f.seconds,
+                f.rate,
+                opt(f.ceiling_rate, 0),
+                opt(f.ratio, 2),
+                opt(f.p50_ms, 1),
+                opt(f.p99_ms, 1),
+                f.peak_rss_mb
+            );
+        }
+    }
+    Ok(())
+}
