@@ -2,95 +2,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
-use common::TestEngine;
-use crmsync_adapters::{Secret, Vault};
+use common::hubspot::{start, API_TOKEN};
+use crmsync_adapters::Vault;
 use crmsync_ingest::connections::{self, ConnectionError};
-use crmsync_sandbox::hubspot::{Config, HubSpotSandbox};
-use crmsync_sandbox::server::Running;
-
-const API_TOKEN: &str = "control-token-for-tests";
-
-struct Setup {
-    engine: TestEngine,
-    hs: Arc<HubSpotSandbox>,
-    _portal: Running,
-    key: String,
-    no_redirects: reqwest::Client,
-}
-
-async fn setup() -> Setup {
-    let (hs, portal) = HubSpotSandbox::start(Config::default(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let (_, key) = Vault::generate();
-    let base = portal.base_url.clone();
-    let engine = TestEngine::start(&[
-        ("CRM_PUBLIC_URL", ""),
-        ("CRM_API_TOKEN", API_TOKEN),
-        ("ENCRYPTION_KEY", &key),
-        ("CRM_HUBSPOT_CLIENT_ID", "hubspot-sandbox-client"),
-        ("CRM_HUBSPOT_CLIENT_SECRET", "hubspot-sandbox-secret"),
-        ("CRM_HUBSPOT_API_URL", &base),
-        ("CRM_HUBSPOT_AUTH_URL", &base),
-    ])
-    .await;
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    Setup {
-        engine,
-        hs,
-        _portal: portal,
-        key,
-        no_redirects,
-    }
-}
-
-impl Setup {
-    /// Start → HubSpot's authorize page → back to the callback: the callback URL.
-    async fn authorize(&self, workspace: &str) -> String {
-        let start = self
-            .no_redirects
-            .get(
-                self.engine
-                    .url(&format!("/crm/hubspot/start?workspace={workspace}")),
-            )
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(start.status(), 302);
-        let authorize = start.headers()["location"].to_str().unwrap().to_owned();
-        let approved = self.no_redirects.get(&authorize).send().await.unwrap();
-        assert_eq!(approved.status(), 303, "{}", approved.text().await.unwrap());
-        approved.headers()["location"].to_str().unwrap().to_owned()
-    }
-
-    fn vault(&self) -> Vault {
-        Vault::parse(&self.key).unwrap()
-    }
-
-    async fn token(&self, workspace: &str) -> Result<Secret<String>, ConnectionError> {
-        let app = self.engine.settings.hubspot_app().unwrap();
-        connections::hubspot_access_token(
-            &self.engine.pool,
-            &self.vault(),
-            &app,
-            &reqwest::Client::new(),
-            workspace,
-        )
-        .await
-    }
-}
+use crmsync_sandbox::hubspot::Config;
 
 #[tokio::test]
 async fn a_portal_connects_and_its_tokens_are_stored_encrypted() {
-    let s = setup().await;
+    let s = start(Config::default(), &[]).await;
     let callback = s.authorize("acme").await;
     assert!(
         callback.starts_with(&s.engine.url("/crm/hubspot/callback")),
@@ -144,7 +65,7 @@ async fn a_portal_connects_and_its_tokens_are_stored_encrypted() {
 
 #[tokio::test]
 async fn forged_or_missing_states_and_tokens_are_refused() {
-    let s = setup().await;
+    let s = start(Config::default(), &[]).await;
     let start = s
         .no_redirects
         .get(s.engine.url("/crm/hubspot/start?workspace=acme"))
@@ -185,12 +106,8 @@ async fn forged_or_missing_states_and_tokens_are_refused() {
 
 #[tokio::test]
 async fn tokens_refresh_once_for_many_callers_and_a_revoked_grant_needs_reconnection() {
-    let s = setup().await;
-    let callback = s.authorize("acme").await;
-    assert_eq!(
-        s.no_redirects.get(&callback).send().await.unwrap().status(),
-        200
-    );
+    let s = start(Config::default(), &[]).await;
+    s.connect("acme").await;
     let before = s.token("acme").await.unwrap();
 
     sqlx::query("UPDATE crm_connections SET access_expires_at = now()")
@@ -235,12 +152,8 @@ async fn tokens_refresh_once_for_many_callers_and_a_revoked_grant_needs_reconnec
 
 #[tokio::test]
 async fn disconnect_removes_the_connection_and_its_secrets() {
-    let s = setup().await;
-    let callback = s.authorize("acme").await;
-    assert_eq!(
-        s.no_redirects.get(&callback).send().await.unwrap().status(),
-        200
-    );
+    let s = start(Config::default(), &[]).await;
+    s.connect("acme").await;
     let http = reqwest::Client::new();
     let url = s.engine.url("/crm/hubspot/disconnect");
     let body = serde_json::json!({"workspace": "acme"});
@@ -287,12 +200,8 @@ async fn disconnect_removes_the_connection_and_its_secrets() {
 
 #[tokio::test]
 async fn rotate_key_reencrypts_every_secret_to_the_new_identity() {
-    let s = setup().await;
-    let callback = s.authorize("acme").await;
-    assert_eq!(
-        s.no_redirects.get(&callback).send().await.unwrap().status(),
-        200
-    );
+    let s = start(Config::default(), &[]).await;
+    s.connect("acme").await;
     let before = s.token("acme").await.unwrap();
     let (_, new_key) = Vault::generate();
     let both = Vault::parse(&format!("{new_key}\n{}", s.key)).unwrap();

@@ -11,13 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::TestEngine;
-use crmsync_adapters::Vault;
+use common::hubspot::start;
 use crmsync_engine::hubspot::backfill::backfill;
 use crmsync_engine::hubspot::poller::OBJECTS;
 use crmsync_sandbox::hubspot::{Config, HubSpotSandbox};
-
-const API_TOKEN: &str = "control-token-for-tests";
 
 /// Canonical columns compared per table, with the HubSpot property each comes from.
 fn compared(api_type: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
@@ -128,43 +125,17 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
         index_lag: Duration::from_millis(500),
         ..Config::default()
     };
-    let (hs, portal) = HubSpotSandbox::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let (_, key) = Vault::generate();
-    let base = portal.base_url.clone();
-    let engine = TestEngine::start(&[
-        ("CRM_PUBLIC_URL", ""),
-        ("CRM_API_TOKEN", API_TOKEN),
-        ("ENCRYPTION_KEY", &key),
-        ("CRM_HUBSPOT_CLIENT_ID", "hubspot-sandbox-client"),
-        ("CRM_HUBSPOT_CLIENT_SECRET", "hubspot-sandbox-secret"),
-        ("CRM_HUBSPOT_API_URL", &base),
-        ("CRM_HUBSPOT_AUTH_URL", &base),
-        ("CRM_SYNC_RPS", "200"),
-        ("CRM_POLL_INTERVAL_SECS", "1"),
-        ("CRM_POLL_LOOKBACK_SECS", "5"),
-    ])
+    let portal = start(
+        config,
+        &[
+            ("CRM_SYNC_RPS", "200"),
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_POLL_LOOKBACK_SECS", "5"),
+        ],
+    )
     .await;
-
-    // Connect through OAuth.
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let start = no_redirects
-        .get(engine.url("/crm/hubspot/start?workspace=acme"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let authorize = start.headers()["location"].to_str().unwrap().to_owned();
-    let approved = no_redirects.get(&authorize).send().await.unwrap();
-    let callback = approved.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(
-        no_redirects.get(&callback).send().await.unwrap().status(),
-        200
-    );
+    portal.connect("acme").await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
 
     // Backfill every object.
     let hubspot: Arc<_> = engine.hubspot.clone().expect("the engine syncs HubSpot");
@@ -214,7 +185,7 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
     for _ in 0..90 {
         last.clear();
         for api_type in OBJECTS {
-            let want = portal_state(&hs, api_type);
+            let want = portal_state(hs, api_type);
             let have = projected(&engine.pool, "62515", api_type).await;
             last.extend(
                 differences(&want, &have)
@@ -249,60 +220,24 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
         "and some were dropped, which polling made up for"
     );
     assert_eq!(
-        portal_state(&hs, "contacts").len(),
+        portal_state(hs, "contacts").len(),
         projected(&engine.pool, "62515", "contacts").await.len()
     );
-    engine.stop().await;
+    portal.engine.stop().await;
 }
 
 #[tokio::test]
 async fn a_backfill_resumes_after_the_last_stored_page() {
-    let (hs, portal) = HubSpotSandbox::start(
+    let portal = start(
         Config {
             contacts: 250,
             ..Config::default()
         },
-        "127.0.0.1:0".parse().unwrap(),
+        &[("CRM_POLL_INTERVAL_SECS", "3600")],
     )
-    .await
-    .unwrap();
-    let (_, key) = Vault::generate();
-    let base = portal.base_url.clone();
-    let engine = TestEngine::start(&[
-        ("CRM_PUBLIC_URL", ""),
-        ("CRM_API_TOKEN", API_TOKEN),
-        ("ENCRYPTION_KEY", &key),
-        ("CRM_HUBSPOT_CLIENT_ID", "hubspot-sandbox-client"),
-        ("CRM_HUBSPOT_CLIENT_SECRET", "hubspot-sandbox-secret"),
-        ("CRM_HUBSPOT_API_URL", &base),
-        ("CRM_HUBSPOT_AUTH_URL", &base),
-        ("CRM_POLL_INTERVAL_SECS", "3600"),
-    ])
     .await;
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let start = no_redirects
-        .get(engine.url("/crm/hubspot/start?workspace=acme"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let approved = no_redirects
-        .get(start.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        no_redirects
-            .get(approved.headers()["location"].to_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    portal.connect("acme").await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
 
     // A crashed run had stored the first page and saved its cursor.
     let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
@@ -342,5 +277,5 @@ async fn a_backfill_resumes_after_the_last_stored_page() {
         cursors.get(&resume).await.unwrap().is_none(),
         "a finished backfill forgets its cursor"
     );
-    engine.stop().await;
+    portal.engine.stop().await;
 }

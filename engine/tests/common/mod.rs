@@ -2,6 +2,8 @@
 //! own streams) on the real servers, listening on a free loopback port.
 #![allow(dead_code)]
 
+pub mod hubspot;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
