@@ -3,10 +3,13 @@
 
 pub mod error;
 pub mod hubspot;
+pub mod oauth;
 pub mod ratelimit;
+pub mod retry;
 pub mod secret;
 pub mod telemetry;
 pub mod vault;
+pub mod zoho;
 
 pub use error::{ErrorKind, ProviderError};
 pub use ratelimit::RateLimiter;

@@ -169,6 +169,26 @@ impl Metrics {
         }
     }
 
+    /// Counts one provider API call; a failed one (`failed` names the operation) is
+    /// counted as an error too, by kind.
+    pub fn count_call(
+        &self,
+        call: RequestLabels,
+        failed: Option<(crate::ErrorKind, &'static str)>,
+    ) {
+        self.requests.get_or_create(&call).inc();
+        if let Some((kind, operation)) = failed {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    provider: call.provider,
+                    error_type: kind.label(),
+                    operation,
+                    code: call.status,
+                })
+                .inc();
+        }
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -40,6 +40,7 @@ pub struct Engine {
     listener: TcpListener,
     projectors: Vec<Projector>,
     hubspot: Option<Arc<crate::hubspot::HubSpot>>,
+    zoho: Option<Arc<crate::zoho::Zoho>>,
 }
 
 /// Connects to NATS, whose URL may list several servers.
@@ -85,19 +86,13 @@ impl Engine {
         let metrics = Arc::new(Metrics::new());
         let mut projectors = Vec::new();
         if role != Role::Api {
-            for table in Table::ALL {
-                projectors.push(
-                    projector(
-                        &settings,
-                        &topology,
-                        &js,
-                        &pool,
-                        &metrics,
-                        Provider::HubSpot,
-                        table,
-                    )
-                    .await?,
-                );
+            for provider in [Provider::HubSpot, Provider::Zoho] {
+                for table in Table::ALL {
+                    projectors.push(
+                        projector(&settings, &topology, &js, &pool, &metrics, provider, table)
+                            .await?,
+                    );
+                }
             }
         }
         let hubspot = match (role, settings.hubspot_app(), settings.vault()) {
@@ -110,6 +105,20 @@ impl Engine {
                 settings.sync_rps,
             ))),
         };
+        let zoho = match (role, settings.zoho_app(), settings.vault()) {
+            (Role::Api, _, _) | (_, None, _) | (_, _, None) => None,
+            (_, Some(app), Some(vault)) => Some(Arc::new(crate::zoho::Zoho::new(
+                pool.clone(),
+                Arc::new(vault),
+                app,
+                metrics.clone(),
+                settings.sync_rps,
+                settings.zoho_concurrency,
+            ))),
+        };
+        if zoho.is_some() && settings.public_url.is_none() {
+            tracing::warn!("CRM_PUBLIC_URL is not set: Zoho cannot be told where to send notifications, so Zoho connections are kept in step by polling alone");
+        }
         let addr = SocketAddr::new(settings.bind, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -127,6 +136,7 @@ impl Engine {
             api_token: settings.api_token.clone(),
             vault: settings.vault().map(Arc::new),
             hubspot_app: settings.hubspot_app(),
+            zoho_app: settings.zoho_app(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
@@ -140,6 +150,7 @@ impl Engine {
             listener,
             projectors,
             hubspot,
+            zoho,
         })
     }
 
@@ -156,6 +167,11 @@ impl Engine {
     /// The HubSpot connector, when this process syncs HubSpot.
     pub fn hubspot(&self) -> Option<Arc<crate::hubspot::HubSpot>> {
         self.hubspot.clone()
+    }
+
+    /// The Zoho connector, when this process syncs Zoho.
+    pub fn zoho(&self) -> Option<Arc<crate::zoho::Zoho>> {
+        self.zoho.clone()
     }
 
     /// Serves and consumes until `stop` is cancelled; then stops taking requests,
@@ -193,7 +209,7 @@ impl Engine {
                 .get_key_value(topology.cursor_bucket())
                 .await
                 .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
-            tasks.spawn(crate::hubspot::hydrator::run(
+            tasks.spawn(crate::hydrator::run(
                 hubspot.clone(),
                 js.clone(),
                 topology.clone(),
@@ -207,6 +223,39 @@ impl Engine {
                 self.settings.poll_interval,
                 self.settings.poll_lookback,
                 self.settings.link_sweep_every,
+                stop.clone(),
+            ));
+        }
+        if let Some(zoho) = self.zoho {
+            let js = self.state.js.clone();
+            let cursors = js
+                .get_key_value(self.topology.cursor_bucket())
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
+            tasks.spawn(crate::hydrator::run(
+                zoho.clone(),
+                js.clone(),
+                self.topology.clone(),
+                stop.clone(),
+            ));
+            if let Some(public_url) = self.settings.public_url.clone() {
+                tasks.spawn(crate::zoho::channels::run(
+                    zoho.clone(),
+                    public_url,
+                    self.settings.zoho_channel_ttl,
+                    self.settings
+                        .poll_interval
+                        .min(std::time::Duration::from_secs(60)),
+                    stop.clone(),
+                ));
+            }
+            tasks.spawn(crate::zoho::poller::run(
+                zoho,
+                js,
+                self.topology.subjects.clone(),
+                cursors,
+                self.settings.poll_interval,
+                self.settings.poll_lookback,
                 stop.clone(),
             ));
         }

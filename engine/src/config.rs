@@ -41,8 +41,10 @@ pub const VARIABLES: &[Variable] = &[
     var("CRM_HUBSPOT_AUTH_URL", "https://app.hubspot.com", "HubSpot authorize base URL"),
     var("CRM_ZOHO_CLIENT_ID", "(none)", "Zoho CRM client id"),
     var("CRM_ZOHO_CLIENT_SECRET", "(none)", "Zoho CRM client secret (secret)"),
-    var("CRM_ZOHO_WEBHOOK_SECRET", "(none)", "Zoho notification channel token seed (secret)"),
-    var("CRM_ZOHO_ACCOUNTS_URL", "https://accounts.zoho.com", "Zoho accounts base URL; the API host comes from api_domain"),
+    var("CRM_ZOHO_WEBHOOK_SECRET", "(none)", "kept from the earlier deployment guide, not needed: each Zoho notification channel gets its own random token, sealed with age (secret)"),
+    var("CRM_ZOHO_ACCOUNTS_URL", "https://accounts.zoho.com", "Zoho accounts base URL where consent starts; each connection then uses its own data centre's accounts server and api_domain"),
+    var("CRM_ZOHO_CONCURRENCY", "5", "Zoho requests in flight per connection (Zoho allows 5-25 by edition)"),
+    var("CRM_ZOHO_CHANNEL_TTL_SECS", "86400", "lifetime asked for each Zoho notification channel (2-604800; Zoho allows a week at most); renewed when half is left"),
     var("ODOO_DEFAULT_TIMEOUT", "30", "seconds an Odoo call may take"),
     var("CRM_SYNC_PAGE", "200", "records per page when polling or backfilling (1-1000)"),
     var("CRM_SYNC_RPS", "5", "requests per second per connection to a provider"),
@@ -95,6 +97,8 @@ pub struct Settings {
     pub zoho_client_secret: Option<Secret<String>>,
     pub zoho_webhook_secret: Option<Secret<String>>,
     pub zoho_accounts_url: String,
+    pub zoho_concurrency: usize,
+    pub zoho_channel_ttl: Duration,
     pub odoo_timeout: Duration,
     pub sync_page: u32,
     pub sync_rps: f64,
@@ -284,6 +288,12 @@ impl Settings {
             zoho_client_secret: r.secret("CRM_ZOHO_CLIENT_SECRET"),
             zoho_webhook_secret: r.secret("CRM_ZOHO_WEBHOOK_SECRET"),
             zoho_accounts_url: r.url("CRM_ZOHO_ACCOUNTS_URL", &["http", "https"])?,
+            zoho_concurrency: r.number("CRM_ZOHO_CONCURRENCY", 1, 25)?,
+            zoho_channel_ttl: Duration::from_secs(r.number(
+                "CRM_ZOHO_CHANNEL_TTL_SECS",
+                2,
+                7 * 86_400,
+            )?),
             odoo_timeout: Duration::from_secs(r.number("ODOO_DEFAULT_TIMEOUT", 1, 3600)?),
             sync_page: r.number("CRM_SYNC_PAGE", 1, 1000)?,
             sync_rps,
@@ -323,6 +333,15 @@ impl Settings {
         self.encryption_key
             .as_ref()
             .and_then(|k| crmsync_adapters::Vault::parse(k.expose()).ok())
+    }
+
+    /// Zoho's OAuth app, when its client id and secret are set.
+    pub fn zoho_app(&self) -> Option<crmsync_adapters::zoho::oauth::ZohoApp> {
+        Some(crmsync_adapters::zoho::oauth::ZohoApp {
+            client_id: self.zoho_client_id.clone()?,
+            client_secret: self.zoho_client_secret.clone()?,
+            accounts_url: self.zoho_accounts_url.clone(),
+        })
     }
 
     /// HubSpot's OAuth app, when its client id and secret are set.

@@ -6,9 +6,11 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod hubspot;
+pub mod hydrator;
 pub mod logging;
 pub mod sandbox_cmd;
 pub mod topology;
+pub mod zoho;
 
 pub use app::{Engine, Role};
 pub use config::Settings;

@@ -55,7 +55,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct BackfillOptions {
-    /// The provider (hubspot).
+    /// The provider: hubspot or zoho.
     #[arg(long)]
     provider: String,
     /// The workspace whose connection to backfill.
@@ -129,28 +129,127 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<()> {
-    use crmsync_engine::hubspot::{backfill::backfill as run_backfill, poller::OBJECTS, HubSpot};
-    if opts.provider != "hubspot" {
-        anyhow::bail!("backfill supports --provider hubspot (got {:?}); zoho and odoo come with their adapters", opts.provider);
-    }
-    let objects: Vec<&str> = match opts.object.as_deref() {
+/// The Zoho modules `--object` names (all by default).
+fn zoho_modules(object: Option<&str>) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
+    use crmsync_adapters::zoho::MODULES;
+    Ok(match object {
+        None => MODULES.to_vec(),
+        Some(o) => {
+            let wanted = match o {
+                "contacts" => "Contacts",
+                "companies" => "Accounts",
+                "deals" => "Deals",
+                other => other,
+            };
+            let found = MODULES.iter().find(|(m, _)| m.eq_ignore_ascii_case(wanted));
+            vec![*found.ok_or_else(|| {
+                anyhow::anyhow!("--object must be contacts, companies or deals (got {o:?})")
+            })?]
+        }
+    })
+}
+
+/// The HubSpot object types `--object` names (all by default).
+fn hubspot_objects(object: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
+    use crmsync_engine::hubspot::poller::OBJECTS;
+    Ok(match object {
         None => OBJECTS.to_vec(),
-        Some(o) if OBJECTS.contains(&o) => vec![o],
+        Some(o) if OBJECTS.contains(&o) => OBJECTS.iter().copied().filter(|x| *x == o).collect(),
         Some(o) => anyhow::bail!("--object must be contacts, companies or deals (got {o:?})"),
-    };
-    let app = settings.hubspot_app().ok_or_else(|| ConfigError {
-        name: "CRM_HUBSPOT_CLIENT_SECRET",
-        problem: "and CRM_HUBSPOT_CLIENT_ID must be set to call HubSpot".into(),
-    })?;
+    })
+}
+
+async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<()> {
+    match opts.provider.as_str() {
+        "hubspot" => drop(hubspot_objects(opts.object.as_deref())?),
+        "zoho" => drop(zoho_modules(opts.object.as_deref())?),
+        other => anyhow::bail!(
+            "backfill supports --provider hubspot or zoho (got {other:?}); odoo comes with its adapter"
+        ),
+    }
     let vault = settings.vault().ok_or_else(|| ConfigError {
         name: "ENCRYPTION_KEY",
         problem: "must be set to open the stored tokens".into(),
     })?;
-    let engine = Engine::build(settings.clone(), Role::Api).await?;
+    // The engine is built for its connections only: no port of the running server.
+    let mut quiet = settings.clone();
+    quiet.port = 0;
+    quiet.bind = std::net::Ipv4Addr::LOCALHOST.into();
+    let engine = Engine::build(quiet, Role::Api).await?;
+    let js = engine.state.js.clone();
+    let cursors = js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
+    let vault = std::sync::Arc::new(vault);
+    let total = match opts.provider.as_str() {
+        "hubspot" => backfill_hubspot(&settings, &engine, vault, &cursors, &opts).await?,
+        "zoho" => backfill_zoho(&settings, &engine, vault, &cursors, &opts).await?,
+        other => anyhow::bail!(
+            "backfill supports --provider hubspot or zoho (got {other:?}); odoo comes with its adapter"
+        ),
+    };
+    tracing::info!(records = total, workspace = %opts.workspace, "backfill done");
+    Ok(())
+}
+
+async fn backfill_zoho(
+    settings: &Settings,
+    engine: &Engine,
+    vault: std::sync::Arc<crmsync_adapters::Vault>,
+    cursors: &async_nats::jetstream::kv::Store,
+    opts: &BackfillOptions,
+) -> anyhow::Result<u64> {
+    use crmsync_engine::zoho::{backfill::backfill as run_backfill, Zoho};
+    let modules = zoho_modules(opts.object.as_deref())?;
+    let app = settings.zoho_app().ok_or_else(|| ConfigError {
+        name: "CRM_ZOHO_CLIENT_SECRET",
+        problem: "and CRM_ZOHO_CLIENT_ID must be set to call Zoho".into(),
+    })?;
+    let zoho = Zoho::new(
+        engine.pool().clone(),
+        vault,
+        app,
+        engine.state.metrics.clone(),
+        settings.sync_rps,
+        settings.zoho_concurrency,
+    );
+    let connection = zoho.connection(&opts.workspace).await?;
+    let client = zoho.client(&connection.workspace).await?;
+    let mut stderr = std::io::stderr();
+    let mut total = 0;
+    for (module, object) in modules {
+        total += run_backfill(
+            &client,
+            &engine.state.js,
+            &engine.topology.subjects,
+            cursors,
+            &connection,
+            module,
+            object,
+            &mut stderr,
+        )
+        .await?;
+    }
+    Ok(total)
+}
+
+async fn backfill_hubspot(
+    settings: &Settings,
+    engine: &Engine,
+    vault: std::sync::Arc<crmsync_adapters::Vault>,
+    cursors: &async_nats::jetstream::kv::Store,
+    opts: &BackfillOptions,
+) -> anyhow::Result<u64> {
+    use crmsync_engine::hubspot::{backfill::backfill as run_backfill, HubSpot};
+    let objects = hubspot_objects(opts.object.as_deref())?;
+    let app = settings.hubspot_app().ok_or_else(|| ConfigError {
+        name: "CRM_HUBSPOT_CLIENT_SECRET",
+        problem: "and CRM_HUBSPOT_CLIENT_ID must be set to call HubSpot".into(),
+    })?;
     let hubspot = HubSpot::new(
         engine.pool().clone(),
-        std::sync::Arc::new(vault),
+        vault,
         app,
         engine.state.metrics.clone(),
         settings.sync_rps,
@@ -167,25 +266,19 @@ async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<(
             )
         })?;
     let client = hubspot.client(&connection.workspace).await?;
-    let js = engine.state.js.clone();
-    let cursors = js
-        .get_key_value(engine.topology.cursor_bucket())
-        .await
-        .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for object in objects {
         total += run_backfill(
             &client,
-            &js,
+            &engine.state.js,
             &engine.topology.subjects,
-            &cursors,
+            cursors,
             &connection,
             object,
             &mut stderr,
         )
         .await?;
     }
-    tracing::info!(records = total, workspace = %connection.workspace, "backfill done");
-    Ok(())
+    Ok(total)
 }

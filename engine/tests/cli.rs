@@ -250,6 +250,22 @@ fn backfill_refuses_unknown_providers_and_objects_clearly() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("--object must be contacts, companies or deals"));
+    let out = crmsync()
+        .args([
+            "backfill",
+            "--provider",
+            "zoho",
+            "--workspace",
+            "w",
+            "--object",
+            "Leads",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("--object must be contacts, companies or deals"));
 }
 
 #[test]

@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crmsync_adapters::hubspot::oauth::{OAuthApp, OAuthError, TokenSet};
+use std::future::Future;
+
+use crmsync_adapters::hubspot::oauth::OAuthApp;
+use crmsync_adapters::oauth::{OAuthError, TokenSet};
+use crmsync_adapters::zoho::oauth::ZohoApp;
 use crmsync_adapters::{Secret, Vault};
 
 /// Refresh when less than this is left.
@@ -35,6 +39,44 @@ struct Sealed {
     access_token: String,
     #[serde(default)]
     refresh_token: Option<String>,
+    /// Zoho: the secret token its notification channel echoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channel_token: Option<String>,
+}
+
+/// How a provider refreshes an access token; `settings` are the connection's (Zoho
+/// keeps its accounts server there).
+pub trait Refresh: Sync {
+    fn refresh_tokens(
+        &self,
+        http: &reqwest::Client,
+        refresh_token: &str,
+        settings: &Value,
+    ) -> impl Future<Output = Result<TokenSet, OAuthError>> + Send;
+}
+
+impl Refresh for OAuthApp {
+    async fn refresh_tokens(
+        &self,
+        http: &reqwest::Client,
+        refresh_token: &str,
+        _settings: &Value,
+    ) -> Result<TokenSet, OAuthError> {
+        self.refresh(http, refresh_token).await
+    }
+}
+
+impl Refresh for ZohoApp {
+    async fn refresh_tokens(
+        &self,
+        http: &reqwest::Client,
+        refresh_token: &str,
+        settings: &Value,
+    ) -> Result<TokenSet, OAuthError> {
+        let server =
+            self.accounts_server(settings.get("accounts_server").and_then(Value::as_str))?;
+        Ok(self.refresh(http, &server, refresh_token).await?.tokens)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +97,8 @@ pub enum ConnectionError {
     Db(#[from] sqlx::Error),
 }
 
-fn seal(vault: &Vault, access: &str, refresh: Option<&str>) -> Result<Vec<u8>, ConnectionError> {
-    let sealed = Sealed {
-        access_token: access.to_owned(),
-        refresh_token: refresh.map(str::to_owned),
-    };
-    Ok(vault.seal(&serde_json::to_vec(&sealed).expect("serialisable"))?)
+fn seal(vault: &Vault, sealed: &Sealed) -> Result<Vec<u8>, ConnectionError> {
+    Ok(vault.seal(&serde_json::to_vec(sealed).expect("serialisable"))?)
 }
 
 fn open(vault: &Vault, secrets: &[u8]) -> Result<Sealed, ConnectionError> {
@@ -78,7 +116,9 @@ fn expiry(tokens: &TokenSet) -> DateTime<Utc> {
         )
 }
 
-/// Creates or replaces a connection with fresh tokens.
+/// Creates or replaces a connection with fresh tokens (and, for Zoho, the token its
+/// notification channel will echo).
+#[allow(clippy::too_many_arguments)]
 pub async fn save(
     pool: &PgPool,
     vault: &Vault,
@@ -86,12 +126,16 @@ pub async fn save(
     provider: &str,
     account_id: &str,
     tokens: &TokenSet,
+    channel_token: Option<&str>,
     settings: &Value,
 ) -> Result<(), ConnectionError> {
     let secrets = seal(
         vault,
-        tokens.access_token.expose(),
-        tokens.refresh_token.as_ref().map(|t| t.expose().as_str()),
+        &Sealed {
+            access_token: tokens.access_token.expose().clone(),
+            refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose().clone()),
+            channel_token: channel_token.map(str::to_owned),
+        },
     )?;
     sqlx::query(
         "INSERT INTO crm_connections
@@ -140,15 +184,20 @@ pub async fn remove(pool: &PgPool, workspace: &str, provider: &str) -> Result<bo
 }
 
 type Row = (String, Vec<u8>, Option<DateTime<Utc>>);
-type LockedRow = (String, Vec<u8>, Option<DateTime<Utc>>, Option<String>);
+type LockedRow = (
+    String,
+    Vec<u8>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Value,
+);
 
 fn fresh(expires: Option<DateTime<Utc>>) -> bool {
     expires
         .is_some_and(|e| e - Utc::now() > chrono::Duration::from_std(REFRESH_AHEAD).expect("small"))
 }
 
-/// A usable HubSpot access token for `workspace`, refreshed first when it is about to
-/// expire. Concurrent callers, in this process or others, refresh once.
+/// A usable HubSpot access token for `workspace`; see [`access_token`].
 pub async fn hubspot_access_token(
     pool: &PgPool,
     vault: &Vault,
@@ -156,16 +205,40 @@ pub async fn hubspot_access_token(
     http: &reqwest::Client,
     workspace: &str,
 ) -> Result<Secret<String>, ConnectionError> {
-    const PROVIDER: &str = "hubspot";
+    access_token(pool, vault, app, http, workspace, "hubspot").await
+}
+
+/// A usable Zoho access token for `workspace`; see [`access_token`].
+pub async fn zoho_access_token(
+    pool: &PgPool,
+    vault: &Vault,
+    app: &ZohoApp,
+    http: &reqwest::Client,
+    workspace: &str,
+) -> Result<Secret<String>, ConnectionError> {
+    access_token(pool, vault, app, http, workspace, "zoho").await
+}
+
+/// A usable access token of `workspace`'s `provider` connection, refreshed first
+/// when it is about to expire. Concurrent callers, in this process or others,
+/// refresh once.
+pub async fn access_token(
+    pool: &PgPool,
+    vault: &Vault,
+    app: &impl Refresh,
+    http: &reqwest::Client,
+    workspace: &str,
+    provider: &str,
+) -> Result<Secret<String>, ConnectionError> {
     let not_connected = || ConnectionError::NotConnected {
         workspace: workspace.to_owned(),
-        provider: PROVIDER.to_owned(),
+        provider: provider.to_owned(),
     };
     let select = "SELECT status, secrets, access_expires_at FROM crm_connections
                   WHERE workspace_id = $1 AND provider = $2";
     let row: Option<Row> = sqlx::query_as(select)
         .bind(workspace)
-        .bind(PROVIDER)
+        .bind(provider)
         .fetch_optional(pool)
         .await?;
     let (status, secrets, expires) = row.ok_or_else(not_connected)?;
@@ -174,18 +247,18 @@ pub async fn hubspot_access_token(
     }
     let mut tx = pool.begin().await?;
     let row: Option<LockedRow> = sqlx::query_as(
-        "SELECT status, secrets, access_expires_at, last_error FROM crm_connections
+        "SELECT status, secrets, access_expires_at, last_error, settings FROM crm_connections
          WHERE workspace_id = $1 AND provider = $2 FOR UPDATE",
     )
     .bind(workspace)
-    .bind(PROVIDER)
+    .bind(provider)
     .fetch_optional(&mut *tx)
     .await?;
-    let (status, secrets, expires, last_error) = row.ok_or_else(not_connected)?;
+    let (status, secrets, expires, last_error, settings) = row.ok_or_else(not_connected)?;
     if status != "active" {
         return Err(ConnectionError::NeedsReconnect {
             workspace: workspace.to_owned(),
-            provider: PROVIDER.to_owned(),
+            provider: provider.to_owned(),
             reason: last_error.unwrap_or_default(),
         });
     }
@@ -197,30 +270,37 @@ pub async fn hubspot_access_token(
     let Some(refresh_token) = sealed.refresh_token.clone() else {
         return Err(ConnectionError::NeedsReconnect {
             workspace: workspace.to_owned(),
-            provider: PROVIDER.to_owned(),
+            provider: provider.to_owned(),
             reason: "no refresh token".into(),
         });
     };
-    match app.refresh(http, &refresh_token).await {
+    match app.refresh_tokens(http, &refresh_token, &settings).await {
         Ok(tokens) => {
             let refresh = tokens
                 .refresh_token
                 .as_ref()
                 .map_or(refresh_token.as_str(), |t| t.expose().as_str());
-            let secrets = seal(vault, tokens.access_token.expose(), Some(refresh))?;
+            let secrets = seal(
+                vault,
+                &Sealed {
+                    access_token: tokens.access_token.expose().clone(),
+                    refresh_token: Some(refresh.to_owned()),
+                    channel_token: sealed.channel_token.clone(),
+                },
+            )?;
             sqlx::query(
                 "UPDATE crm_connections SET secrets = $3, access_expires_at = $4,
                         last_error = NULL, updated_at = now()
                  WHERE workspace_id = $1 AND provider = $2",
             )
             .bind(workspace)
-            .bind(PROVIDER)
+            .bind(provider)
             .bind(secrets)
             .bind(expiry(&tokens))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            tracing::info!(workspace, provider = PROVIDER, "access token refreshed");
+            tracing::info!(workspace, provider, "access token refreshed");
             Ok(tokens.access_token)
         }
         Err(OAuthError::InvalidGrant(reason)) => {
@@ -230,19 +310,19 @@ pub async fn hubspot_access_token(
                  WHERE workspace_id = $1 AND provider = $2",
             )
             .bind(workspace)
-            .bind(PROVIDER)
+            .bind(provider)
             .bind(&reason)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
             tracing::warn!(
                 workspace,
-                provider = PROVIDER,
+                provider,
                 "refresh token refused; the connection needs to be made again"
             );
             Err(ConnectionError::NeedsReconnect {
                 workspace: workspace.to_owned(),
-                provider: PROVIDER.to_owned(),
+                provider: provider.to_owned(),
                 reason,
             })
         }
@@ -277,4 +357,77 @@ pub async fn rotate(pool: &PgPool, vault: &Vault) -> Result<u64, ConnectionError
         rotated += 1;
     }
     Ok(rotated)
+}
+
+/// Marks a connection's access token as expired, so that the next caller refreshes
+/// it (after the provider refused it as invalid).
+pub async fn invalidate_access_token(
+    pool: &PgPool,
+    workspace: &str,
+    provider: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE crm_connections SET access_expires_at = now() - interval '1 second'
+         WHERE workspace_id = $1 AND provider = $2",
+    )
+    .bind(workspace)
+    .bind(provider)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The connection a Zoho notification channel belongs to.
+#[derive(Debug, Clone)]
+pub struct ChannelOwner {
+    pub workspace: String,
+    /// The Zoho org id.
+    pub account_id: String,
+    /// The secret the channel echoes.
+    pub token: Secret<String>,
+}
+
+/// The active connection whose notification channel is `channel_id`, with its token.
+pub async fn zoho_channel(
+    pool: &PgPool,
+    vault: &Vault,
+    channel_id: &str,
+) -> Result<Option<ChannelOwner>, ConnectionError> {
+    let row: Option<(String, Option<String>, Vec<u8>)> = sqlx::query_as(
+        "SELECT workspace_id, account_id, secrets FROM crm_connections
+         WHERE provider = 'zoho' AND status = 'active' AND settings ->> 'channel_id' = $1",
+    )
+    .bind(channel_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((workspace, account_id, secrets)) = row else {
+        return Ok(None);
+    };
+    let Some(token) = open(vault, &secrets)?.channel_token else {
+        return Ok(None);
+    };
+    Ok(Some(ChannelOwner {
+        workspace,
+        account_id: account_id.unwrap_or_default(),
+        token: Secret::new(token),
+    }))
+}
+
+/// Merges `patch` into a connection's settings (top-level keys).
+pub async fn update_settings(
+    pool: &PgPool,
+    workspace: &str,
+    provider: &str,
+    patch: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE crm_connections SET settings = settings || $3, updated_at = now()
+         WHERE workspace_id = $1 AND provider = $2",
+    )
+    .bind(workspace)
+    .bind(provider)
+    .bind(patch)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ use axum::Router;
 use sqlx::PgPool;
 
 use crmsync_adapters::hubspot::oauth::OAuthApp;
+use crmsync_adapters::zoho::oauth::ZohoApp;
 use crmsync_adapters::{Metrics, Secret, Vault};
 use crmsync_schema::Subjects;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub vault: Option<Arc<Vault>>,
     /// HubSpot's OAuth app, when configured.
     pub hubspot_app: Option<OAuthApp>,
+    /// Zoho's OAuth app, when configured.
+    pub zoho_app: Option<ZohoApp>,
     /// The HTTP client for provider calls.
     pub http: reqwest::Client,
 }
@@ -57,6 +60,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/hubspot/start", get(oauth::hubspot::start))
         .route("/crm/hubspot/callback", get(oauth::hubspot::callback))
         .route("/crm/hubspot/disconnect", post(oauth::hubspot::disconnect))
+        .route("/crm/webhooks/zoho", post(webhooks::zoho::receive))
+        .route("/crm/zoho/start", get(oauth::zoho::start))
+        .route("/crm/zoho/callback", get(oauth::zoho::callback))
+        .route("/crm/zoho/disconnect", post(oauth::zoho::disconnect))
         .route("/crm/connections", get(oauth::list))
         .with_state(state)
 }

@@ -241,6 +241,7 @@ impl Projector {
                 .table
                 .normalise(
                     subject.provider,
+                    subject.object.as_str(),
                     Change::of_type(cloudevents::AttributesReader::ty(&event)),
                     &data_bytes(&event),
                     &version,
@@ -285,17 +286,13 @@ impl Projector {
         tables::upsert(&mut tx, self.config.table, &rows)
             .await
             .map_err(classify)?;
-        let mut retractions = Vec::new();
-        for item in items {
-            if let Ok(outcome) = &item.outcome {
-                retractions.extend(outcome.retractions.iter());
-            }
-        }
-        for (workspace, provider, retraction) in retractions {
-            tables::retract(&mut tx, workspace, *provider, retraction)
-                .await
-                .map_err(classify)?;
-        }
+        let retractions = items
+            .iter()
+            .filter_map(|item| item.outcome.as_ref().ok())
+            .flat_map(|outcome| outcome.retractions.iter());
+        tables::retract_all(&mut tx, retractions)
+            .await
+            .map_err(classify)?;
         checkpoint::advance(
             &mut tx,
             &self.config.consumer,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crmsync_adapters::{hubspot, MappingError, Retraction, RowChange};
+use crmsync_adapters::{hubspot, zoho, MappingError, Retraction, RowChange};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 /// A row's key.
@@ -69,11 +69,13 @@ impl Table {
         }
     }
 
-    /// The row changes one event of this table's object implies: a snapshot or a
-    /// provider change event, as `change` says.
+    /// The row changes one event about an `object` record implies (for the table of
+    /// that object, or for associations): a snapshot or a provider change event, as
+    /// `change` says.
     pub fn normalise(
         self,
         provider: Provider,
+        object: &str,
         change: Option<Change>,
         data: &[u8],
         version: &Version,
@@ -83,6 +85,22 @@ impl Table {
             retractions: Vec::new(),
         };
         match (provider, change) {
+            (Provider::Zoho, Some(Change::Snapshot)) if self == Table::Associations => {
+                let (links, retractions) = zoho::mapping::snapshot_links(object, data, version)?;
+                Ok(Normalised {
+                    rows: links,
+                    retractions,
+                })
+            }
+            (Provider::Zoho, _) if self == Table::Associations => Ok(rows(Vec::new())),
+            (Provider::Zoho, Some(Change::Snapshot)) => {
+                zoho::mapping::snapshot_changes(self.object(), data, version).map(rows)
+            }
+            (Provider::Zoho, Some(Change::Deleted)) => {
+                zoho::mapping::deleted_changes(data, version).map(rows)
+            }
+            // Inserts and updates name ids only: the hydrator's snapshots carry them.
+            (Provider::Zoho, _) => Ok(rows(Vec::new())),
             (Provider::HubSpot, Some(Change::Links)) if self == Table::Associations => {
                 let (links, retraction) = hubspot::mapping::links_changes(data, version)?;
                 Ok(Normalised {
@@ -121,32 +139,67 @@ pub struct Normalised {
     pub retractions: Vec<Retraction>,
 }
 
-/// Marks removed, as of the retraction's version, every link of its record to its
-/// object type that it does not keep.
-pub async fn retract(
+/// Marks removed, as of each retraction's version, every link of its record to its
+/// object type that it does not keep — in one statement for a whole batch. Of several
+/// retractions of one link set only the newest counts: the field versions make the
+/// older ones no-ops anyway.
+pub async fn retract_all<'a>(
     tx: &mut PgConnection,
-    workspace: &WorkspaceId,
-    provider: Provider,
-    r: &Retraction,
+    retractions: impl Iterator<Item = &'a (WorkspaceId, Provider, Retraction)>,
 ) -> Result<(), sqlx::Error> {
+    type SetKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+    let mut newest: BTreeMap<SetKey<'a>, &'a Retraction> = BTreeMap::new();
+    for (workspace, provider, r) in retractions {
+        let key = (
+            workspace.as_str(),
+            provider.as_str(),
+            r.from_type.as_str(),
+            r.from_id.as_str(),
+            r.to_type.as_str(),
+        );
+        let entry = newest.entry(key).or_insert(r);
+        if r.version > entry.version {
+            *entry = r;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let mut columns: [Vec<&str>; 5] = Default::default();
+    let mut keeps = Vec::with_capacity(newest.len());
+    let mut versions = Vec::with_capacity(newest.len());
+    for ((workspace, provider, from_type, from_id, to_type), r) in &newest {
+        for (column, value) in columns
+            .iter_mut()
+            .zip([*workspace, *provider, *from_type, *from_id, *to_type])
+        {
+            column.push(value);
+        }
+        keeps.push(serde_json::to_value(&r.keep).unwrap_or(Value::Null));
+        versions.push(r.version.as_str());
+    }
     sqlx::query(
         r#"UPDATE associations AS a SET
                (fields, field_versions) = (
                    SELECT m.fields, m.versions
                    FROM crm_merge_fields(a.fields, a.field_versions,
                                          '{"$removed": true}'::jsonb,
-                                         jsonb_build_object('$removed', $7::text)) m),
+                                         jsonb_build_object('$removed', r.version)) m),
                projected_at = now()
-           WHERE workspace_id = $1 AND provider = $2 AND from_type = $3 AND from_id = $4
-             AND to_type = $5 AND NOT (to_id = ANY($6))"#,
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                       $6::jsonb[], $7::text[])
+                AS r(workspace_id, provider, from_type, from_id, to_type, keep, version)
+           WHERE a.workspace_id = r.workspace_id AND a.provider = r.provider
+             AND a.from_type = r.from_type AND a.from_id = r.from_id
+             AND a.to_type = r.to_type AND NOT r.keep ? a.to_id"#,
     )
-    .bind(workspace.as_str())
-    .bind(provider.as_str())
-    .bind(&r.from_type)
-    .bind(&r.from_id)
-    .bind(&r.to_type)
-    .bind(&r.keep)
-    .bind(r.version.as_str())
+    .bind(&columns[0])
+    .bind(&columns[1])
+    .bind(&columns[2])
+    .bind(&columns[3])
+    .bind(&columns[4])
+    .bind(&keeps)
+    .bind(&versions)
     .execute(tx)
     .await?;
     Ok(())

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{retry_after, ErrorKind, ProviderError};
 use crate::ratelimit::RateLimiter;
-use crate::telemetry::{status_label, ErrorLabels, RequestLabels};
+use crate::telemetry::{status_label, RequestLabels};
 use crate::{Metrics, Secret};
 
 /// One HubSpot object as the API answers it.
@@ -70,23 +69,7 @@ impl From<RawPage> for Page {
     }
 }
 
-/// How a client retries.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    pub max_attempts: usize,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(30),
-            max_attempts: 6,
-        }
-    }
-}
+pub use crate::retry::RetryPolicy;
 
 /// A client for one HubSpot connection.
 #[derive(Debug, Clone)]
@@ -223,26 +206,14 @@ impl HubSpotClient {
         kind: ErrorKind,
         operation: &'static str,
     ) {
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                provider: "hubspot",
-                object: object_label(object),
-                verb,
-                status,
-            })
-            .inc();
-        if !operation.is_empty() {
-            self.metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    provider: "hubspot",
-                    error_type: kind.label(),
-                    operation,
-                    code: status,
-                })
-                .inc();
-        }
+        let call = RequestLabels {
+            provider: "hubspot",
+            object: object_label(object),
+            verb,
+            status,
+        };
+        let failed = (!operation.is_empty()).then_some((kind, operation));
+        self.metrics.count_call(call, failed);
     }
 
     /// HubSpot reports what is left of its 10-second window; when nothing is, wait
@@ -274,29 +245,9 @@ impl HubSpotClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ProviderError> {
-        let attempt = || self.once(operation, object, method.clone(), path, body);
-        attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(self.retry.min_delay)
-                    .with_max_delay(self.retry.max_delay)
-                    .with_max_times(self.retry.max_attempts)
-                    .with_jitter(),
-            )
-            .when(|e: &ProviderError| e.kind.retryable())
-            .adjust(|e: &ProviderError, delay| match e.kind {
-                ErrorKind::RateLimited {
-                    retry_after: Some(wait),
-                } => delay.map(|d| d.max(wait)),
-                _ => delay,
-            })
-            .notify(|e: &ProviderError, after| {
-                tracing::debug!(
-                    operation,
-                    kind = e.kind.label(),
-                    ?after,
-                    "retrying HubSpot call"
-                );
+        self.retry
+            .run(operation, || {
+                self.once(operation, object, method.clone(), path, body)
             })
             .await
     }

@@ -19,26 +19,7 @@ pub struct OAuthApp {
     pub scopes: Vec<String>,
 }
 
-/// Tokens from a grant.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TokenSet {
-    pub access_token: Secret<String>,
-    #[serde(default)]
-    pub refresh_token: Option<Secret<String>>,
-    pub expires_in: u64,
-}
-
-/// Why a grant failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum OAuthError {
-    /// The refresh token (or code) is no longer good: the user must connect again.
-    #[error("HubSpot refused the grant ({0}); the connection must be made again")]
-    InvalidGrant(String),
-    #[error("HubSpot refused the request: {0}")]
-    Rejected(String),
-    #[error("HubSpot could not be reached: {0}")]
-    Transient(String),
-}
+pub use crate::oauth::{OAuthError, TokenSet};
 
 #[derive(Debug, Deserialize)]
 struct ErrorBody {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hubspot;
+pub mod zoho;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct TestEngine {
     pub http: reqwest::Client,
     /// The HubSpot connector, when the engine syncs HubSpot.
     pub hubspot: Option<std::sync::Arc<crmsync_engine::hubspot::HubSpot>>,
+    /// The Zoho connector, when the engine syncs Zoho.
+    pub zoho: Option<std::sync::Arc<crmsync_engine::zoho::Zoho>>,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -82,6 +85,7 @@ impl TestEngine {
         let topology = engine.topology.clone();
         let js = engine.state.js.clone();
         let hubspot = engine.hubspot();
+        let zoho = engine.zoho();
         let stop = CancellationToken::new();
         let handle = Some(tokio::spawn(engine.run_until_stopped(stop.clone())));
         Self {
@@ -92,6 +96,7 @@ impl TestEngine {
             settings,
             http: reqwest::Client::new(),
             hubspot,
+            zoho,
             stop,
             handle,
         }

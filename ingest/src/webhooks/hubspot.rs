@@ -12,9 +12,8 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crmsync_adapters::hubspot::webhook::{self, SignedRequest, VerifyError};
-use crmsync_adapters::telemetry::{status_label, EntityLabels, RequestLabels, VerificationLabels};
 
-use super::{public_uri, require_json};
+use super::{body_of, count_delivery, count_published, count_refused, public_uri, require_json};
 use crate::publish::publish_all;
 use crate::{ApiError, AppState};
 
@@ -30,16 +29,7 @@ pub async fn receive(
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
     };
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            provider: "hubspot",
-            object: "webhook",
-            verb: "POST",
-            status: status_label(status.as_u16()),
-        })
-        .inc();
+    count_delivery(&state.metrics, "hubspot", status);
     result
 }
 
@@ -50,12 +40,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
-            limit: state.max_body_bytes,
-        },
-        _ => ApiError::BadRequest(format!("the body could not be read: {rejection}")),
-    })?;
+    let body = body_of(body, state.max_body_bytes)?;
     let secret = state.hubspot_secret.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "HubSpot webhooks are not configured: set CRM_HUBSPOT_CLIENT_SECRET".into(),
@@ -80,14 +65,7 @@ async fn handle(
             VerifyError::StaleTimestamp => "stale_timestamp",
             VerifyError::Mismatch => "mismatch",
         };
-        state
-            .metrics
-            .webhook_verification_failures
-            .get_or_create(&VerificationLabels {
-                provider: "hubspot",
-                reason,
-            })
-            .inc();
+        count_refused(&state.metrics, "hubspot", reason);
         tracing::warn!(reason, "HubSpot webhook refused: bad signature");
         return Err(ApiError::Unauthorized(e.to_string()));
     }
@@ -110,22 +88,7 @@ async fn handle(
             tracing::error!(error = %e, events = events.len(), "HubSpot webhook not stored; answering 503 so HubSpot retries");
             ApiError::Unavailable("the events could not be stored; retry later".into())
         })?;
-    for event in events {
-        let entity_type = match event.object.as_str() {
-            "contact" => "contact",
-            "company" => "company",
-            "deal" => "deal",
-            _ => "other",
-        };
-        state
-            .metrics
-            .events_published
-            .get_or_create(&EntityLabels {
-                provider: "hubspot",
-                entity_type,
-            })
-            .inc();
-    }
+    count_published(&state.metrics, "hubspot", events);
     tracing::debug!(
         stored = published.stored,
         duplicates = published.duplicates,

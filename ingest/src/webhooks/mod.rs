@@ -1,10 +1,66 @@
 //! Provider webhooks.
 
 pub mod hubspot;
+pub mod zoho;
 
-use axum::http::{HeaderMap, Uri};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, Uri};
+
+use crmsync_adapters::telemetry::{status_label, EntityLabels, RequestLabels, VerificationLabels};
+use crmsync_adapters::Metrics;
+use crmsync_schema::RawEvent;
 
 use crate::ApiError;
+
+/// The body, or why it could not be read (too large: 413).
+pub fn body_of(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit },
+        _ => ApiError::BadRequest(format!("the body could not be read: {rejection}")),
+    })
+}
+
+/// Counts a webhook delivery by its answer.
+pub fn count_delivery(metrics: &Metrics, provider: &'static str, status: StatusCode) {
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            provider,
+            object: "webhook",
+            verb: "POST",
+            status: status_label(status.as_u16()),
+        })
+        .inc();
+}
+
+/// Counts a refused webhook by reason.
+pub fn count_refused(metrics: &Metrics, provider: &'static str, reason: &'static str) {
+    metrics
+        .webhook_verification_failures
+        .get_or_create(&VerificationLabels { provider, reason })
+        .inc();
+}
+
+/// Counts stored events by object type.
+pub fn count_published(metrics: &Metrics, provider: &'static str, events: &[RawEvent]) {
+    for event in events {
+        let entity_type = match event.object.as_str() {
+            "contact" => "contact",
+            "company" => "company",
+            "deal" => "deal",
+            "activity" => "activity",
+            _ => "other",
+        };
+        metrics
+            .events_published
+            .get_or_create(&EntityLabels {
+                provider,
+                entity_type,
+            })
+            .inc();
+    }
+}
 
 /// The URI the provider called, which its signature covers: `CRM_PUBLIC_URL` and the
 /// path, or else what the (proxy's) headers say; never the internal address alone.

@@ -1,5 +1,5 @@
 //! The Zoho CRM emulator: Zoho Accounts OAuth per data centre, the v8 records API
-//! (list, get, insert, update, upsert, delete, deleted, search), COQL, notification
+//! (list, get, insert, update, upsert, delete, deleted, search), the org, COQL, notification
 //! channels with callbacks, API credits and concurrency, as `PROVIDERS.md` describes
 //! Zoho CRM.
 //!
@@ -176,6 +176,7 @@ impl ZohoSandbox {
         let v8 = "/{dc}/api/crm/v8";
         let api = Router::new()
             .route(&format!("{v8}/coql"), post(coql::query))
+            .route(&format!("{v8}/org"), get(records::org))
             .route(
                 &format!("{v8}/actions/watch"),
                 get(notifications::list)
@@ -313,6 +314,31 @@ impl ZohoSandbox {
             record,
             &module.all_columns(),
         ))
+    }
+
+    /// Every live record of a module with every field, in id order (empty for an
+    /// unknown module): what a synced copy should hold.
+    pub fn records(&self, module: &str) -> Vec<Json> {
+        let Some(module) = Module::parse(module) else {
+            return Vec::new();
+        };
+        let store = self.store();
+        let columns = module.all_columns();
+        store
+            .table(module)
+            .records
+            .values()
+            .map(|r| render::record_json(&store, module, r, &columns))
+            .collect()
+    }
+
+    /// The live notification channels: id, notify URL and expiry (ms).
+    pub fn live_channels(&self) -> Vec<(String, String, i64)> {
+        self.channels()
+            .live()
+            .into_iter()
+            .map(|c| (c.id, c.notify_url, c.expiry))
+            .collect()
     }
 
     /// API credits spent in the last 24 hours, and left.

@@ -389,3 +389,24 @@ pub async fn deleted(
     }))
     .into_response())
 }
+
+/// `GET /crm/v8/org`: the org's details (scope `ZohoCRM.org.READ`).
+pub async fn org(
+    State(sb): State<Arc<ZohoSandbox>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.require("org", Op::Read)?;
+    let id = sb.org_id();
+    Ok(axum::Json(json!({
+        "org": [{
+            "id": id,
+            "zgid": id,
+            "domain_name": format!("org{id}"),
+            "company_name": "crmsync sandbox",
+            "time_zone": "Asia/Kolkata",
+            "currency": "USD",
+            "type": "production",
+        }]
+    }))
+    .into_response())
+}

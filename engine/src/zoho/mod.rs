@@ -1,0 +1,177 @@
+//! Keeping Zoho CRM orgs in step: clients per connection (on the connection's own
+//! `api_domain`), the hydrator (notification ids → records), the delta poller with
+//! deletions (the safety net, as Zoho never retries a callback), the notification
+//! channel keeper, and backfill.
+
+pub mod backfill;
+pub mod channels;
+pub mod hydrator;
+pub mod poller;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crmsync_adapters::zoho::client::ZohoClient;
+use crmsync_adapters::zoho::oauth::ZohoApp;
+use crmsync_adapters::{ErrorKind, Metrics, ProviderError, RateLimiter, Secret, Vault};
+use crmsync_ingest::connections;
+
+const PROVIDER: &str = "zoho";
+
+/// Everything needed to call Zoho for any connected workspace.
+#[derive(Debug)]
+pub struct Zoho {
+    pool: PgPool,
+    vault: Arc<Vault>,
+    app: ZohoApp,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    rps: f64,
+    concurrency: usize,
+    clients: Mutex<HashMap<String, ZohoClient>>,
+}
+
+/// An active connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub workspace: String,
+    /// The org id (the raw subjects' `<ws>` token).
+    pub org: String,
+    pub settings: Value,
+}
+
+impl Connected {
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).and_then(Value::as_str)
+    }
+}
+
+impl Zoho {
+    pub fn new(
+        pool: PgPool,
+        vault: Arc<Vault>,
+        app: ZohoApp,
+        metrics: Arc<Metrics>,
+        rps: f64,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            pool,
+            vault,
+            app,
+            http: reqwest::Client::new(),
+            metrics,
+            rps,
+            concurrency,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client for `workspace` with a fresh access token, on its connection's API
+    /// domain; one rate limiter and concurrency bound per connection.
+    pub async fn client(&self, workspace: &str) -> anyhow::Result<ZohoClient> {
+        let token: Secret<String> = connections::zoho_access_token(
+            &self.pool,
+            &self.vault,
+            &self.app,
+            &self.http,
+            workspace,
+        )
+        .await?;
+        let connection = connections::get(&self.pool, workspace, PROVIDER)
+            .await?
+            .context("the Zoho connection vanished")?;
+        let domain = connection
+            .settings
+            .get("api_domain")
+            .and_then(Value::as_str)
+            .context("the Zoho connection has no api_domain; connect it again")?
+            .to_owned();
+        let mut clients = self.clients.lock().await;
+        let stale = clients
+            .get(workspace)
+            .is_some_and(|c| c.api_domain() != domain);
+        if stale {
+            clients.remove(workspace);
+        }
+        let client = clients.entry(workspace.to_owned()).or_insert_with(|| {
+            ZohoClient::new(
+                domain,
+                token.clone(),
+                Arc::new(RateLimiter::new(self.rps, (self.rps * 2.0).max(1.0))),
+                self.concurrency,
+                self.metrics.clone(),
+            )
+        });
+        client.set_token(token).await;
+        Ok(client.clone())
+    }
+
+    /// After a failed call: an `INVALID_TOKEN` answer expires the stored access
+    /// token, so that the next client refreshes it.
+    pub async fn observe(&self, workspace: &str, error: &ProviderError) {
+        if error.kind == ErrorKind::Unauthorized {
+            tracing::info!(workspace, "Zoho refused the access token; refreshing it");
+            if let Err(e) =
+                connections::invalidate_access_token(&self.pool, workspace, PROVIDER).await
+            {
+                tracing::warn!(error = %e, "could not mark the access token expired");
+            }
+        }
+    }
+
+    /// The workspace connected to `org`, if any.
+    pub async fn workspace_of(&self, org: &str) -> anyhow::Result<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT workspace_id FROM crm_connections
+             WHERE provider = 'zoho' AND account_id = $1 AND status = 'active'
+             ORDER BY workspace_id LIMIT 1",
+        )
+        .bind(org)
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up the connection of an org")
+    }
+
+    /// Every active Zoho connection.
+    pub async fn connected(&self) -> anyhow::Result<Vec<Connected>> {
+        let rows: Vec<(String, Option<String>, Value)> = sqlx::query_as(
+            "SELECT workspace_id, account_id, settings FROM crm_connections
+             WHERE provider = 'zoho' AND status = 'active' ORDER BY workspace_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(workspace, org, settings)| {
+                Some(Connected {
+                    workspace,
+                    org: org?,
+                    settings,
+                })
+            })
+            .collect())
+    }
+
+    /// The active connection of `workspace`.
+    pub async fn connection(&self, workspace: &str) -> anyhow::Result<Connected> {
+        self.connected()
+            .await?
+            .into_iter()
+            .find(|c| c.workspace == workspace)
+            .with_context(|| format!("workspace {workspace} has no active Zoho connection"))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+}

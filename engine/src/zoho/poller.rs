@@ -1,0 +1,309 @@
+//! Delta polling, the safety net: Zoho never retries a notification, so whatever a
+//! lost callback hid is found here.
+//!
+//! Each cycle lists the records modified since the cursor minus a lookback
+//! (`If-Modified-Since`), oldest change first, so that a record changed while the
+//! list is read moves behind the reader rather than being skipped; pages follow
+//! `page_token` (Zoho's `page` stops at 2,000 records, its tokens at 100,000: past
+//! either, the scan starts again from the newest modification seen). Deletions come
+//! from the deleted-records API since their own cursor. Records and tombstones are
+//! stored as events first; only then are the cursors advanced, by compare-and-set in
+//! the `crm_cursors` bucket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crmsync_adapters::zoho::client::{PageAt, ZohoClient, DISCRETE_LIMIT, PER_PAGE};
+use crmsync_adapters::zoho::mapping::fields_to_read;
+use crmsync_adapters::zoho::snapshot::{deleted_event, snapshot_event};
+use crmsync_adapters::zoho::MODULES;
+use crmsync_adapters::ProviderError;
+use crmsync_ingest::publish::publish_all;
+use crmsync_schema::{ObjectType, Subjects, WorkspaceId};
+
+use super::{Connected, Zoho};
+
+/// Records a page-token scan reads before it starts again from its newest
+/// modification (Zoho's tokens stop at 100,000).
+const TOKEN_SCAN_LIMIT: usize = 90_000;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cursor {
+    /// The newest `Modified_Time` seen, in ms.
+    pub modified_ms: i64,
+    /// The newest `deleted_time` seen, in ms.
+    pub deleted_ms: i64,
+}
+
+/// What one poll of one module did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollReport {
+    pub records: usize,
+    pub deleted: usize,
+    pub pages: usize,
+    pub cursor: Cursor,
+}
+
+/// Where a connection's cursor for `module` lives (the workspace hex-encoded: KV
+/// keys allow few characters).
+pub fn cursor_key(workspace: &str, module: &str) -> String {
+    format!("zoho.{}.{module}", hex::encode(workspace))
+}
+
+fn time_ms(record: &Value, field: &str) -> Option<i64> {
+    record
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
+        .map(|t| t.timestamp_millis())
+}
+
+/// What a scan read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub pages: usize,
+    pub records: usize,
+    /// The newest `Modified_Time` read, in ms.
+    pub newest_ms: Option<i64>,
+}
+
+/// Reads every record of `module` modified after `since` (all without it), a page at
+/// a time, handing each page to `store`.
+pub async fn scan<F, Fut>(
+    client: &ZohoClient,
+    module: &str,
+    since: Option<DateTime<Utc>>,
+    mut store: F,
+) -> anyhow::Result<Scanned>
+where
+    F: FnMut(Vec<Value>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let fields = fields_to_read(module);
+    let mut since = since;
+    let mut page = 1usize;
+    let mut token: Option<String> = None;
+    let mut read_in_scan = 0usize;
+    let mut scanned = Scanned::default();
+    loop {
+        let at = match &token {
+            Some(t) => PageAt::Token(t),
+            None => PageAt::Number(page),
+        };
+        let answer = client.list(module, fields, since, at).await?;
+        scanned.pages += 1;
+        scanned.records += answer.data.len();
+        read_in_scan += answer.data.len();
+        let newest = answer
+            .data
+            .iter()
+            .filter_map(|r| time_ms(r, "Modified_Time"))
+            .max();
+        scanned.newest_ms = scanned.newest_ms.max(newest);
+        store(answer.data).await?;
+        if !answer.more {
+            return Ok(scanned);
+        }
+        let within_pages = (page + 1) * PER_PAGE <= DISCRETE_LIMIT;
+        match answer.next_page_token {
+            Some(t) if read_in_scan < TOKEN_SCAN_LIMIT => token = Some(t),
+            None if token.is_none() && within_pages => page += 1,
+            _ => {
+                // Past what paging reaches: start again from the newest change seen
+                // (a second early, as Zoho's times are to the second).
+                let restart = newest
+                    .and_then(|ms| DateTime::from_timestamp_millis(ms - 1000))
+                    .context("a page without modification times")?;
+                if since.is_some_and(|s| restart <= s) {
+                    anyhow::bail!(
+                        "more than {read_in_scan} {module} records share one modification second; the scan cannot advance"
+                    );
+                }
+                since = Some(restart);
+                page = 1;
+                token = None;
+                read_in_scan = 0;
+            }
+        }
+    }
+}
+
+/// Stores records as snapshot events; returns the newest modification.
+pub async fn store_records(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    org: &WorkspaceId,
+    object: &ObjectType,
+    records: &[Value],
+) -> anyhow::Result<Option<i64>> {
+    let read_at = Utc::now();
+    let events: Vec<_> = records
+        .iter()
+        .filter_map(|r| snapshot_event(org, object, r, read_at))
+        .collect();
+    publish_all(js, subjects, &events)
+        .await
+        .context("storing polled records")?;
+    Ok(records
+        .iter()
+        .filter_map(|r| time_ms(r, "Modified_Time"))
+        .max())
+}
+
+fn since(ms: i64, lookback: Duration) -> Option<DateTime<Utc>> {
+    (ms > 0)
+        .then(|| DateTime::from_timestamp_millis(ms - lookback.as_millis() as i64))
+        .flatten()
+}
+
+/// One poll of one module of one connection.
+#[allow(clippy::too_many_arguments)]
+pub async fn poll_once(
+    client: &ZohoClient,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cursors: &kv::Store,
+    connection: &Connected,
+    module: &str,
+    object: &str,
+    lookback: Duration,
+) -> anyhow::Result<PollReport> {
+    let key = cursor_key(&connection.workspace, module);
+    let entry = cursors
+        .entry(&key)
+        .await
+        .context("reading the poll cursor")?;
+    let (cursor, revision) = match &entry {
+        Some(e) => (
+            serde_json::from_slice::<Cursor>(&e.value).unwrap_or_default(),
+            Some(e.revision),
+        ),
+        None => (Cursor::default(), None),
+    };
+    let org = WorkspaceId::parse(connection.org.clone())?;
+    let object = ObjectType::parse(object)?;
+    let mut report = PollReport {
+        cursor,
+        ..PollReport::default()
+    };
+    let mut next = cursor;
+    let scanned = scan(
+        client,
+        module,
+        since(cursor.modified_ms, lookback),
+        |page| {
+            let (org, object) = (&org, &object);
+            async move {
+                store_records(js, subjects, org, object, &page).await?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    report.pages = scanned.pages;
+    report.records = scanned.records;
+    next.modified_ms = next.modified_ms.max(scanned.newest_ms.unwrap_or(0));
+    let deleted_since = since(cursor.deleted_ms, lookback);
+    let mut page = 1;
+    loop {
+        let answer = client.deleted(module, deleted_since, page).await?;
+        let events: Vec<_> = answer
+            .data
+            .iter()
+            .filter_map(|row| deleted_event(&org, &object, row))
+            .collect();
+        publish_all(js, subjects, &events)
+            .await
+            .context("storing deletions")?;
+        report.deleted += events.len();
+        for row in &answer.data {
+            if let Some(ms) = time_ms(row, "deleted_time") {
+                next.deleted_ms = next.deleted_ms.max(ms);
+            }
+        }
+        if !answer.more {
+            break;
+        }
+        page += 1;
+    }
+    let value = serde_json::to_vec(&next)?.into();
+    let advanced = match revision {
+        Some(rev) => cursors.update(&key, value, rev).await.is_ok(),
+        None => cursors.create(&key, value).await.is_ok(),
+    };
+    if !advanced {
+        tracing::info!(workspace = %connection.workspace, module, "another poller advanced the cursor first");
+    }
+    report.cursor = next;
+    Ok(report)
+}
+
+/// Polls every connection and module every `interval`, until stopped.
+pub async fn run(
+    zoho: Arc<Zoho>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    cursors: kv::Store,
+    interval: Duration,
+    lookback: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(?interval, "Zoho poller started");
+    loop {
+        match zoho.connected().await {
+            Ok(connections) => {
+                for connection in connections {
+                    poll_connection(&zoho, &js, &subjects, &cursors, &connection, lookback).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list Zoho connections"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    tracing::info!("Zoho poller stopped");
+    Ok(())
+}
+
+async fn poll_connection(
+    zoho: &Zoho,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cursors: &kv::Store,
+    connection: &Connected,
+    lookback: Duration,
+) {
+    let client = match zoho.client(&connection.workspace).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(workspace = %connection.workspace, error = %e, "cannot poll Zoho");
+            return;
+        }
+    };
+    for (module, object) in MODULES {
+        match poll_once(
+            &client, js, subjects, cursors, connection, module, object, lookback,
+        )
+        .await
+        {
+            Ok(r) => {
+                tracing::debug!(workspace = %connection.workspace, module, records = r.records, deleted = r.deleted, "polled")
+            }
+            Err(e) => {
+                if let Some(p) = e.downcast_ref::<ProviderError>() {
+                    zoho.observe(&connection.workspace, p).await;
+                }
+                tracing::warn!(workspace = %connection.workspace, module, error = %e, "Zoho poll failed")
+            }
+        }
+    }
+}

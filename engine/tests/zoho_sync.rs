@@ -1,0 +1,500 @@
+//! Zoho CRM kept in step end to end, against the Zoho emulator over HTTP: connecting
+//! in the user's data centre, notification channels and their tokens, backfill, then
+//! notifications (some dropped), deletes and 429 storms while the mutation driver
+//! runs; at the end the projection equals the org, record for record.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::hubspot::API_TOKEN;
+use common::zoho::start;
+use crmsync_adapters::zoho::client::ZohoClient;
+use crmsync_adapters::zoho::MODULES;
+use crmsync_adapters::{Metrics, RateLimiter};
+use crmsync_engine::zoho::backfill::backfill;
+use crmsync_ingest::connections;
+use crmsync_sandbox::zoho::{Config, DataCentre, ZohoSandbox};
+use crmsync_testkit::eventually;
+
+fn replace_param(url: &str, name: &str, value: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == name {
+                value.to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    parsed.into()
+}
+
+#[tokio::test]
+async fn a_connection_lives_in_the_users_data_centre() {
+    let org = start(Config::default(), &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    org.zs.set_data_centre(DataCentre::Eu);
+    let answer = org.connect("acme").await;
+    let eu_api = DataCentre::Eu.api_domain(&org.running.base_url);
+    assert_eq!(answer["api_domain"], json!(eu_api));
+    assert_eq!(answer["account_id"], json!(org.zs.org_id()));
+    let pool = &org.engine.pool;
+    let stored = connections::get(pool, "acme", "zoho")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, "active");
+    assert_eq!(
+        stored.settings["accounts_server"],
+        json!(DataCentre::Eu.accounts_url(&org.running.base_url))
+    );
+    assert_eq!(stored.settings["location"], json!("eu"));
+
+    // A refused token is refreshed at the EU accounts server and works on the EU API.
+    org.zs.expire_access_tokens();
+    connections::invalidate_access_token(pool, "acme", "zoho")
+        .await
+        .unwrap();
+    let token = org.token("acme").await.unwrap();
+    let client = ZohoClient::new(
+        eu_api.clone(),
+        token,
+        Arc::new(RateLimiter::new(10.0, 10.0)),
+        2,
+        Arc::new(Metrics::new()),
+    );
+    assert_eq!(client.org_id().await.unwrap(), org.zs.org_id());
+
+    // The client secret goes to no accounts server but Zoho's (here: the emulator's).
+    let callback = org.authorize("other").await;
+    let forged = replace_param(
+        &callback,
+        "accounts-server",
+        "https://evil.example/accounts",
+    );
+    let refused = org.no_redirects.get(&forged).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("not a Zoho accounts server"));
+    // A code Zoho does not know.
+    let callback = org.authorize("other").await;
+    let bogus = replace_param(&callback, "code", "1000.bogus");
+    let refused = org.no_redirects.get(&bogus).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(connections::get(pool, "other", "zoho")
+        .await
+        .unwrap()
+        .is_none());
+    // Callbacks are single-use.
+    let callback = org.authorize("other").await;
+    assert_eq!(
+        org.no_redirects
+            .get(&callback)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        org.no_redirects
+            .get(&callback)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    let disconnect = org
+        .engine
+        .http
+        .post(org.engine.url("/crm/zoho/disconnect"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"workspace": "other"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disconnect.status(), 200);
+    assert!(connections::get(pool, "other", "zoho")
+        .await
+        .unwrap()
+        .is_none());
+    org.engine.stop().await;
+}
+
+#[tokio::test]
+async fn notifications_need_their_channels_token_and_channels_are_renewed() {
+    let org = start(
+        Config::default(),
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_ZOHO_CHANNEL_TTL_SECS", "4"),
+        ],
+    )
+    .await;
+    org.connect("acme").await;
+    let engine = &org.engine;
+    let notify_url = engine.url("/crm/webhooks/zoho");
+    let live = || {
+        org.zs
+            .live_channels()
+            .into_iter()
+            .find(|(_, url, _)| *url == notify_url)
+    };
+    let first = eventually(Duration::from_secs(10), || async { live() })
+        .await
+        .expect("the channel is enabled");
+    let stored = connections::get(&engine.pool, "acme", "zoho")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.settings["channel_id"], json!(first.0));
+
+    // Renewed before it expires, and enabled again when Zoho forgot it.
+    let renewed = eventually(Duration::from_secs(10), || async {
+        live().filter(|c| c.2 > first.2)
+    })
+    .await;
+    assert!(renewed.is_some(), "the channel was renewed");
+    org.zs.expire_watch_channels();
+    assert!(org.zs.live_channels().is_empty());
+    assert!(
+        eventually(Duration::from_secs(10), || async { live() })
+            .await
+            .is_some(),
+        "the channel was enabled again"
+    );
+
+    // Forged callbacks change nothing.
+    let before = engine.events_in_stream().await;
+    let callback = |channel: &str, token: &str| {
+        json!({"server_time": 1_714_540_000_000_i64, "module": "Contacts", "ids": ["1"],
+               "operation": "update", "channel_id": channel, "token": token,
+               "resource_uri": "x", "affected_fields": [], "query_params": {}})
+        .to_string()
+    };
+    let json_type = [("content-type", "application/json".to_owned())];
+    let channel = first.0.as_str();
+    for (body, status) in [
+        (callback(channel, "wrong-token"), 401),
+        (callback(channel, ""), 401),
+        (callback("12345", "wrong-token"), 401),
+        ("{not json".to_owned(), 400),
+        (json!({"channel_id": channel}).to_string(), 400),
+    ] {
+        let r = engine
+            .post_with("/crm/webhooks/zoho", &json_type, body.as_bytes())
+            .await;
+        assert_eq!(r.status(), status, "{body}");
+    }
+    let r = engine
+        .post_with(
+            "/crm/webhooks/zoho",
+            &[("content-type", "text/plain".to_owned())],
+            callback(channel, "x").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), 415);
+    assert_eq!(engine.events_in_stream().await, before);
+    let metrics = engine.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"crm_webhook_verification_failures_total{provider="zoho",reason="mismatch"} 2"#
+        ),
+        "{metrics}"
+    );
+
+    // A real change arrives through the channel and is projected.
+    let id = org.zs.records("Contacts")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let update = reqwest::Client::new()
+        .put(format!(
+            "{}/crm/v8/Contacts/{id}",
+            DataCentre::Us.api_domain(&org.running.base_url)
+        ))
+        .header(
+            "Authorization",
+            format!(
+                "Zoho-oauthtoken {}",
+                org.token("acme").await.unwrap().expose()
+            ),
+        )
+        .json(&json!({"data": [{"Title": "Chief Notifier"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(update.status(), 200, "{}", update.text().await.unwrap());
+    let projected = eventually(Duration::from_secs(15), || async {
+        let title: Option<String> = sqlx::query_scalar(
+            "SELECT job_title FROM contacts WHERE provider = 'zoho' AND remote_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&engine.pool)
+        .await
+        .unwrap()
+        .flatten();
+        title.filter(|t| t == "Chief Notifier")
+    })
+    .await;
+    assert!(projected.is_some(), "the notified change was projected");
+    assert!(org.zs.callbacks_sent() > 0);
+    org.engine.stop().await;
+}
+
+/// Canonical columns compared per module, with the Zoho field each comes from.
+fn compared(module: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    match module {
+        "Contacts" => (
+            "contacts",
+            &[
+                ("First_Name", "first_name"),
+                ("Last_Name", "last_name"),
+                ("Email", "email"),
+                ("Phone", "phone"),
+                ("Title", "job_title"),
+                ("Lead_Source", "lead_source"),
+                ("Interests", "Interests"),
+            ],
+        ),
+        "Accounts" => (
+            "companies",
+            &[
+                ("Account_Name", "name"),
+                ("Industry", "industry"),
+                ("Phone", "phone"),
+                ("Billing_City", "city"),
+            ],
+        ),
+        _ => (
+            "deals",
+            &[
+                ("Deal_Name", "name"),
+                ("Stage", "stage"),
+                ("Amount", "amount"),
+                ("Closing_Date", "close_date"),
+            ],
+        ),
+    }
+}
+
+type Records = BTreeMap<String, BTreeMap<String, Value>>;
+
+fn blank_to_null(v: Option<&Value>) -> Value {
+    match v {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::String(s)) if s.is_empty() => Value::Null,
+        Some(other) => other.clone(),
+    }
+}
+
+fn org_state(zs: &ZohoSandbox, module: &str) -> Records {
+    let (_, columns) = compared(module);
+    zs.records(module)
+        .into_iter()
+        .map(|r| {
+            let row = columns
+                .iter()
+                .map(|(zoho, canonical)| ((*canonical).to_owned(), blank_to_null(r.get(*zoho))))
+                .collect();
+            (r["id"].as_str().unwrap().to_owned(), row)
+        })
+        .collect()
+}
+
+async fn projected(pool: &sqlx::PgPool, org: &str, module: &str) -> Records {
+    let (table, columns) = compared(module);
+    let rows: Vec<(String, Value)> = sqlx::query_as(&format!(
+        "SELECT remote_id, fields FROM {table}
+         WHERE workspace_id = $1 AND provider = 'zoho' AND NOT deleted"
+    ))
+    .bind(org)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, fields)| {
+            let row = columns
+                .iter()
+                .map(|(_, canonical)| {
+                    (
+                        (*canonical).to_owned(),
+                        blank_to_null(fields.get(*canonical)),
+                    )
+                })
+                .collect();
+            (id, row)
+        })
+        .collect()
+}
+
+fn differences(want: &Records, have: &Records) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, row) in want {
+        match have.get(id) {
+            None => out.push(format!("missing {id}")),
+            Some(h) if h != row => out.push(format!("{id}: want {row:?}, have {h:?}")),
+            _ => {}
+        }
+    }
+    for id in have.keys().filter(|id| !want.contains_key(*id)) {
+        out.push(format!("extra {id}"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_storms() {
+    let config = Config {
+        contacts: 3_000,
+        companies: 400,
+        deals: 800,
+        concurrency: 10,
+        ..Config::default()
+    };
+    let org = start(
+        config,
+        &[
+            ("CRM_SYNC_RPS", "200"),
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_POLL_LOOKBACK_SECS", "3"),
+        ],
+    )
+    .await;
+    org.connect("acme").await;
+    let (zs, engine) = (&org.zs, &org.engine);
+    let org_id = zs.org_id();
+
+    // Backfill every module (the poller would too; this is the explicit command's path).
+    let zoho = engine.zoho.clone().expect("the engine syncs Zoho");
+    let connection = zoho.connection("acme").await.unwrap();
+    assert_eq!(connection.org, org_id);
+    let client = zoho.client("acme").await.unwrap();
+    let cursors = engine
+        .js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .unwrap();
+    let mut progress = Vec::new();
+    let mut stored = 0;
+    for (module, object) in MODULES {
+        stored += backfill(
+            &client,
+            &engine.js,
+            &engine.topology.subjects,
+            &cursors,
+            &connection,
+            module,
+            object,
+            &mut progress,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(stored, 4_200);
+    let progress = String::from_utf8(progress).unwrap();
+    assert!(
+        progress.contains("Contacts: done, 3000 records"),
+        "{progress}"
+    );
+
+    // The channel is on; changes flow as notifications (a third dropped) through 429
+    // storms while the driver creates, edits and deletes.
+    let notify_url = engine.url("/crm/webhooks/zoho");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            zs.live_channels().into_iter().find(|c| c.1 == notify_url)
+        })
+        .await
+        .is_some(),
+        "the channel is enabled"
+    );
+    zs.faults()
+        .set("drop-webhooks=0.3,storm=300ms/3s".parse().unwrap());
+    for _ in 0..40 {
+        zs.mutate(10);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    zs.faults().set(Default::default());
+
+    // Polling closes the gaps: the projection converges on the org.
+    let mut last = Vec::new();
+    for _ in 0..60 {
+        last.clear();
+        for (module, _) in MODULES {
+            let want = org_state(zs, module);
+            let have = projected(&engine.pool, &org_id, module).await;
+            last.extend(
+                differences(&want, &have)
+                    .into_iter()
+                    .map(|d| format!("{module} {d}")),
+            );
+        }
+        if last.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        last.is_empty(),
+        "{} differences, first: {:?}",
+        last.len(),
+        &last[..last.len().min(10)]
+    );
+    assert!(zs.callbacks_sent() > 0, "notifications were sent");
+    assert!(
+        zs.callbacks_dropped() > 0,
+        "and some dropped, which polling made up for"
+    );
+    let tombstones: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM contacts WHERE provider = 'zoho' AND deleted")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    let deleted: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM contacts WHERE provider = 'zoho') - $1::bigint",
+    )
+    .bind(zs.record_count("Contacts") as i64)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(tombstones, deleted, "every deleted contact is a tombstone");
+    // Links follow the lookups: every live deal's contact link is projected.
+    let deals = zs.records("Deals");
+    let linked = deals
+        .iter()
+        .filter(|d| d["Contact_Name"].is_object())
+        .count() as i64;
+    let count_links = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM associations a JOIN deals d
+               ON d.workspace_id = a.workspace_id AND d.provider = a.provider
+              AND d.remote_id = a.from_id
+             WHERE a.provider = 'zoho' AND a.from_type = 'deal' AND a.to_type = 'contact'
+               AND NOT a.removed AND NOT d.deleted",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        n
+    };
+    let links = eventually(Duration::from_secs(30), || async {
+        Some(count_links().await).filter(|n| *n == linked)
+    })
+    .await;
+    assert_eq!(links, Some(linked), "have {}", count_links().await);
+    org.engine.stop().await;
+}
