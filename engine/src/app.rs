@@ -243,9 +243,10 @@ impl Engine {
                     zoho.clone(),
                     public_url,
                     self.settings.zoho_channel_ttl,
-                    self.settings
-                        .poll_interval
-                        .min(std::time::Duration::from_secs(60)),
+                    crate::zoho::channels::cadence(
+                        self.settings.poll_interval,
+                        self.settings.zoho_channel_ttl,
+                    ),
                     stop.clone(),
                 ));
             }

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod cursor;
 pub mod db;
 pub mod demo;
 pub mod hubspot;

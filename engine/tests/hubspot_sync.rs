@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use common::differences;
 use common::hubspot::start;
 use crmsync_engine::hubspot::backfill::backfill;
 use crmsync_engine::hubspot::poller::OBJECTS;
@@ -97,21 +98,6 @@ async fn projected(pool: &sqlx::PgPool, portal: &str, api_type: &str) -> Records
             (id, row)
         })
         .collect()
-}
-
-fn differences(want: &Records, have: &Records) -> Vec<String> {
-    let mut out = Vec::new();
-    for (id, row) in want {
-        match have.get(id) {
-            None => out.push(format!("missing {id}")),
-            Some(h) if h != row => out.push(format!("{id}: want {row:?}, have {h:?}")),
-            _ => {}
-        }
-    }
-    for id in have.keys().filter(|id| !want.contains_key(*id)) {
-        out.push(format!("extra {id}"));
-    }
-    out
 }
 
 #[tokio::test]
@@ -246,7 +232,7 @@ async fn a_backfill_resumes_after_the_last_stored_page() {
         .get_key_value(engine.topology.cursor_bucket())
         .await
         .unwrap();
-    let resume = crmsync_engine::hubspot::backfill::resume_key("acme", "contacts");
+    let resume = crmsync_engine::hubspot::backfill::resume_key("acme", "62515", "contacts");
     cursors
         .put(&resume, ids[100].to_string().into_bytes().into())
         .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use common::differences;
 use common::hubspot::API_TOKEN;
 use common::zoho::start;
 use crmsync_adapters::zoho::client::ZohoClient;
@@ -20,6 +21,24 @@ use crmsync_engine::zoho::backfill::backfill;
 use crmsync_ingest::connections;
 use crmsync_sandbox::zoho::{Config, DataCentre, ZohoSandbox};
 use crmsync_testkit::eventually;
+
+/// A write through the emulator's API, as a colleague's integration would make it.
+async fn api_put(org: &common::zoho::Org, path: &str, record: Value) -> reqwest::Response {
+    let token = org.zs.credentials(&org.running.base_url)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    reqwest::Client::new()
+        .put(format!(
+            "{}/crm/v8/{path}",
+            DataCentre::Us.api_domain(&org.running.base_url)
+        ))
+        .header("Authorization", format!("Zoho-oauthtoken {token}"))
+        .json(&json!({ "data": [record] }))
+        .send()
+        .await
+        .unwrap()
+}
 
 fn replace_param(url: &str, name: &str, value: &str) -> String {
     let mut parsed = reqwest::Url::parse(url).unwrap();
@@ -138,8 +157,9 @@ async fn a_connection_lives_in_the_users_data_centre() {
 async fn notifications_need_their_channels_token_and_channels_are_renewed() {
     let org = start(
         Config::default(),
+        // No polling after start-up: changes can only come through the channel.
         &[
-            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_POLL_INTERVAL_SECS", "3600"),
             ("CRM_ZOHO_CHANNEL_TTL_SECS", "4"),
         ],
     )
@@ -216,27 +236,19 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
         "{metrics}"
     );
 
-    // A real change arrives through the channel and is projected.
+    // A real change arrives through the channel and is projected, although Zoho has
+    // meanwhile refused the engine's access token: INVALID_TOKEN makes it refresh.
+    org.zs.expire_access_tokens();
     let id = org.zs.records("Contacts")[0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let update = reqwest::Client::new()
-        .put(format!(
-            "{}/crm/v8/Contacts/{id}",
-            DataCentre::Us.api_domain(&org.running.base_url)
-        ))
-        .header(
-            "Authorization",
-            format!(
-                "Zoho-oauthtoken {}",
-                org.token("acme").await.unwrap().expose()
-            ),
-        )
-        .json(&json!({"data": [{"Title": "Chief Notifier"}]}))
-        .send()
-        .await
-        .unwrap();
+    let update = api_put(
+        &org,
+        &format!("Contacts/{id}"),
+        json!({"Title": "Chief Notifier"}),
+    )
+    .await;
     assert_eq!(update.status(), 200, "{}", update.text().await.unwrap());
     let projected = eventually(Duration::from_secs(15), || async {
         let title: Option<String> = sqlx::query_scalar(
@@ -251,7 +263,17 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
     })
     .await;
     assert!(projected.is_some(), "the notified change was projected");
-    assert!(org.zs.callbacks_sent() > 0);
+    let metrics = engine.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"crm_requests_total{provider="zoho",object="webhook",verb="POST",status="200"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"provider="zoho",object="contacts",verb="GET",status="401""#),
+        "the hydrator met the refused token: {metrics}"
+    );
     org.engine.stop().await;
 }
 
@@ -341,21 +363,6 @@ async fn projected(pool: &sqlx::PgPool, org: &str, module: &str) -> Records {
         .collect()
 }
 
-fn differences(want: &Records, have: &Records) -> Vec<String> {
-    let mut out = Vec::new();
-    for (id, row) in want {
-        match have.get(id) {
-            None => out.push(format!("missing {id}")),
-            Some(h) if h != row => out.push(format!("{id}: want {row:?}, have {h:?}")),
-            _ => {}
-        }
-    }
-    for id in have.keys().filter(|id| !want.contains_key(*id)) {
-        out.push(format!("extra {id}"));
-    }
-    out
-}
-
 #[tokio::test]
 async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_storms() {
     let config = Config {
@@ -423,8 +430,8 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
         "the channel is enabled"
     );
     zs.faults()
-        .set("drop-webhooks=0.3,storm=300ms/3s".parse().unwrap());
-    for _ in 0..40 {
+        .set("drop-webhooks=0.3,storm=500ms/2s".parse().unwrap());
+    for _ in 0..60 {
         zs.mutate(10);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -455,6 +462,11 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
         &last[..last.len().min(10)]
     );
     assert!(zs.callbacks_sent() > 0, "notifications were sent");
+    let metrics = engine.metrics().await;
+    assert!(
+        metrics.contains(r#"provider="zoho",error_type="rate_limited""#),
+        "the storms were met: {metrics}"
+    );
     assert!(
         zs.callbacks_dropped() > 0,
         "and some dropped, which polling made up for"
@@ -496,5 +508,52 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
     })
     .await;
     assert_eq!(links, Some(linked), "have {}", count_links().await);
+
+    // A deal moved to another contact loses its old link.
+    let deal = deals
+        .iter()
+        .find(|d| d["Contact_Name"].is_object())
+        .unwrap();
+    let deal_id = deal["id"].as_str().unwrap().to_owned();
+    let old = deal["Contact_Name"]["id"].as_str().unwrap().to_owned();
+    let new = zs
+        .records("Contacts")
+        .into_iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .find(|c| *c != old)
+        .unwrap();
+    let moved = api_put(
+        &org,
+        &format!("Deals/{deal_id}"),
+        json!({"Contact_Name": {"id": new}}),
+    )
+    .await;
+    assert_eq!(moved.status(), 200, "{}", moved.text().await.unwrap());
+    let link_of = |to: String| {
+        let deal_id = deal_id.clone();
+        async move {
+            let removed: Option<bool> = sqlx::query_scalar(
+                "SELECT removed FROM associations WHERE provider = 'zoho'
+                   AND from_type = 'deal' AND from_id = $1 AND to_type = 'contact' AND to_id = $2",
+            )
+            .bind(deal_id)
+            .bind(to)
+            .fetch_optional(&engine.pool)
+            .await
+            .unwrap();
+            removed
+        }
+    };
+    let settled = eventually(Duration::from_secs(20), || async {
+        let (was, is) = (link_of(old.clone()).await, link_of(new.clone()).await);
+        (was == Some(true) && is == Some(false)).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "old link {:?}, new link {:?}",
+        link_of(old.clone()).await,
+        link_of(new.clone()).await
+    );
     org.engine.stop().await;
 }

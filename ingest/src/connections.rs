@@ -413,21 +413,22 @@ pub async fn zoho_channel(
     }))
 }
 
-/// Merges `patch` into a connection's settings (top-level keys).
-pub async fn update_settings(
+/// Merges `patch` into the settings of `workspace`'s Zoho connection, if its channel
+/// is still `channel_id` (a connection made again meanwhile has a new channel).
+pub async fn update_channel_settings(
     pool: &PgPool,
     workspace: &str,
-    provider: &str,
+    channel_id: &str,
     patch: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE crm_connections SET settings = settings || $3, updated_at = now()
-         WHERE workspace_id = $1 AND provider = $2",
+         WHERE workspace_id = $1 AND provider = 'zoho' AND settings ->> 'channel_id' = $2",
     )
     .bind(workspace)
-    .bind(provider)
+    .bind(channel_id)
     .bind(patch)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }

@@ -10,12 +10,14 @@ use serde_json::{Map, Value};
 
 use crmsync_schema::{Change, ObjectType, Provider, RawEvent, RemoteId, WorkspaceId};
 
+use crate::Secret;
+
 /// A callback, parsed just enough to route it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
     pub channel_id: String,
     /// The echoed channel token (compare in constant time; never log or store it).
-    pub token: Option<String>,
+    pub token: Option<Secret<String>>,
     pub module: String,
     pub operation: String,
     pub ids: Vec<String>,
@@ -44,13 +46,17 @@ fn text(v: &Value) -> Option<String> {
 
 impl Notification {
     pub fn parse(body: &[u8]) -> Result<Self, NotificationError> {
-        let body: Map<String, Value> =
+        let mut body: Map<String, Value> =
             serde_json::from_slice(body).map_err(|e| NotificationError::NotJson(e.to_string()))?;
+        // Taken out at once, so that nothing made from the body can carry it.
+        let token = match body.remove("token") {
+            Some(Value::String(t)) => Some(Secret::new(t)),
+            _ => None,
+        };
         let channel_id = body
             .get("channel_id")
             .ok_or(NotificationError::Missing("channel_id"))
             .and_then(|v| text(v).ok_or(NotificationError::Invalid("channel_id")))?;
-        let token = body.get("token").and_then(Value::as_str).map(str::to_owned);
         let module = body
             .get("module")
             .and_then(Value::as_str)
@@ -116,7 +122,6 @@ impl Notification {
         let mut events = Vec::with_capacity(self.ids.len());
         for id in &self.ids {
             let mut body = self.body.clone();
-            body.remove("token");
             body.insert("ids".into(), Value::Array(vec![Value::String(id.clone())]));
             if let Some(Value::Array(affected)) = body.get_mut("affected_fields") {
                 affected.retain(|a| a.get(id).is_some());
@@ -164,7 +169,11 @@ mod tests {
     fn a_callback_becomes_one_event_per_record_without_its_token() {
         let n = Notification::parse(callback().to_string().as_bytes()).unwrap();
         assert_eq!(n.channel_id, "1000000068001");
-        assert_eq!(n.token.as_deref(), Some("secret-token"));
+        assert_eq!(
+            n.token.as_ref().map(|t| t.expose().as_str()),
+            Some("secret-token")
+        );
+        assert!(!format!("{n:?}").contains("secret-token"));
         let events = n.events(&WorkspaceId::parse("7001").unwrap()).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].change, Change::Updated);

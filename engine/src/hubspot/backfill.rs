@@ -12,8 +12,12 @@ use crmsync_schema::{Subjects, WorkspaceId};
 
 use super::Connected;
 
-pub fn resume_key(workspace: &str, api_type: &str) -> String {
-    format!("backfill.hubspot.{}.{api_type}", hex::encode(workspace))
+pub fn resume_key(workspace: &str, portal: &str, api_type: &str) -> String {
+    format!(
+        "backfill.hubspot.{}.{}.{api_type}",
+        hex::encode(workspace),
+        hex::encode(portal)
+    )
 }
 
 /// Backfills one object; returns the number of records stored. Progress goes to
@@ -28,7 +32,7 @@ pub async fn backfill(
     api_type: &str,
     progress: &mut dyn std::io::Write,
 ) -> anyhow::Result<u64> {
-    let key = resume_key(&connection.workspace, api_type);
+    let key = resume_key(&connection.workspace, &connection.portal, api_type);
     let mut after: Option<String> = cursors
         .get(&key)
         .await

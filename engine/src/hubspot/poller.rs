@@ -41,10 +41,15 @@ pub struct PollReport {
     pub cursor: Cursor,
 }
 
-/// Where a connection's cursor for `api_type` lives (KV keys allow only a few
-/// characters, so the workspace is hex-encoded).
-pub fn cursor_key(workspace: &str, api_type: &str) -> String {
-    format!("hubspot.{}.{api_type}", hex::encode(workspace))
+/// Where a connection's cursor for `api_type` lives: per workspace and portal, so
+/// that a workspace connected again to another portal starts over (KV keys allow only
+/// a few characters, so both are hex-encoded).
+pub fn cursor_key(workspace: &str, portal: &str, api_type: &str) -> String {
+    format!(
+        "hubspot.{}.{}.{api_type}",
+        hex::encode(workspace),
+        hex::encode(portal)
+    )
 }
 
 fn modified_ms(record: &HsObject) -> i64 {
@@ -133,18 +138,9 @@ pub async fn poll_once(
     api_type: &str,
     lookback: Duration,
 ) -> anyhow::Result<PollReport> {
-    let key = cursor_key(&connection.workspace, api_type);
-    let entry = cursors
-        .entry(&key)
-        .await
-        .context("reading the poll cursor")?;
-    let (cursor, revision) = match &entry {
-        Some(e) => (
-            serde_json::from_slice::<Cursor>(&e.value).unwrap_or_default(),
-            Some(e.revision),
-        ),
-        None => (Cursor::default(), None),
-    };
+    let key = cursor_key(&connection.workspace, &connection.portal, api_type);
+    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
+    let cursor = stored.value;
     let from = (cursor.since_ms - lookback.as_millis() as i64).max(0);
     let portal = WorkspaceId::parse(connection.portal.clone())?;
     let object = object_of(api_type).context("unknown object type")?;
@@ -207,11 +203,7 @@ pub async fn poll_once(
         }
     }
     let next = Cursor { since_ms: newest };
-    let value = serde_json::to_vec(&next)?.into();
-    let advanced = match revision {
-        Some(rev) => cursors.update(&key, value, rev).await.is_ok(),
-        None => cursors.create(&key, value).await.is_ok(),
-    };
+    let advanced = crate::cursor::advance(cursors, &key, &stored, &next).await?;
     if !advanced {
         tracing::info!(workspace = %connection.workspace, api_type, "another poller advanced the cursor first");
     }

@@ -13,8 +13,12 @@ use crmsync_schema::{ObjectType, Subjects, WorkspaceId};
 use super::poller::{scan, store_records};
 use super::Connected;
 
-pub fn resume_key(workspace: &str, module: &str) -> String {
-    format!("backfill.zoho.{}.{module}", hex::encode(workspace))
+pub fn resume_key(workspace: &str, org: &str, module: &str) -> String {
+    format!(
+        "backfill.zoho.{}.{}.{module}",
+        hex::encode(workspace),
+        hex::encode(org)
+    )
 }
 
 /// Backfills one module; returns the number of records stored. Progress goes to
@@ -30,7 +34,7 @@ pub async fn backfill(
     object: &str,
     progress: &mut dyn std::io::Write,
 ) -> anyhow::Result<u64> {
-    let key = resume_key(&connection.workspace, module);
+    let key = resume_key(&connection.workspace, &connection.org, module);
     let resume: Option<i64> = cursors
         .get(&key)
         .await
@@ -45,7 +49,7 @@ pub async fn backfill(
     let object = ObjectType::parse(object)?;
     let mut stored = 0u64;
     let mut pages = 0u64;
-    let scanned = scan(client, module, since, |page| {
+    let scanned = scan(client, module, since, |page, at| {
         let (org, object, key) = (&org, &object, &key);
         let count = page.len() as u64;
         stored += count;
@@ -53,7 +57,7 @@ pub async fn backfill(
         let line = format!("{module}: {stored} records ({pages} pages)");
         let _ = writeln!(progress, "{line}");
         async move {
-            if let Some(newest) = store_records(js, subjects, org, object, &page).await? {
+            if let Some(newest) = store_records(js, subjects, org, object, &page, at).await? {
                 cursors
                     .put(key, newest.to_string().into_bytes().into())
                     .await

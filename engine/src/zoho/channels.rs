@@ -97,10 +97,10 @@ pub async fn keep(
     if !update_succeeded(&answer) {
         anyhow::bail!("Zoho did not enable the notification channel: {answer}");
     }
-    connections::update_settings(
+    connections::update_channel_settings(
         zoho.pool(),
         &connection.workspace,
-        "zoho",
+        &channel_id,
         &json!({
             "channel_expiry": expiry.to_rfc3339_opts(SecondsFormat::Secs, true),
             "channel_url": notify_url(public_url),
@@ -122,6 +122,14 @@ fn update_succeeded(answer: &Value) -> bool {
         })
 }
 
+/// How often the keeper looks: often enough to renew a channel in the second half of
+/// its life, and to enable a new connection's channel soon after it is made.
+pub fn cadence(poll_interval: Duration, ttl: Duration) -> Duration {
+    poll_interval
+        .min(ttl / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Keeps every connection's channel, every `every`, until stopped.
 pub async fn run(
     zoho: Arc<Zoho>,
@@ -141,6 +149,9 @@ pub async fn run(
                             tracing::info!(workspace = %connection.workspace, ?kept, "Zoho notification channel kept")
                         }
                         Err(e) => {
+                            if let Some(p) = e.downcast_ref::<crmsync_adapters::ProviderError>() {
+                                zoho.observe(&connection.workspace, p).await;
+                            }
                             tracing::warn!(workspace = %connection.workspace, error = %format!("{e:#}"), "Zoho notification channel not kept; polling covers it")
                         }
                     }

@@ -34,7 +34,13 @@ pub struct Zoho {
     rps: f64,
     concurrency: usize,
     clients: Mutex<HashMap<String, ZohoClient>>,
+    /// When each workspace's token was last expired after a refusal.
+    refused: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// A refused token is refreshed at most this often (Zoho throttles refreshes; a 401
+/// that a refresh does not cure needs the user, not a refresh loop).
+const REFRESH_AFTER_REFUSAL_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An active connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +75,7 @@ impl Zoho {
             rps,
             concurrency,
             clients: Mutex::new(HashMap::new()),
+            refused: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -113,9 +120,26 @@ impl Zoho {
     }
 
     /// After a failed call: an `INVALID_TOKEN` answer expires the stored access
-    /// token, so that the next client refreshes it.
+    /// token, so that the next client refreshes it (once a minute at most).
     pub async fn observe(&self, workspace: &str, error: &ProviderError) {
-        if error.kind == ErrorKind::Unauthorized {
+        if error.kind != ErrorKind::Unauthorized {
+            return;
+        }
+        let due = {
+            let mut refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            let due = refused
+                .get(workspace)
+                .is_none_or(|at| now.duration_since(*at) >= REFRESH_AFTER_REFUSAL_EVERY);
+            if due {
+                refused.insert(workspace.to_owned(), now);
+            }
+            due
+        };
+        if due {
             tracing::info!(workspace, "Zoho refused the access token; refreshing it");
             if let Err(e) =
                 connections::invalidate_access_token(&self.pool, workspace, PROVIDER).await

@@ -4,8 +4,9 @@
 //! Each cycle lists the records modified since the cursor minus a lookback
 //! (`If-Modified-Since`), oldest change first, so that a record changed while the
 //! list is read moves behind the reader rather than being skipped; pages follow
-//! `page_token` (Zoho's `page` stops at 2,000 records, its tokens at 100,000: past
-//! either, the scan starts again from the newest modification seen). Deletions come
+//! `page_token` — never `page` numbers, whose offsets shift when a record read
+//! earlier changes — and where no token is given or tokens run out (Zoho's stop at
+//! 100,000 records) the scan starts again from the newest modification seen. Deletions come
 //! from the deleted-records API since their own cursor. Records and tombstones are
 //! stored as events first; only then are the cursors advanced, by compare-and-set in
 //! the `crm_cursors` bucket.
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crmsync_adapters::zoho::client::{PageAt, ZohoClient, DISCRETE_LIMIT, PER_PAGE};
+use crmsync_adapters::zoho::client::{PageAt, ZohoClient};
 use crmsync_adapters::zoho::mapping::fields_to_read;
 use crmsync_adapters::zoho::snapshot::{deleted_event, snapshot_event};
 use crmsync_adapters::zoho::MODULES;
@@ -51,10 +52,15 @@ pub struct PollReport {
     pub cursor: Cursor,
 }
 
-/// Where a connection's cursor for `module` lives (the workspace hex-encoded: KV
-/// keys allow few characters).
-pub fn cursor_key(workspace: &str, module: &str) -> String {
-    format!("zoho.{}.{module}", hex::encode(workspace))
+/// Where a connection's cursor for `module` lives: per workspace and org, so that a
+/// workspace connected again to another org starts over (hex-encoded: KV keys allow
+/// few characters).
+pub fn cursor_key(workspace: &str, org: &str, module: &str) -> String {
+    format!(
+        "zoho.{}.{}.{module}",
+        hex::encode(workspace),
+        hex::encode(org)
+    )
 }
 
 fn time_ms(record: &Value, field: &str) -> Option<i64> {
@@ -75,7 +81,8 @@ pub struct Scanned {
 }
 
 /// Reads every record of `module` modified after `since` (all without it), a page at
-/// a time, handing each page to `store`.
+/// a time, handing each page to `store` with the time it was asked for (a state read
+/// later is at least as new).
 pub async fn scan<F, Fut>(
     client: &ZohoClient,
     module: &str,
@@ -83,20 +90,20 @@ pub async fn scan<F, Fut>(
     mut store: F,
 ) -> anyhow::Result<Scanned>
 where
-    F: FnMut(Vec<Value>) -> Fut,
+    F: FnMut(Vec<Value>, DateTime<Utc>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let fields = fields_to_read(module);
     let mut since = since;
-    let mut page = 1usize;
     let mut token: Option<String> = None;
     let mut read_in_scan = 0usize;
     let mut scanned = Scanned::default();
     loop {
         let at = match &token {
             Some(t) => PageAt::Token(t),
-            None => PageAt::Number(page),
+            None => PageAt::Number(1),
         };
+        let asked_at = Utc::now();
         let answer = client.list(module, fields, since, at).await?;
         scanned.pages += 1;
         scanned.records += answer.data.len();
@@ -107,17 +114,15 @@ where
             .filter_map(|r| time_ms(r, "Modified_Time"))
             .max();
         scanned.newest_ms = scanned.newest_ms.max(newest);
-        store(answer.data).await?;
+        store(answer.data, asked_at).await?;
         if !answer.more {
             return Ok(scanned);
         }
-        let within_pages = (page + 1) * PER_PAGE <= DISCRETE_LIMIT;
         match answer.next_page_token {
             Some(t) if read_in_scan < TOKEN_SCAN_LIMIT => token = Some(t),
-            None if token.is_none() && within_pages => page += 1,
             _ => {
-                // Past what paging reaches: start again from the newest change seen
-                // (a second early, as Zoho's times are to the second).
+                // No token, or past what tokens reach: start again from the newest
+                // change seen (a second early, as Zoho's times are to the second).
                 let restart = newest
                     .and_then(|ms| DateTime::from_timestamp_millis(ms - 1000))
                     .context("a page without modification times")?;
@@ -127,7 +132,6 @@ where
                     );
                 }
                 since = Some(restart);
-                page = 1;
                 token = None;
                 read_in_scan = 0;
             }
@@ -135,15 +139,16 @@ where
     }
 }
 
-/// Stores records as snapshot events; returns the newest modification.
+/// Stores records read at `read_at` as snapshot events; returns the newest
+/// modification.
 pub async fn store_records(
     js: &jetstream::Context,
     subjects: &Subjects,
     org: &WorkspaceId,
     object: &ObjectType,
     records: &[Value],
+    read_at: DateTime<Utc>,
 ) -> anyhow::Result<Option<i64>> {
-    let read_at = Utc::now();
     let events: Vec<_> = records
         .iter()
         .filter_map(|r| snapshot_event(org, object, r, read_at))
@@ -175,18 +180,9 @@ pub async fn poll_once(
     object: &str,
     lookback: Duration,
 ) -> anyhow::Result<PollReport> {
-    let key = cursor_key(&connection.workspace, module);
-    let entry = cursors
-        .entry(&key)
-        .await
-        .context("reading the poll cursor")?;
-    let (cursor, revision) = match &entry {
-        Some(e) => (
-            serde_json::from_slice::<Cursor>(&e.value).unwrap_or_default(),
-            Some(e.revision),
-        ),
-        None => (Cursor::default(), None),
-    };
+    let key = cursor_key(&connection.workspace, &connection.org, module);
+    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
+    let cursor = stored.value;
     let org = WorkspaceId::parse(connection.org.clone())?;
     let object = ObjectType::parse(object)?;
     let mut report = PollReport {
@@ -198,10 +194,10 @@ pub async fn poll_once(
         client,
         module,
         since(cursor.modified_ms, lookback),
-        |page| {
+        |page, at| {
             let (org, object) = (&org, &object);
             async move {
-                store_records(js, subjects, org, object, &page).await?;
+                store_records(js, subjects, org, object, &page, at).await?;
                 Ok(())
             }
         },
@@ -233,11 +229,7 @@ pub async fn poll_once(
         }
         page += 1;
     }
-    let value = serde_json::to_vec(&next)?.into();
-    let advanced = match revision {
-        Some(rev) => cursors.update(&key, value, rev).await.is_ok(),
-        None => cursors.create(&key, value).await.is_ok(),
-    };
+    let advanced = crate::cursor::advance(cursors, &key, &stored, &next).await?;
     if !advanced {
         tracing::info!(workspace = %connection.workspace, module, "another poller advanced the cursor first");
     }
@@ -299,10 +291,14 @@ async fn poll_connection(
                 tracing::debug!(workspace = %connection.workspace, module, records = r.records, deleted = r.deleted, "polled")
             }
             Err(e) => {
+                tracing::warn!(workspace = %connection.workspace, module, error = %e, "Zoho poll failed");
                 if let Some(p) = e.downcast_ref::<ProviderError>() {
                     zoho.observe(&connection.workspace, p).await;
+                    if p.kind == crmsync_adapters::ErrorKind::Unauthorized {
+                        // The other modules would be refused too: next cycle.
+                        break;
+                    }
                 }
-                tracing::warn!(workspace = %connection.workspace, module, error = %e, "Zoho poll failed")
             }
         }
     }

@@ -195,3 +195,22 @@ pub async fn contact_rows(pool: &PgPool, workspace: &str) -> Vec<Value> {
     .await
     .unwrap()
 }
+
+/// How a synced copy differs from the source, record by record.
+pub fn differences<R: PartialEq + std::fmt::Debug>(
+    want: &std::collections::BTreeMap<String, R>,
+    have: &std::collections::BTreeMap<String, R>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, row) in want {
+        match have.get(id) {
+            None => out.push(format!("missing {id}")),
+            Some(h) if h != row => out.push(format!("{id}: want {row:?}, have {h:?}")),
+            _ => {}
+        }
+    }
+    for id in have.keys().filter(|id| !want.contains_key(*id)) {
+        out.push(format!("extra {id}"));
+    }
+    out
+}

@@ -65,7 +65,10 @@ async fn handle(
     let Some(owner) = owner else {
         return Err(refuse(state, "unknown_channel"));
     };
-    let echoed = notification.token.as_deref().unwrap_or_default().as_bytes();
+    let echoed = notification
+        .token
+        .as_ref()
+        .map_or(&[][..], |t| t.expose().as_bytes());
     if !bool::from(echoed.ct_eq(owner.token.expose().as_bytes())) {
         return Err(refuse(state, "mismatch"));
     }

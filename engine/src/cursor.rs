@@ -1,0 +1,50 @@
+//! Poll cursors in the `crm_cursors` bucket: read with their revision, advanced by
+//! compare-and-set so that two pollers never move one cursor backwards.
+
+use anyhow::Context as _;
+use async_nats::jetstream::kv;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A cursor as read, with the revision a write must match.
+#[derive(Debug, Clone)]
+pub struct Stored<T> {
+    pub value: T,
+    revision: Option<u64>,
+}
+
+/// Reads the cursor at `key`; a missing or unreadable one is the default (start over).
+pub async fn load<T: DeserializeOwned + Default>(
+    cursors: &kv::Store,
+    key: &str,
+) -> anyhow::Result<Stored<T>> {
+    let entry = cursors
+        .entry(key)
+        .await
+        .context("reading the poll cursor")?;
+    Ok(match entry {
+        Some(e) => Stored {
+            value: serde_json::from_slice(&e.value).unwrap_or_default(),
+            revision: Some(e.revision),
+        },
+        None => Stored {
+            value: T::default(),
+            revision: None,
+        },
+    })
+}
+
+/// Writes `next` at `key` if nobody wrote since `read`; false when another poller did
+/// (its cursor stands; this poll's events are stored anyway).
+pub async fn advance<T: Serialize>(
+    cursors: &kv::Store,
+    key: &str,
+    read: &Stored<T>,
+    next: &T,
+) -> anyhow::Result<bool> {
+    let value = serde_json::to_vec(next)?.into();
+    Ok(match read.revision {
+        Some(rev) => cursors.update(key, value, rev).await.is_ok(),
+        None => cursors.create(key, value).await.is_ok(),
+    })
+}
