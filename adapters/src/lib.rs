@@ -4,6 +4,7 @@
 pub mod error;
 pub mod hubspot;
 pub mod oauth;
+pub mod odoo;
 pub mod ratelimit;
 pub mod retry;
 pub mod secret;

@@ -41,6 +41,7 @@ pub struct Engine {
     projectors: Vec<Projector>,
     hubspot: Option<Arc<crate::hubspot::HubSpot>>,
     zoho: Option<Arc<crate::zoho::Zoho>>,
+    odoo: Option<Arc<crate::odoo::Odoo>>,
 }
 
 /// Connects to NATS, whose URL may list several servers.
@@ -86,7 +87,7 @@ impl Engine {
         let metrics = Arc::new(Metrics::new());
         let mut projectors = Vec::new();
         if role != Role::Api {
-            for provider in [Provider::HubSpot, Provider::Zoho] {
+            for provider in Provider::ALL {
                 for table in Table::ALL {
                     projectors.push(
                         projector(&settings, &topology, &js, &pool, &metrics, provider, table)
@@ -119,6 +120,26 @@ impl Engine {
         if zoho.is_some() && settings.public_url.is_none() {
             tracing::warn!("CRM_PUBLIC_URL is not set: Zoho cannot be told where to send notifications, so Zoho connections are kept in step by polling alone");
         }
+        let odoo = match settings.vault() {
+            None => None,
+            Some(vault) => {
+                let cursors = js
+                    .get_key_value(topology.cursor_bucket())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
+                Some(Arc::new(crate::odoo::Odoo::new(
+                    pool.clone(),
+                    Arc::new(vault),
+                    metrics.clone(),
+                    settings.sync_rps,
+                    settings.odoo_timeout,
+                    settings.poll_lookback,
+                    js.clone(),
+                    topology.subjects.clone(),
+                    cursors,
+                )))
+            }
+        };
         let addr = SocketAddr::new(settings.bind, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -137,6 +158,11 @@ impl Engine {
             vault: settings.vault().map(Arc::new),
             hubspot_app: settings.hubspot_app(),
             zoho_app: settings.zoho_app(),
+            odoo_timeout: settings.odoo_timeout,
+            odoo_poll_interval: settings.poll_interval,
+            odoo: odoo
+                .clone()
+                .map(|o| o as Arc<dyn crmsync_ingest::odoo::PollNow>),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
@@ -151,6 +177,7 @@ impl Engine {
             projectors,
             hubspot,
             zoho,
+            odoo,
         })
     }
 
@@ -257,6 +284,13 @@ impl Engine {
                 cursors,
                 self.settings.poll_interval,
                 self.settings.poll_lookback,
+                stop.clone(),
+            ));
+        }
+        if let (Some(odoo), true) = (self.odoo, self.role != Role::Api) {
+            tasks.spawn(crate::odoo::scheduler::run(
+                odoo,
+                self.settings.poll_interval,
                 stop.clone(),
             ));
         }

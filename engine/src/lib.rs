@@ -9,6 +9,7 @@ pub mod demo;
 pub mod hubspot;
 pub mod hydrator;
 pub mod logging;
+pub mod odoo;
 pub mod sandbox_cmd;
 pub mod topology;
 pub mod zoho;

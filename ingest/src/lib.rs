@@ -8,6 +8,7 @@ pub mod connections;
 pub mod error;
 pub mod health;
 pub mod oauth;
+pub mod odoo;
 pub mod publish;
 pub mod webhooks;
 
@@ -48,6 +49,12 @@ pub struct AppState {
     pub hubspot_app: Option<OAuthApp>,
     /// Zoho's OAuth app, when configured.
     pub zoho_app: Option<ZohoApp>,
+    /// `ODOO_DEFAULT_TIMEOUT`.
+    pub odoo_timeout: std::time::Duration,
+    /// The Odoo scheduler's default interval (`CRM_POLL_INTERVAL_SECS`).
+    pub odoo_poll_interval: std::time::Duration,
+    /// Polls an Odoo connection now (`POST /crm/odoo/poll`), when configured.
+    pub odoo: Option<Arc<dyn odoo::PollNow>>,
     /// The HTTP client for provider calls.
     pub http: reqwest::Client,
 }
@@ -64,6 +71,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/zoho/start", get(oauth::zoho::start))
         .route("/crm/zoho/callback", get(oauth::zoho::callback))
         .route("/crm/zoho/disconnect", post(oauth::zoho::disconnect))
+        .route("/crm/odoo/connect", post(odoo::connect))
+        .route("/crm/odoo/poll", post(odoo::poll))
+        .route("/crm/odoo/scheduler/start", post(odoo::scheduler_start))
+        .route("/crm/odoo/scheduler/stop", post(odoo::scheduler_stop))
+        .route("/crm/odoo/status", get(odoo::status))
         .route("/crm/connections", get(oauth::list))
         .with_state(state)
 }

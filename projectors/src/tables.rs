@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crmsync_adapters::{hubspot, zoho, MappingError, Retraction, RowChange};
+use crmsync_adapters::{hubspot, odoo, zoho, MappingError, Retraction, RowChange};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 /// A row's key.
@@ -101,6 +101,20 @@ impl Table {
             }
             // Inserts and updates name ids only: the hydrator's snapshots carry them.
             (Provider::Zoho, _) => Ok(rows(Vec::new())),
+            (Provider::Odoo, Some(Change::Snapshot)) if self == Table::Associations => {
+                let (links, retractions) = odoo::mapping::snapshot_links(object, data, version)?;
+                Ok(Normalised {
+                    rows: links,
+                    retractions,
+                })
+            }
+            (Provider::Odoo, _) if self == Table::Associations => Ok(rows(Vec::new())),
+            (Provider::Odoo, Some(Change::Snapshot)) => {
+                odoo::mapping::snapshot_changes(self.object(), data, version).map(rows)
+            }
+            (Provider::Odoo, Some(Change::Deleted)) => {
+                odoo::mapping::deleted_changes(data, version).map(rows)
+            }
             (Provider::HubSpot, Some(Change::Links)) if self == Table::Associations => {
                 let (links, retraction) = hubspot::mapping::links_changes(data, version)?;
                 Ok(Normalised {

@@ -1,0 +1,189 @@
+//! Keeping Odoo databases in step by polling (Odoo has no webhooks by default):
+//! clients per connection, the `write_date` poller with its overlap window and delete
+//! sweeps (`poller`), and the scheduler that runs polls once across workers under a
+//! lease (`scheduler`).
+
+pub mod poller;
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crmsync_adapters::oauth::{OAuthError, TokenSet};
+use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
+use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_ingest::connections::{self, Refresh};
+use crmsync_schema::Subjects;
+
+pub const PROVIDER: &str = "odoo";
+
+/// API keys do not expire and are not refreshed.
+struct NoRefresh;
+
+impl Refresh for NoRefresh {
+    async fn refresh_tokens(
+        &self,
+        _http: &reqwest::Client,
+        _refresh_token: &str,
+        _settings: &Value,
+    ) -> Result<TokenSet, OAuthError> {
+        Err(OAuthError::InvalidGrant(
+            "an Odoo API key cannot be refreshed".into(),
+        ))
+    }
+}
+
+/// An active Odoo connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connected {
+    pub workspace: String,
+    /// `database@host`: the raw subjects' `<ws>` token.
+    pub account: String,
+    pub settings: Value,
+}
+
+/// Everything needed to poll any connected Odoo.
+#[derive(Debug)]
+pub struct Odoo {
+    pool: PgPool,
+    vault: Arc<Vault>,
+    metrics: Arc<Metrics>,
+    rps: f64,
+    pub timeout: Duration,
+    pub lookback: Duration,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub cursors: kv::Store,
+    clients: Mutex<HashMap<String, (Value, OdooClient)>>,
+}
+
+impl Odoo {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: PgPool,
+        vault: Arc<Vault>,
+        metrics: Arc<Metrics>,
+        rps: f64,
+        timeout: Duration,
+        lookback: Duration,
+        js: jetstream::Context,
+        subjects: Subjects,
+        cursors: kv::Store,
+    ) -> Self {
+        Self {
+            pool,
+            vault,
+            metrics,
+            rps,
+            timeout,
+            lookback,
+            js,
+            subjects,
+            cursors,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Every active Odoo connection.
+    pub async fn connected(&self) -> anyhow::Result<Vec<Connected>> {
+        let rows: Vec<(String, Option<String>, Value)> = sqlx::query_as(
+            "SELECT workspace_id, account_id, settings FROM crm_connections
+             WHERE provider = 'odoo' AND status = 'active' ORDER BY workspace_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(workspace, account, settings)| {
+                Some(Connected {
+                    workspace,
+                    account: account?,
+                    settings,
+                })
+            })
+            .collect())
+    }
+
+    /// The active connection of `workspace`.
+    pub async fn connection(&self, workspace: &str) -> anyhow::Result<Connected> {
+        self.connected()
+            .await?
+            .into_iter()
+            .find(|c| c.workspace == workspace)
+            .with_context(|| format!("workspace {workspace} has no active Odoo connection"))
+    }
+
+    /// A client for `connection` (authenticated once, then kept while the
+    /// connection's settings stay the same).
+    pub async fn client(&self, connection: &Connected) -> anyhow::Result<OdooClient> {
+        let mut clients = self.clients.lock().await;
+        if let Some((settings, client)) = clients.get(&connection.workspace) {
+            if *settings == connection.settings {
+                return Ok(client.clone());
+            }
+        }
+        let key: Secret<String> = connections::access_token(
+            &self.pool,
+            &self.vault,
+            &NoRefresh,
+            &reqwest::Client::new(),
+            &connection.workspace,
+            PROVIDER,
+        )
+        .await?;
+        let setting = |name: &str| {
+            connection
+                .settings
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("the Odoo connection has no {name}; connect it again"))
+        };
+        let config = OdooConfig {
+            url: setting("url")?,
+            database: setting("database")?,
+            login: setting("login")?,
+            api_key: key,
+            timeout: self.timeout,
+        };
+        let client = OdooClient::connect(
+            config,
+            Arc::new(RateLimiter::new(self.rps, (self.rps * 2.0).max(1.0))),
+            self.metrics.clone(),
+        )
+        .await?;
+        clients.insert(
+            connection.workspace.clone(),
+            (connection.settings.clone(), client.clone()),
+        );
+        Ok(client)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+impl crmsync_ingest::odoo::PollNow for Odoo {
+    fn poll_now<'a>(
+        &'a self,
+        workspace: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Value>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let report = self.poll(workspace, true).await?;
+            Ok(serde_json::to_value(report)?)
+        })
+    }
+}

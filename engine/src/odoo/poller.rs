@@ -1,0 +1,285 @@
+//! Polling Odoo on `write_date` without losing anything to its traps (PROVIDERS.md):
+//!
+//! - `write_date` is the writing transaction's start, shown to the second but stored
+//!   to the microsecond: pages are keyed on `(write_date, id)` by second — rows of
+//!   the seconds a page completes are taken from it, and the last, possibly split,
+//!   second is read whole by id before the scan moves past it — so no page boundary
+//!   inside a crowded second loses a row;
+//! - long transactions commit late with early stamps, and a strict `>` misses them:
+//!   each poll starts again `CRM_POLL_LOOKBACK_SECS` before its cursor (the overlap
+//!   window), and rows read again dedupe in JetStream by `(id, write_date, content)`
+//!   — so do the no-op writes that bump `write_date`;
+//! - deleted records (and done activities) vanish: every few polls, the ids of each
+//!   model are compared with the projection's, and those gone become tombstones.
+//!
+//! Cursors advance by compare-and-set in `crm_cursors`, only after the events are
+//! stored.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crmsync_adapters::odoo::client::OdooClient;
+use crmsync_adapters::odoo::mapping::{deleted_event, snapshot_event, write_date};
+use crmsync_adapters::odoo::{fields_of, MODELS};
+use crmsync_ingest::publish::publish_all;
+use crmsync_schema::{ObjectType, WorkspaceId};
+
+use super::{Connected, Odoo, PROVIDER};
+
+/// Records a page holds.
+const PAGE: usize = 500;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cursor {
+    /// The newest `write_date` seen, in ms (to the second, as Odoo shows it).
+    pub write_ms: i64,
+}
+
+/// What one poll of a connection did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PollReport {
+    pub records: usize,
+    pub pages: usize,
+    pub deleted: usize,
+    /// The newest `write_date` seen per model.
+    pub cursors: std::collections::BTreeMap<String, Option<DateTime<Utc>>>,
+    pub swept: bool,
+}
+
+/// Where a connection's cursor for `model` lives (per workspace and account).
+pub fn cursor_key(workspace: &str, account: &str, model: &str) -> String {
+    format!(
+        "odoo.{}.{}.{}",
+        hex::encode(workspace),
+        hex::encode(account),
+        model.replace('.', "_")
+    )
+}
+
+fn odoo_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn second_of(record: &Value) -> Option<DateTime<Utc>> {
+    write_date(record)
+}
+
+impl Odoo {
+    async fn store(
+        &self,
+        account: &WorkspaceId,
+        model: &str,
+        rows: &[Value],
+        read_at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let events: Vec<_> = rows
+            .iter()
+            .filter_map(|r| snapshot_event(account, model, r, read_at))
+            .collect();
+        publish_all(&self.js, &self.subjects, &events)
+            .await
+            .context("storing polled records")?;
+        Ok(())
+    }
+
+    /// Reads every record of `model` written since `from` (all without it); returns
+    /// (records, pages, newest write date).
+    async fn scan(
+        &self,
+        client: &OdooClient,
+        account: &WorkspaceId,
+        model: &str,
+        from: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<(usize, usize, Option<DateTime<Utc>>)> {
+        let fields = fields_of(model);
+        let (mut records, mut pages, mut newest) = (0usize, 0usize, None);
+        let mut cur = from;
+        loop {
+            let domain = match cur {
+                Some(c) => json!([["write_date", ">=", odoo_time(c)]]),
+                None => json!([]),
+            };
+            let read_at = Utc::now();
+            let page = client
+                .search_read(model, domain, fields, "write_date asc, id asc", PAGE)
+                .await?;
+            pages += 1;
+            records += page.len();
+            newest = newest.max(page.iter().filter_map(second_of).max());
+            if page.len() < PAGE {
+                self.store(account, model, &page, read_at).await?;
+                return Ok((records, pages, newest));
+            }
+            let last = page
+                .last()
+                .and_then(second_of)
+                .context("a record without write_date")?;
+            let complete: Vec<Value> = page
+                .into_iter()
+                .filter(|r| second_of(r).is_some_and(|s| s < last))
+                .collect();
+            self.store(account, model, &complete, read_at).await?;
+            // The last second may go on past the page: read it whole, by id.
+            let mut after_id = 0i64;
+            loop {
+                let domain = json!([
+                    ["write_date", ">=", odoo_time(last)],
+                    [
+                        "write_date",
+                        "<",
+                        odoo_time(last + chrono::Duration::seconds(1))
+                    ],
+                    ["id", ">", after_id],
+                ]);
+                let read_at = Utc::now();
+                let rows = client
+                    .search_read(model, domain, fields, "id asc", PAGE)
+                    .await?;
+                pages += 1;
+                records += rows.len();
+                self.store(account, model, &rows, read_at).await?;
+                match rows
+                    .last()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_i64)
+                {
+                    Some(id) if rows.len() == PAGE => after_id = id,
+                    _ => break,
+                }
+            }
+            cur = Some(last + chrono::Duration::seconds(1));
+        }
+    }
+
+    /// One poll of one model: from the cursor minus the overlap window.
+    pub async fn poll_model(
+        &self,
+        client: &OdooClient,
+        connection: &Connected,
+        model: &str,
+    ) -> anyhow::Result<(usize, usize, Option<DateTime<Utc>>)> {
+        let key = cursor_key(&connection.workspace, &connection.account, model);
+        let stored = crate::cursor::load::<Cursor>(&self.cursors, &key).await?;
+        let cursor = stored.value;
+        let from = (cursor.write_ms > 0)
+            .then(|| {
+                DateTime::from_timestamp_millis(cursor.write_ms - self.lookback.as_millis() as i64)
+            })
+            .flatten();
+        let account = WorkspaceId::parse(connection.account.clone())?;
+        let (records, pages, newest) = self.scan(client, &account, model, from).await?;
+        let next = Cursor {
+            write_ms: cursor
+                .write_ms
+                .max(newest.map_or(0, |t| t.timestamp_millis())),
+        };
+        if !crate::cursor::advance(&self.cursors, &key, &stored, &next).await? {
+            tracing::info!(workspace = %connection.workspace, model, "another poller advanced the cursor first");
+        }
+        Ok((
+            records,
+            pages,
+            DateTime::from_timestamp_millis(next.write_ms).filter(|_| next.write_ms > 0),
+        ))
+    }
+
+    /// Compares each projected model's ids with Odoo's and stores a tombstone for
+    /// every record gone; returns how many.
+    pub async fn sweep_deletes(
+        &self,
+        client: &OdooClient,
+        connection: &Connected,
+    ) -> anyhow::Result<usize> {
+        let account = WorkspaceId::parse(connection.account.clone())?;
+        let now = Utc::now();
+        let mut gone = 0;
+        for (model, tables) in [
+            (
+                "res.partner",
+                &[("contacts", "contact"), ("companies", "company")][..],
+            ),
+            ("crm.lead", &[("deals", "deal")][..]),
+        ] {
+            // Projected ids first: a record created after this read is not missed.
+            let mut projected = Vec::new();
+            for (table, object) in tables {
+                let ids: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT remote_id FROM {table}
+                     WHERE workspace_id = $1 AND provider = 'odoo' AND NOT deleted"
+                ))
+                .bind(account.as_str())
+                .fetch_all(self.pool())
+                .await?;
+                projected.extend(ids.into_iter().map(|id| (*object, id)));
+            }
+            let live: BTreeSet<String> = client
+                .search_ids(model, json!([]))
+                .await?
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect();
+            let events: Vec<_> = projected
+                .iter()
+                .filter(|(_, id)| !live.contains(id))
+                .filter_map(|(object, id)| {
+                    deleted_event(&account, &ObjectType::parse(*object).ok()?, id, now)
+                })
+                .collect();
+            publish_all(&self.js, &self.subjects, &events)
+                .await
+                .context("storing tombstones")?;
+            gone += events.len();
+        }
+        Ok(gone)
+    }
+
+    /// Polls every model of `workspace`'s connection (and sweeps deletes when asked),
+    /// then records how it went in the connection's settings (`last_poll`).
+    pub async fn poll(&self, workspace: &str, sweep: bool) -> anyhow::Result<PollReport> {
+        let connection = self.connection(workspace).await?;
+        let started = Utc::now();
+        let result = self.poll_connection(&connection, sweep).await;
+        let status = match &result {
+            Ok(r) => json!({"at": started, "ok": true, "report": r, "error": null}),
+            Err(e) => json!({"at": started, "ok": false, "error": format!("{e:#}")}),
+        };
+        let mut patch = json!({ "last_poll": status });
+        if result.is_ok() {
+            patch["last_success"] = json!(started);
+        }
+        sqlx::query(
+            "UPDATE crm_connections SET settings = settings || $3, updated_at = now()
+             WHERE workspace_id = $1 AND provider = $2",
+        )
+        .bind(workspace)
+        .bind(PROVIDER)
+        .bind(&patch)
+        .execute(self.pool())
+        .await?;
+        result
+    }
+
+    async fn poll_connection(
+        &self,
+        connection: &Connected,
+        sweep: bool,
+    ) -> anyhow::Result<PollReport> {
+        let client = self.client(connection).await?;
+        let mut report = PollReport::default();
+        for model in MODELS {
+            let (records, pages, newest) = self.poll_model(&client, connection, model).await?;
+            report.records += records;
+            report.pages += pages;
+            report.cursors.insert(model.to_owned(), newest);
+        }
+        if sweep {
+            report.deleted = self.sweep_deletes(&client, connection).await?;
+            report.swept = true;
+        }
+        Ok(report)
+    }
+}

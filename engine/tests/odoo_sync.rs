@@ -1,0 +1,378 @@
+//! Odoo kept in step by polling, against the Odoo emulator over HTTP: connecting with
+//! an API key (and every way it can be wrong), then the mutation driver's long
+//! transactions that commit late with early stamps, bursts sharing one second,
+//! no-op writes and deletes; once polling settles, the projection equals the
+//! database.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::differences;
+use common::hubspot::API_TOKEN;
+use common::TestEngine;
+use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
+use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_sandbox::odoo::{Config, OdooSandbox, OdooVersion};
+use crmsync_sandbox::server::Running;
+use crmsync_testkit::eventually;
+
+struct Db {
+    engine: TestEngine,
+    odoo: Arc<OdooSandbox>,
+    running: Running,
+}
+
+async fn start(config: Config, extra: &[(&str, &str)]) -> Db {
+    let (odoo, running) = OdooSandbox::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (_, key) = Vault::generate();
+    let mut env = vec![
+        ("CRM_API_TOKEN", API_TOKEN),
+        ("ENCRYPTION_KEY", key.as_str()),
+        ("ODOO_DEFAULT_TIMEOUT", "10"),
+    ];
+    env.extend_from_slice(extra);
+    Db {
+        engine: TestEngine::start(&env).await,
+        odoo,
+        running,
+    }
+}
+
+impl Db {
+    fn connect_body(&self) -> Value {
+        let c = self.odoo.credentials(&self.running.base_url);
+        json!({"workspace": "acme", "url": c["base_url"], "database": c["database"],
+               "login": c["login"], "api_key": c["api_key"]})
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .engine
+            .http
+            .post(self.engine.url(path))
+            .bearer_auth(API_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn client(&self) -> OdooClient {
+        let c = self.odoo.credentials(&self.running.base_url);
+        OdooClient::connect(
+            OdooConfig {
+                url: self.running.base_url.clone(),
+                database: c["database"].as_str().unwrap().into(),
+                login: c["login"].as_str().unwrap().into(),
+                api_key: Secret::new(c["api_key"].as_str().unwrap().into()),
+                timeout: Duration::from_secs(10),
+            },
+            Arc::new(RateLimiter::new(1000.0, 1000.0)),
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn connecting_checks_the_key_and_says_what_is_wrong() {
+    let db = start(
+        Config {
+            version: OdooVersion::V17,
+            ..Config::default()
+        },
+        &[("CRM_POLL_INTERVAL_SECS", "3600")],
+    )
+    .await;
+    let good = db.connect_body();
+    let unauthorised = db
+        .engine
+        .http
+        .post(db.engine.url("/crm/odoo/connect"))
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorised.status(), 401);
+    let cases = [
+        ("url", json!("http://127.0.0.1:9"), "no Odoo answers"),
+        ("url", json!("ftp://example.com"), "not an http(s) URL"),
+        ("database", json!("nope"), "no database \"nope\""),
+        (
+            "login",
+            json!("someone@example.com"),
+            "refused the login or API key",
+        ),
+        ("api_key", json!("wrong"), "refused the login or API key"),
+        ("api_key", json!(""), "required: api_key"),
+    ];
+    for (field, value, says) in cases {
+        let mut body = good.clone();
+        body[field] = value;
+        let (status, answer) = db.post("/crm/odoo/connect", &body).await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{field}: {message}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_connections")
+        .fetch_one(&db.engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing is stored for a refused connection");
+
+    let (status, answer) = db.post("/crm/odoo/connect", &good).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["protocol"],
+        json!("json-rpc"),
+        "Odoo 17 has no JSON-2"
+    );
+    let secrets: Vec<u8> = sqlx::query_scalar("SELECT secrets FROM crm_connections")
+        .fetch_one(&db.engine.pool)
+        .await
+        .unwrap();
+    let key = good["api_key"].as_str().unwrap().as_bytes();
+    assert!(
+        !secrets.windows(key.len()).any(|w| w == key),
+        "the key is sealed"
+    );
+    db.engine.stop().await;
+}
+
+/// Canonical columns compared, with the Odoo field each comes from.
+const PARTNER: &[(&str, &str)] = &[("name", "name"), ("email", "email"), ("phone", "phone")];
+const LEAD: &[(&str, &str)] = &[
+    ("name", "name"),
+    ("expected_revenue", "amount"),
+    ("active", "active"),
+];
+
+type Records = BTreeMap<String, BTreeMap<String, Value>>;
+
+fn plain(v: Option<&Value>) -> Value {
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Value::Null,
+        Some(Value::String(s)) if s.is_empty() => Value::Null,
+        Some(Value::Number(n)) => json!(n.as_f64()),
+        Some(other) => other.clone(),
+    }
+}
+
+async fn odoo_state(client: &OdooClient, model: &str, columns: &[(&str, &str)]) -> Records {
+    let fields: Vec<&str> = columns.iter().map(|(f, _)| *f).collect();
+    client
+        .search_read(model, json!([]), &fields, "id asc", 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let row = columns
+                .iter()
+                .map(|(f, c)| ((*c).to_owned(), plain(r.get(*f))))
+                .collect();
+            (r["id"].to_string(), row)
+        })
+        .collect()
+}
+
+async fn projected(pool: &sqlx::PgPool, tables: &[&str], columns: &[(&str, &str)]) -> Records {
+    let mut out = Records::new();
+    for table in tables {
+        let rows: Vec<(String, Value)> = sqlx::query_as(&format!(
+            "SELECT remote_id, fields FROM {table} WHERE provider = 'odoo' AND NOT deleted"
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        for (id, fields) in rows {
+            let row = columns
+                .iter()
+                .map(|(_, c)| ((*c).to_owned(), plain(fields.get(*c))))
+                .collect();
+            out.insert(id, row);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn polling_loses_nothing_to_late_commits_shared_seconds_no_op_writes_or_deletes() {
+    let db = start(
+        Config {
+            contacts: 1_500,
+            companies: 100,
+            deals: 300,
+            ..Config::default()
+        },
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_POLL_LOOKBACK_SECS", "30"),
+            ("CRM_SYNC_RPS", "500"),
+        ],
+    )
+    .await;
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["protocol"], json!("json-2"));
+
+    // Poll now, by hand: the first poll reads everything.
+    let (status, polled) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    assert!(
+        polled["report"]["records"].as_u64().unwrap() >= 1_900,
+        "{polled}"
+    );
+
+    // The colleague works: long transactions, bursts, no-op writes, deletes.
+    for _ in 0..60 {
+        db.odoo.mutate(5);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..500 {
+        if db.odoo.open_driver_transactions() == 0 {
+            break;
+        }
+        db.odoo.mutate(1);
+    }
+    assert_eq!(db.odoo.open_driver_transactions(), 0);
+
+    let client = db.client().await;
+    let mut last = Vec::new();
+    for _ in 0..60 {
+        let want_partners = odoo_state(&client, "res.partner", PARTNER).await;
+        let want_leads = odoo_state(&client, "crm.lead", LEAD).await;
+        let have_partners = projected(&db.engine.pool, &["contacts", "companies"], PARTNER).await;
+        let have_leads = projected(&db.engine.pool, &["deals"], LEAD).await;
+        last = differences(&want_partners, &have_partners)
+            .into_iter()
+            .map(|d| format!("partner {d}"))
+            .chain(
+                differences(&want_leads, &have_leads)
+                    .into_iter()
+                    .map(|d| format!("lead {d}")),
+            )
+            .collect();
+        if last.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        last.is_empty(),
+        "{} differences, first: {:?}",
+        last.len(),
+        &last[..last.len().min(10)]
+    );
+    let deleted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM contacts WHERE provider = 'odoo' AND deleted")
+            .fetch_one(&db.engine.pool)
+            .await
+            .unwrap();
+    assert!(deleted > 0, "the driver's deletes became tombstones");
+
+    // The status tells when it last polled and what it found.
+    let status = eventually(Duration::from_secs(5), || async {
+        let r = db
+            .engine
+            .http
+            .get(db.engine.url("/crm/odoo/status?workspace=acme"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        (v["last_poll"]["ok"] == json!(true)).then_some(v)
+    })
+    .await
+    .expect("a successful poll");
+    assert_eq!(status["scheduler"]["enabled"], json!(true));
+    assert!(status["lag_seconds"].as_i64().unwrap() < 60, "{status}");
+    assert!(status["last_sweep"].is_string(), "{status}");
+    let (code, stopped) = db
+        .post("/crm/odoo/scheduler/stop", &json!({"workspace": "acme"}))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(stopped["scheduler"]["enabled"], json!(false));
+    let (code, started) = db
+        .post(
+            "/crm/odoo/scheduler/start",
+            &json!({"workspace": "acme", "interval_secs": 300}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(started["scheduler"]["interval_secs"], json!(300));
+    let (code, _) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "nobody"}))
+        .await;
+    assert_eq!(code, 404);
+    db.engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_that_commits_late_with_an_early_stamp_is_found_by_the_overlap() {
+    let db = start(
+        Config::default(),
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "3600"),
+            ("CRM_POLL_LOOKBACK_SECS", "30"),
+        ],
+    )
+    .await;
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
+    assert_eq!(status, 200, "{answer}");
+    let poll = || async {
+        let (status, polled) = db
+            .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+            .await;
+        assert_eq!(status, 200, "{polled}");
+        polled
+    };
+    poll().await;
+
+    // A long transaction starts and writes; meanwhile others write ten seconds later
+    // and a poll moves the cursor past them.
+    let mut late = db.odoo.begin_transaction();
+    let id = late
+        .create(
+            "res.partner",
+            json!({"name": "Late Larry", "email": "larry@example.com"}),
+        )
+        .unwrap();
+    db.odoo.advance_clock(chrono::Duration::seconds(10));
+    db.odoo.mutate(20);
+    poll().await;
+    // Now it commits, stamped with its start: before the cursor.
+    late.commit();
+    let stamp = db.odoo.stored_write_date("res.partner", id).unwrap();
+    assert!(stamp.and_utc() < db.odoo.now() - chrono::Duration::seconds(9));
+    poll().await;
+    db.odoo.set_clock(None);
+    assert_eq!(
+        eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT email FROM contacts WHERE provider = 'odoo' AND remote_id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&db.engine.pool)
+            .await
+            .unwrap()
+        })
+        .await
+        .as_deref(),
+        Some("larry@example.com"),
+        "the late commit was found"
+    );
+    db.engine.stop().await;
+}
