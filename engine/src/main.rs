@@ -164,7 +164,7 @@ async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<(
         "hubspot" => drop(hubspot_objects(opts.object.as_deref())?),
         "zoho" => drop(zoho_modules(opts.object.as_deref())?),
         other => anyhow::bail!(
-            "backfill supports --provider hubspot or zoho (got {other:?}); odoo comes with its adapter"
+            "backfill supports --provider hubspot or zoho (got {other:?}); an Odoo connection is read whole by its first poll (POST /crm/odoo/poll)"
         ),
     }
     let vault = settings.vault().ok_or_else(|| ConfigError {
@@ -186,7 +186,7 @@ async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<(
         "hubspot" => backfill_hubspot(&settings, &engine, vault, &cursors, &opts).await?,
         "zoho" => backfill_zoho(&settings, &engine, vault, &cursors, &opts).await?,
         other => anyhow::bail!(
-            "backfill supports --provider hubspot or zoho (got {other:?}); odoo comes with its adapter"
+            "backfill supports --provider hubspot or zoho (got {other:?}); an Odoo connection is read whole by its first poll (POST /crm/odoo/poll)"
         ),
     };
     tracing::info!(records = total, workspace = %opts.workspace, "backfill done");
