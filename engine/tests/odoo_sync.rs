@@ -155,6 +155,7 @@ const LEAD: &[(&str, &str)] = &[
     ("name", "name"),
     ("expected_revenue", "amount"),
     ("active", "active"),
+    ("partner_id", "contact_id"),
 ];
 
 type Records = BTreeMap<String, BTreeMap<String, Value>>;
@@ -164,6 +165,8 @@ fn plain(v: Option<&Value>) -> Value {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Value::Null,
         Some(Value::String(s)) if s.is_empty() => Value::Null,
         Some(Value::Number(n)) => json!(n.as_f64()),
+        // A many2one: its id.
+        Some(Value::Array(pair)) if pair.len() == 2 => plain(pair.first()),
         Some(other) => other.clone(),
     }
 }
@@ -199,7 +202,10 @@ async fn projected(pool: &sqlx::PgPool, tables: &[&str], columns: &[(&str, &str)
                 .iter()
                 .map(|(_, c)| ((*c).to_owned(), plain(fields.get(*c))))
                 .collect();
-            out.insert(id, row);
+            assert!(
+                out.insert(id.clone(), row).is_none(),
+                "{id} is live in two tables"
+            );
         }
     }
     out

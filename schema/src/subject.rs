@@ -170,6 +170,47 @@ impl Subjects {
         format!("{}.out.>", self.root)
     }
 
+    /// An app event: `crm.app.<ws>.<object>.<id>` (a call outcome the app logged).
+    pub fn app(&self, ws: &WorkspaceId, object: &ObjectType, id: &RemoteId) -> String {
+        format!(
+            "{}.app.{}.{object}.{}",
+            self.root,
+            escape_token(ws.as_str()),
+            escape_token(id.as_str())
+        )
+    }
+
+    /// An outbound command: `crm.out.<provider>.<ws>.<id>`.
+    pub fn outbound(&self, provider: Provider, ws: &WorkspaceId, id: &RemoteId) -> String {
+        format!(
+            "{}.out.{provider}.{}.{}",
+            self.root,
+            escape_token(ws.as_str()),
+            escape_token(id.as_str())
+        )
+    }
+
+    /// Every outbound command for one provider.
+    pub fn outbound_filter(&self, provider: Provider) -> String {
+        format!("{}.out.{provider}.>", self.root)
+    }
+
+    /// A provider's answer to a command: `crm.result.<provider>.<ws>.<object>.<id>`.
+    pub fn result(
+        &self,
+        provider: Provider,
+        ws: &WorkspaceId,
+        object: &ObjectType,
+        id: &RemoteId,
+    ) -> String {
+        format!(
+            "{}.result.{provider}.{}.{object}.{}",
+            self.root,
+            escape_token(ws.as_str()),
+            escape_token(id.as_str())
+        )
+    }
+
     /// Wildcard of dead letters written by crmsync itself.
     pub fn dlq_wildcard(&self) -> String {
         format!("{}.dlq.>", self.root)

@@ -115,7 +115,6 @@ fn kind_of(name: &str) -> ErrorKind {
         | "werkzeug.exceptions.BadRequest"
         | "werkzeug.exceptions.NotFound"
         | "werkzeug.exceptions.UnprocessableEntity" => ErrorKind::Rejected,
-        _ if name.starts_with("psycopg2.OperationalError") => ErrorKind::Rejected,
         _ => ErrorKind::Transient,
     }
 }
@@ -128,28 +127,14 @@ impl OdooClient {
         limiter: Arc<RateLimiter>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectError> {
+        // No redirects: a redirected POST would carry the key to another host.
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client");
         let base = config.url.trim_end_matches('/').to_owned();
-        let version: Value = http
-            .get(format!("{base}/web/version"))
-            .send()
-            .await
-            .map_err(|_| ConnectError::Unreachable(base.clone()))?
-            .json()
-            .await
-            .map_err(|_| ConnectError::NotOdoo(base.clone()))?;
-        let major = version
-            .pointer("/version_info/0")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ConnectError::NotOdoo(base.clone()))?;
-        let label = version
-            .get("version")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let (major, label) = server_version(&http, &base).await?;
         let rpc = json!({"jsonrpc": "2.0", "method": "call", "id": 1, "params": {
             "service": "common", "method": "authenticate",
             "args": [config.database, config.login, config.api_key.expose(), {}]}});
@@ -295,6 +280,10 @@ impl OdooClient {
                 };
                 Some((kind, format!("{name}: {message}")))
             }
+            // A success that cannot be read (cut off, timed out): try again.
+            _ if (200..300).contains(&status) => {
+                Some((ErrorKind::Transient, "an unreadable answer".to_owned()))
+            }
             _ => Some((
                 ErrorKind::from_status(status, wait),
                 text.chars().take(200).collect(),
@@ -364,11 +353,61 @@ impl OdooClient {
         named.insert("domain".into(), domain);
         named.insert("context".into(), json!({"active_test": false}));
         let answer = self.call(model, "search", None, named).await?;
-        Ok(answer
-            .as_array()
-            .map(|ids| ids.iter().filter_map(Value::as_i64).collect())
-            .unwrap_or_default())
+        match answer.as_array() {
+            Some(ids) => Ok(ids.iter().filter_map(Value::as_i64).collect()),
+            // Never an empty set by mistake: a delete sweep would trust it.
+            None => Err(ProviderError {
+                kind: ErrorKind::Transient,
+                provider: "odoo",
+                operation: "search",
+                status: None,
+                message: format!("search answered {}", kind_name(&answer)),
+            }),
+        }
     }
+}
+
+/// The server's major version and label: `/web/version`, else the JSON-RPC route
+/// `/web/webclient/version_info` that every Odoo has.
+async fn server_version(http: &reqwest::Client, base: &str) -> Result<(u64, String), ConnectError> {
+    let unreachable = || ConnectError::Unreachable(base.to_owned());
+    let plain = match http.get(format!("{base}/web/version")).send().await {
+        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+        Ok(_) => None,
+        Err(_) => return Err(unreachable()),
+    };
+    let info = match plain {
+        Some(v) if v.pointer("/version_info/0").is_some() => {
+            (v["version_info"].clone(), v.get("version").cloned())
+        }
+        _ => {
+            let rpc = json!({"jsonrpc": "2.0", "method": "call", "id": 1, "params": {}});
+            let answer: Value = http
+                .post(format!("{base}/web/webclient/version_info"))
+                .json(&rpc)
+                .send()
+                .await
+                .map_err(|_| unreachable())?
+                .json()
+                .await
+                .map_err(|_| ConnectError::NotOdoo(base.to_owned()))?;
+            let result = answer.get("result").cloned().unwrap_or(Value::Null);
+            (
+                result["server_version_info"].clone(),
+                result.get("server_version").cloned(),
+            )
+        }
+    };
+    let major = info
+        .0
+        .get(0)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ConnectError::NotOdoo(base.to_owned()))?;
+    let label = info
+        .1
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| major.to_string());
+    Ok((major, label))
 }
 
 fn kind_name(v: &Value) -> &'static str {

@@ -11,7 +11,8 @@
 //! record's dedupe version is its `write_date` and a digest of its content — re-reads
 //! in the overlap window and no-op writes store nothing new — and states sharing a
 //! second are ordered by when crmsync read them. A tombstone (an id gone from the
-//! model) is dated when it was found missing.
+//! model) is dated when it was found missing, and never before the newest state the
+//! projection holds (clocks differ).
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
@@ -109,7 +110,7 @@ pub fn deleted_event(
         id: RemoteId::parse(id.to_owned()).ok()?,
         change: Change::Deleted,
         event_id: format!("odoo-tombstone-{id}-{ms:013}"),
-        version: "deleted".into(),
+        version: format!("deleted-{ms}"),
         time: found_at,
         data: serde_json::to_vec(&serde_json::json!({"id": id, "found_missing_at": found_at}))
             .ok()?,

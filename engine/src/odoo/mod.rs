@@ -128,8 +128,15 @@ impl Odoo {
     /// connection's settings stay the same).
     pub async fn client(&self, connection: &Connected) -> anyhow::Result<OdooClient> {
         let mut clients = self.clients.lock().await;
-        if let Some((settings, client)) = clients.get(&connection.workspace) {
-            if *settings == connection.settings {
+        // Polls rewrite their status in the settings: only these name the server.
+        let identity = serde_json::json!([
+            connection.account,
+            connection.settings.get("url"),
+            connection.settings.get("database"),
+            connection.settings.get("login"),
+        ]);
+        if let Some((known, client)) = clients.get(&connection.workspace) {
+            if *known == identity {
                 return Ok(client.clone());
             }
         }
@@ -163,10 +170,7 @@ impl Odoo {
             self.metrics.clone(),
         )
         .await?;
-        clients.insert(
-            connection.workspace.clone(),
-            (connection.settings.clone(), client.clone()),
-        );
+        clients.insert(connection.workspace.clone(), (identity, client.clone()));
         Ok(client)
     }
 

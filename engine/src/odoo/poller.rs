@@ -9,8 +9,12 @@
 //!   each poll starts again `CRM_POLL_LOOKBACK_SECS` before its cursor (the overlap
 //!   window), and rows read again dedupe in JetStream by `(id, write_date, content)`
 //!   — so do the no-op writes that bump `write_date`;
-//! - deleted records (and done activities) vanish: every few polls, the ids of each
-//!   model are compared with the projection's, and those gone become tombstones.
+//! - deleted records vanish: every few polls, the ids of partners (by `is_company`)
+//!   and leads are compared with the projection's: those gone become tombstones (as
+//!   does a partner's row in the table it left when `is_company` changed), and those
+//!   live but never projected (a transaction that committed later than the overlap
+//!   window) are read. Done activities vanish too; activities are not projected yet,
+//!   so their ids are not swept.
 //!
 //! Cursors advance by compare-and-set in `crm_cursors`, only after the events are
 //! stored.
@@ -108,9 +112,9 @@ impl Odoo {
                 .search_read(model, domain, fields, "write_date asc, id asc", PAGE)
                 .await?;
             pages += 1;
-            records += page.len();
             newest = newest.max(page.iter().filter_map(second_of).max());
             if page.len() < PAGE {
+                records += page.len();
                 self.store(account, model, &page, read_at).await?;
                 return Ok((records, pages, newest));
             }
@@ -122,6 +126,7 @@ impl Odoo {
                 .into_iter()
                 .filter(|r| second_of(r).is_some_and(|s| s < last))
                 .collect();
+            records += complete.len();
             self.store(account, model, &complete, read_at).await?;
             // The last second may go on past the page: read it whole, by id.
             let mut after_id = 0i64;
@@ -187,52 +192,119 @@ impl Odoo {
         ))
     }
 
-    /// Compares each projected model's ids with Odoo's and stores a tombstone for
-    /// every record gone; returns how many.
+    /// Compares each projected table's ids with Odoo's: stores a tombstone for every
+    /// record gone (or moved to the other partner table), and reads every live record
+    /// never projected. Returns how many tombstones.
     pub async fn sweep_deletes(
         &self,
         client: &OdooClient,
         connection: &Connected,
     ) -> anyhow::Result<usize> {
         let account = WorkspaceId::parse(connection.account.clone())?;
-        let now = Utc::now();
         let mut gone = 0;
-        for (model, tables) in [
+        let mut gone_partners: Vec<String> = Vec::new();
+        for (model, domain, table, object) in [
             (
                 "res.partner",
-                &[("contacts", "contact"), ("companies", "company")][..],
+                json!([["is_company", "=", false]]),
+                "contacts",
+                "contact",
             ),
-            ("crm.lead", &[("deals", "deal")][..]),
+            (
+                "res.partner",
+                json!([["is_company", "=", true]]),
+                "companies",
+                "company",
+            ),
+            ("crm.lead", json!([]), "deals", "deal"),
         ] {
-            // Projected ids first: a record created after this read is not missed.
-            let mut projected = Vec::new();
-            for (table, object) in tables {
-                let ids: Vec<String> = sqlx::query_scalar(&format!(
-                    "SELECT remote_id FROM {table}
-                     WHERE workspace_id = $1 AND provider = 'odoo' AND NOT deleted"
-                ))
-                .bind(account.as_str())
-                .fetch_all(self.pool())
-                .await?;
-                projected.extend(ids.into_iter().map(|id| (*object, id)));
-            }
+            // Projected first: what is created after this read is not swept wrongly.
+            let projected: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
+                "SELECT remote_id, source_updated_at FROM {table}
+                 WHERE workspace_id = $1 AND provider = 'odoo' AND NOT deleted"
+            ))
+            .bind(account.as_str())
+            .fetch_all(self.pool())
+            .await?;
             let live: BTreeSet<String> = client
-                .search_ids(model, json!([]))
+                .search_ids(model, domain)
                 .await?
                 .into_iter()
                 .map(|id| id.to_string())
                 .collect();
+            if live.is_empty() && projected.len() > 1 {
+                tracing::warn!(workspace = %connection.workspace, table, "Odoo answered no ids at all; not sweeping");
+                continue;
+            }
+            let now = Utc::now();
+            let object = ObjectType::parse(object)?;
             let events: Vec<_> = projected
                 .iter()
-                .filter(|(_, id)| !live.contains(id))
-                .filter_map(|(object, id)| {
-                    deleted_event(&account, &ObjectType::parse(*object).ok()?, id, now)
+                .filter(|(id, _)| !live.contains(id))
+                .filter_map(|(id, newest)| {
+                    // Never before the newest state projected: clocks differ.
+                    let at = newest.map_or(now, |n| now.max(n + chrono::Duration::seconds(1)));
+                    deleted_event(&account, &object, id, at)
                 })
                 .collect();
             publish_all(&self.js, &self.subjects, &events)
                 .await
                 .context("storing tombstones")?;
             gone += events.len();
+            if model == "res.partner" {
+                gone_partners.extend(events.iter().map(|e| e.id.as_str().to_owned()));
+            }
+            let known: BTreeSet<&str> = projected.iter().map(|(id, _)| id.as_str()).collect();
+            let unseen: Vec<i64> = live
+                .iter()
+                .filter(|id| !known.contains(id.as_str()))
+                .filter_map(|id| id.parse().ok())
+                .collect();
+            for chunk in unseen.chunks(PAGE) {
+                let read_at = Utc::now();
+                let rows = client
+                    .search_read(
+                        model,
+                        json!([["id", "in", chunk]]),
+                        fields_of(model),
+                        "id asc",
+                        PAGE,
+                    )
+                    .await?;
+                self.store(&account, model, &rows, read_at).await?;
+            }
+        }
+        // Deleting a partner empties the many2one fields pointing at it without
+        // touching those records' write_date (ON DELETE SET NULL): read them again.
+        if !gone_partners.is_empty() {
+            for (model, table, field) in [
+                ("crm.lead", "deals", "contact_id"),
+                ("res.partner", "contacts", "company_id"),
+            ] {
+                let ids: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT remote_id FROM {table}
+                     WHERE workspace_id = $1 AND provider = 'odoo' AND NOT deleted
+                       AND fields ->> '{field}' = ANY($2)"
+                ))
+                .bind(account.as_str())
+                .bind(&gone_partners)
+                .fetch_all(self.pool())
+                .await?;
+                let ids: Vec<i64> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+                for chunk in ids.chunks(PAGE) {
+                    let read_at = Utc::now();
+                    let rows = client
+                        .search_read(
+                            model,
+                            json!([["id", "in", chunk]]),
+                            fields_of(model),
+                            "id asc",
+                            PAGE,
+                        )
+                        .await?;
+                    self.store(&account, model, &rows, read_at).await?;
+                }
+            }
         }
         Ok(gone)
     }

@@ -107,9 +107,9 @@ pub async fn run(
         match odoo.connected().await {
             Ok(connections) => {
                 for connection in connections {
-                    let Some(sweep) = due(&connection, default_interval, Utc::now()) else {
+                    if due(&connection, default_interval, Utc::now()).is_none() {
                         continue;
-                    };
+                    }
                     let ttl = odoo.timeout * 20 + Duration::from_secs(60);
                     match take_lease(&odoo.cursors, &connection.workspace, &holder, ttl).await {
                         Ok(true) => {}
@@ -119,6 +119,15 @@ pub async fn run(
                             continue;
                         }
                     }
+                    // Another worker may have polled while this one read the list.
+                    let fresh = odoo.connection(&connection.workspace).await;
+                    let Some(sweep) = fresh
+                        .ok()
+                        .and_then(|c| due(&c, default_interval, Utc::now()))
+                    else {
+                        release_lease(&odoo.cursors, &connection.workspace, &holder).await;
+                        continue;
+                    };
                     match odoo.poll(&connection.workspace, sweep).await {
                         Ok(r) => {
                             tracing::debug!(workspace = %connection.workspace, records = r.records, deleted = r.deleted, "Odoo polled");
