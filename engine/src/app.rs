@@ -229,7 +229,7 @@ impl Engine {
                     .map_err(|e| anyhow::anyhow!("projector failed: {e}"))
             });
         }
-        if let Some(hubspot) = self.hubspot {
+        if let Some(hubspot) = self.hubspot.clone() {
             let js = self.state.js.clone();
             let topology = self.topology.clone();
             let cursors = js
@@ -253,7 +253,7 @@ impl Engine {
                 stop.clone(),
             ));
         }
-        if let Some(zoho) = self.zoho {
+        if let Some(zoho) = self.zoho.clone() {
             let js = self.state.js.clone();
             let cursors = js
                 .get_key_value(self.topology.cursor_bucket())
@@ -286,6 +286,19 @@ impl Engine {
                 self.settings.poll_lookback,
                 stop.clone(),
             ));
+        }
+        if self.role != Role::Api {
+            let dispatcher = Arc::new(crate::outbound::Dispatcher {
+                pool: self.state.pool.clone(),
+                js: self.state.js.clone(),
+                topology: self.topology.clone(),
+                hubspot: self.hubspot.clone(),
+                zoho: self.zoho.clone(),
+                odoo: self.odoo.clone(),
+            });
+            for provider in Provider::ALL {
+                tasks.spawn(dispatcher.clone().run(provider, stop.clone()));
+            }
         }
         if let (Some(odoo), true) = (self.odoo, self.role != Role::Api) {
             tasks.spawn(crate::odoo::scheduler::run(

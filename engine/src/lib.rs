@@ -10,6 +10,7 @@ pub mod hubspot;
 pub mod hydrator;
 pub mod logging;
 pub mod odoo;
+pub mod outbound;
 pub mod sandbox_cmd;
 pub mod topology;
 pub mod zoho;

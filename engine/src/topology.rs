@@ -212,6 +212,24 @@ impl Topology {
         }
     }
 
+    /// The outbound dispatcher's durable consumer for one provider's commands.
+    pub fn outbound_consumer(&self, provider: Provider) -> pull::Config {
+        let name = format!("push-{provider}");
+        pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            description: Some(format!("crmsync pushes of call outcomes to {provider}")),
+            filter_subject: self.subjects.outbound_filter(provider),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.policy.retry_base.max(Duration::from_secs(60)),
+            max_deliver: self.policy.max_deliver.max(2),
+            backoff: self.policy.backoff(),
+            max_ack_pending: 1_000,
+            ..Default::default()
+        }
+    }
+
     /// Creates the consumer, or updates it to `config`.
     pub async fn ensure_consumer(
         &self,

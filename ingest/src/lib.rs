@@ -4,6 +4,7 @@
 //! providers retry anything else, so nothing is lost.
 
 pub mod auth;
+pub mod calls;
 pub mod connections;
 pub mod error;
 pub mod health;
@@ -76,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/odoo/scheduler/start", post(odoo::scheduler_start))
         .route("/crm/odoo/scheduler/stop", post(odoo::scheduler_stop))
         .route("/crm/odoo/status", get(odoo::status))
+        .route("/crm/calls/{call_id}/push-to-crm", post(calls::push))
+        .route("/crm/calls/{call_id}", get(calls::status))
         .route("/crm/connections", get(oauth::list))
         .with_state(state)
 }

@@ -56,3 +56,23 @@ pub async fn publish_all(
     }
     Ok(published)
 }
+
+/// Publishes one CloudEvent (or command) on `subject` with `msg_id` as its dedupe id;
+/// returns once JetStream stored it (`true`) or knew it already (`false`).
+pub async fn publish_one(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    event: crmsync_schema::cloudevents::Event,
+    msg_id: &str,
+) -> Result<bool, PublishError> {
+    let mut msg = binding::to_binary(event)?;
+    msg.headers
+        .insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    let ack = js
+        .publish_with_headers(subject, msg.headers, msg.payload.into())
+        .await
+        .map_err(|e| PublishError::NotStored(e.to_string()))?
+        .await
+        .map_err(|e| PublishError::NotStored(e.to_string()))?;
+    Ok(!ack.duplicate)
+}

@@ -289,6 +289,18 @@ impl ZohoClient {
         Ok(page_of(v))
     }
 
+    /// `GET /{Module}/search?criteria=`: the first page of matches (empty for none).
+    pub async fn search(&self, module: &str, criteria: &str) -> Result<Vec<Value>, ProviderError> {
+        let path = format!(
+            "/{module}/search?criteria={}",
+            url::form_urlencoded::byte_serialize(criteria.as_bytes()).collect::<String>()
+        );
+        let v = self
+            .call("search", module, reqwest::Method::GET, &path, None, None)
+            .await?;
+        Ok(page_of(v).data)
+    }
+
     /// The org's id (`GET /org`).
     pub async fn org_id(&self) -> Result<String, ProviderError> {
         let v = self

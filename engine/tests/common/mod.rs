@@ -102,6 +102,34 @@ impl TestEngine {
         }
     }
 
+    /// Stops the engine (as a killed worker would, mid-work) and starts it again on
+    /// the same database, streams and port.
+    pub async fn restart(mut self) -> Self {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        let settings = self.settings.clone();
+        let engine = Engine::build(settings.clone(), Role::All)
+            .await
+            .expect("engine builds again");
+        let stop = CancellationToken::new();
+        let restarted = Self {
+            addr: engine.local_addr(),
+            pool: engine.pool().clone(),
+            js: engine.state.js.clone(),
+            topology: engine.topology.clone(),
+            settings,
+            http: reqwest::Client::new(),
+            hubspot: engine.hubspot(),
+            zoho: engine.zoho(),
+            stop: stop.clone(),
+            handle: Some(tokio::spawn(engine.run_until_stopped(stop))),
+        };
+        std::mem::forget(self);
+        restarted
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -1,0 +1,54 @@
+//! A call outcome as a HubSpot `calls` engagement, associated with the contact (194)
+//! and the deal (206); the idempotency key ends its title, found again by search.
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crmsync_ingest::calls::Command;
+use crmsync_schema::Provider;
+
+use super::{account_of, body_text, resolve_contact, title, PushError};
+use crate::hubspot::HubSpot;
+
+pub async fn push(hs: &HubSpot, pool: &PgPool, command: &Command) -> Result<String, PushError> {
+    let portal = account_of(pool, &command.workspace, Provider::HubSpot).await?;
+    let client = hs.client(&command.workspace).await?;
+    let existing = client
+        .search(
+            "calls",
+            &json!({
+                "filterGroups": [{"filters": [{"propertyName": "hs_call_title",
+                    "operator": "CONTAINS_TOKEN", "value": command.key}]}],
+                "properties": ["hs_call_title"],
+                "limit": 1,
+            }),
+        )
+        .await?;
+    if let Some(found) = existing.results.first() {
+        return Ok(found.id.clone());
+    }
+    let o = &command.outcome;
+    let contact = resolve_contact(pool, Provider::HubSpot, &portal, o.contact.as_ref()).await?;
+    let deal = o.deal.as_ref().and_then(|d| d.crm_id.clone());
+    let mut associations = Vec::new();
+    for (id, type_id) in [(contact, 194), (deal, 206)] {
+        if let Some(id) = id {
+            associations.push(json!({"to": {"id": id}, "types": [
+                {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}));
+        }
+    }
+    let body = json!({
+        "properties": {
+            "hs_timestamp": o.started_at.timestamp_millis().to_string(),
+            "hs_call_title": format!("{} [{}]", title(command), command.key),
+            "hs_call_body": body_text(command),
+            "hs_call_duration": (o.duration_secs * 1000).to_string(),
+            "hs_call_direction": o.direction.to_uppercase(),
+            "hs_call_disposition": o.disposition,
+            "hs_call_status": "COMPLETED",
+            "hs_call_recording_url": o.recording_url.clone().unwrap_or_default(),
+        },
+        "associations": associations,
+    });
+    Ok(client.create("calls", &body).await?.id)
+}
