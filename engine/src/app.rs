@@ -158,6 +158,7 @@ impl Engine {
             vault: settings.vault().map(Arc::new),
             hubspot_app: settings.hubspot_app(),
             zoho_app: settings.zoho_app(),
+            dlq_stream: topology.dlq_stream(),
             odoo_timeout: settings.odoo_timeout,
             odoo_poll_interval: settings.poll_interval,
             odoo: odoo

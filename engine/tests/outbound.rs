@@ -371,3 +371,120 @@ async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_re
     );
     engine.stop().await;
 }
+
+async fn get(engine: &TestEngine, path: &str) -> (u16, Value) {
+    let r = engine
+        .http
+        .get(engine.url(path))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn push_state(engine: &TestEngine, call: &str) -> Option<(String, Option<String>)> {
+    sqlx::query_as("SELECT state, reason FROM crm_call_pushes WHERE call_id = $1")
+        .bind(call)
+        .fetch_optional(&engine.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_push_that_cannot_succeed_is_dead_lettered_and_can_be_retried_or_discarded() {
+    let (crms, engine) = start().await;
+    let c = crms.od.credentials(&crms.od_url);
+    let (status, _) = post(
+        &engine,
+        "/crm/odoo/connect",
+        &json!({"workspace": "acme", "url": crms.od_url, "database": c["database"],
+                "login": c["login"], "api_key": c["api_key"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let unauthorised = engine
+        .http
+        .get(engine.url("/crm/dlq"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorised.status(), 401);
+    assert_eq!(get(&engine, "/crm/calls/nope?workspace=acme").await.0, 404);
+
+    let mut lost = outcome("nobody@nowhere.example", 1);
+    lost["provider"] = json!("odoo");
+    assert_eq!(
+        post(&engine, "/crm/calls/lost/push-to-crm", &lost).await.0,
+        202
+    );
+    let failed = eventually(Duration::from_secs(20), || async {
+        push_state(&engine, "lost")
+            .await
+            .filter(|(state, _)| state == "failed")
+    })
+    .await
+    .expect("the push failed for good");
+    assert!(failed.1.unwrap().contains("no odoo contact"));
+
+    let dead_letter = || async {
+        let (status, listed) = get(&engine, "/crm/dlq").await;
+        assert_eq!(status, 200);
+        listed["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| {
+                m["original_subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(".out.odoo."))
+            })
+            .cloned()
+    };
+    let first = eventually(Duration::from_secs(10), dead_letter)
+        .await
+        .expect("the push is in the DLQ");
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no odoo contact"),
+        "{first}"
+    );
+    let id = first["id"].as_u64().unwrap();
+
+    // Retried: back on the outbound stream, out of the DLQ; it fails again, and lands
+    // there again.
+    let (status, retried) = post(&engine, &format!("/crm/dlq/{id}/retry"), &json!({})).await;
+    assert_eq!(status, 200, "{retried}");
+    let again = eventually(Duration::from_secs(20), || async {
+        dead_letter().await.filter(|m| m["id"].as_u64() != Some(id))
+    })
+    .await
+    .expect("the retried push failed again");
+    assert_eq!(push_state(&engine, "lost").await.unwrap().0, "failed");
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM crm_call_pushes WHERE call_id = 'lost'")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 2);
+
+    // Discarded: gone.
+    let again_id = again["id"].as_u64().unwrap();
+    assert_eq!(
+        post(&engine, &format!("/crm/dlq/{again_id}/discard"), &json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(&engine, &format!("/crm/dlq/{again_id}/discard"), &json!({}))
+            .await
+            .0,
+        404
+    );
+    assert!(dead_letter().await.is_none());
+    engine.stop().await;
+}

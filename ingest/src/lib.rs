@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod calls;
 pub mod connections;
+pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod oauth;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub odoo_poll_interval: std::time::Duration,
     /// Polls an Odoo connection now (`POST /crm/odoo/poll`), when configured.
     pub odoo: Option<Arc<dyn odoo::PollNow>>,
+    /// The dead-letter stream's name (`CRM_DLQ`, prefixed).
+    pub dlq_stream: String,
     /// The HTTP client for provider calls.
     pub http: reqwest::Client,
 }
@@ -79,6 +82,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/odoo/status", get(odoo::status))
         .route("/crm/calls/{call_id}/push-to-crm", post(calls::push))
         .route("/crm/calls/{call_id}", get(calls::status))
+        .route("/crm/dlq", get(dlq::list))
+        .route("/crm/dlq/{id}/retry", post(dlq::retry))
+        .route("/crm/dlq/{id}/discard", post(dlq::discard))
         .route("/crm/connections", get(oauth::list))
         .with_state(state)
 }

@@ -1,0 +1,166 @@
+//! The dead-letter queue over HTTP: `GET /crm/dlq` lists what is in `CRM_DLQ` (events
+//! a projector could not apply, pushes that failed for good or ran out of deliveries,
+//! and JetStream's own advisories), `POST /crm/dlq/{id}/retry` sends a message back to
+//! where it came from and removes it, `POST /crm/dlq/{id}/discard` removes it. The id
+//! is the message's sequence in `CRM_DLQ`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crmsync_schema::{binding, envelope::data_bytes};
+
+use crate::auth::require_bearer;
+use crate::calls::Command;
+use crate::{ApiError, AppState};
+
+const REASON: &str = "Crm-Dlq-Reason";
+const ORIGINAL_SUBJECT: &str = "Crm-Dlq-Subject";
+const CRM_HEADERS: [&str; 6] = [
+    "Crm-Dlq-Reason",
+    "Crm-Dlq-Subject",
+    "Crm-Dlq-Stream",
+    "Crm-Dlq-Stream-Seq",
+    "Crm-Dlq-Consumer",
+    "Crm-Dlq-Deliveries",
+];
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    /// List messages after this id.
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn stream(state: &AppState) -> Result<async_nats::jetstream::stream::Stream, ApiError> {
+    state
+        .js
+        .get_stream(&state.dlq_stream)
+        .await
+        .map_err(ApiError::internal)
+}
+
+fn header(msg: &async_nats::jetstream::message::StreamMessage, name: &str) -> Option<String> {
+    msg.headers.get(name).map(|v| v.as_str().to_owned())
+}
+
+/// `GET /crm/dlq?after=ID&limit=N`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    require_bearer(&state, &headers)?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let mut stream = stream(&state).await?;
+    let info = stream.info().await.map_err(ApiError::internal)?.clone();
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut items = Vec::new();
+    let mut seq = page.after.map_or(first, |a| a + 1).max(first);
+    while seq <= last && items.len() < limit {
+        if let Ok(msg) = stream.get_raw_message(seq).await {
+            items.push(json!({
+                "id": msg.sequence,
+                "subject": msg.subject.as_str(),
+                "original_subject": header(&msg, ORIGINAL_SUBJECT),
+                "reason": header(&msg, REASON),
+                "retryable": header(&msg, ORIGINAL_SUBJECT).is_some(),
+                "time": msg.time.unix_timestamp(),
+                "bytes": msg.payload.len(),
+            }));
+        }
+        seq += 1;
+    }
+    let next = (seq <= last)
+        .then(|| items.last().and_then(|i| i["id"].as_u64()))
+        .flatten();
+    Ok(Json(
+        json!({"messages": items, "total": info.state.messages, "next_after": next}),
+    ))
+}
+
+/// `POST /crm/dlq/{id}/retry`: back to its original subject (a fresh dedupe id, so
+/// the stream takes it again), then out of the DLQ; a push's state becomes queued.
+pub async fn retry(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    require_bearer(&state, &headers)?;
+    let stream = stream(&state).await?;
+    let msg = stream
+        .get_raw_message(id)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("no message {id} in the DLQ")))?;
+    let original = header(&msg, ORIGINAL_SUBJECT).ok_or_else(|| {
+        ApiError::BadRequest(format!("message {id} is an advisory: nothing to retry"))
+    })?;
+    let mut out = async_nats::HeaderMap::new();
+    for (name, values) in msg.headers.iter() {
+        let name: &str = name.as_ref();
+        if CRM_HEADERS.contains(&name) || name == "Nats-Msg-Id" {
+            continue;
+        }
+        for v in values {
+            out.append(name, v.as_str());
+        }
+    }
+    out.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("retry:{}:{id}", state.dlq_stream).as_str(),
+    );
+    state
+        .js
+        .publish_with_headers(original.clone(), out, msg.payload.clone())
+        .await
+        .map_err(ApiError::internal)?
+        .await
+        .map_err(ApiError::internal)?;
+    if original.starts_with(&format!("{}.out.", state.subjects.root())) {
+        let command = binding::from_message(Some(&msg.headers), &msg.payload)
+            .ok()
+            .and_then(|e| serde_json::from_slice::<Command>(&data_bytes(&e)).ok());
+        if let Some(c) = command {
+            sqlx::query(
+                "UPDATE crm_call_pushes SET state = 'queued', reason = 'retried from the DLQ',
+                        updated_at = now()
+                 WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+            )
+            .bind(&c.workspace)
+            .bind(&c.call_id)
+            .bind(c.provider.as_str())
+            .execute(&state.pool)
+            .await
+            .map_err(ApiError::internal)?;
+        }
+    }
+    stream
+        .delete_message(id)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(id, "dead letter retried");
+    Ok(Json(
+        json!({"id": id, "retried": true, "subject": original}),
+    ))
+}
+
+/// `POST /crm/dlq/{id}/discard`.
+pub async fn discard(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    require_bearer(&state, &headers)?;
+    let stream = stream(&state).await?;
+    match stream.delete_message(id).await {
+        Ok(true) => {
+            tracing::info!(id, "dead letter discarded");
+            Ok(Json(json!({"id": id, "discarded": true})))
+        }
+        _ => Err(ApiError::NotFound(format!("no message {id} in the DLQ"))),
+    }
+}
