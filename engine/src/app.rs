@@ -300,6 +300,12 @@ impl Engine {
             for provider in Provider::ALL {
                 tasks.spawn(dispatcher.clone().run(provider, stop.clone()));
             }
+            tasks.spawn(crate::outbound::links::run(
+                self.state.pool.clone(),
+                self.state.js.clone(),
+                self.topology.clone(),
+                stop.clone(),
+            ));
         }
         if let (Some(odoo), true) = (self.odoo, self.role != Role::Api) {
             tasks.spawn(crate::odoo::scheduler::run(

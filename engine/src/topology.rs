@@ -222,7 +222,9 @@ impl Topology {
             filter_subject: self.subjects.outbound_filter(provider),
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.policy.retry_base.max(Duration::from_secs(60)),
+            // JetStream takes BackOff[0] (retry_base) as the ack wait: the dispatcher
+            // sends progress acks faster than that while a push runs.
+            ack_wait: self.policy.retry_base,
             max_deliver: self.policy.max_deliver.max(2),
             backoff: self.policy.backoff(),
             max_ack_pending: 1_000,

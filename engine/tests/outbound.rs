@@ -350,6 +350,25 @@ async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_re
         assert_eq!((h, z, o), (1, 1, 1), "call-{n}");
     }
 
+    // Each CRM id is projected as an entity link of the call.
+    let linked = eventually(Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM crm_entity_links l JOIN crm_call_pushes p
+               ON p.workspace_id = l.workspace_id AND p.call_id = l.app_id
+              AND p.provider = l.provider AND p.crm_id = l.crm_id
+             WHERE l.entity_type = 'call' AND l.app_id LIKE 'call-%'",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        (n == 3 * calls as i64).then_some(())
+    })
+    .await;
+    assert!(
+        linked.is_some(),
+        "every pushed call is linked to its CRM records"
+    );
+
     // The status names each CRM's record.
     let status: Value = engine
         .http
@@ -413,6 +432,23 @@ async fn a_push_that_cannot_succeed_is_dead_lettered_and_can_be_retried_or_disca
     assert_eq!(unauthorised.status(), 401);
     assert_eq!(get(&engine, "/crm/calls/nope?workspace=acme").await.0, 404);
 
+    let anonymous = engine
+        .http
+        .post(engine.url("/crm/calls/x/push-to-crm"))
+        .json(&outcome("a@example.com", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let mut elsewhere = outcome("a@example.com", 1);
+    elsewhere["provider"] = json!("hubspot");
+    assert_eq!(
+        post(&engine, "/crm/calls/x/push-to-crm", &elsewhere)
+            .await
+            .0,
+        404
+    );
+
     let mut lost = outcome("nobody@nowhere.example", 1);
     lost["provider"] = json!("odoo");
     assert_eq!(
@@ -469,7 +505,28 @@ async fn a_push_that_cannot_succeed_is_dead_lettered_and_can_be_retried_or_disca
             .fetch_one(&engine.pool)
             .await
             .unwrap();
-    assert_eq!(attempts, 2);
+    assert!(attempts >= 2, "{attempts}");
+
+    // The same outcome pushed again after its failure is a new attempt, not a
+    // duplicate JetStream drops.
+    let again_id = again["id"].as_u64().unwrap();
+    assert_eq!(
+        post(&engine, &format!("/crm/dlq/{again_id}/discard"), &json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(&engine, "/crm/calls/lost/push-to-crm", &lost).await.0,
+        202
+    );
+    let again = eventually(Duration::from_secs(20), || async {
+        dead_letter()
+            .await
+            .filter(|m| m["id"].as_u64() > Some(again_id))
+    })
+    .await
+    .expect("the pushed-again outcome was tried and failed again");
 
     // Discarded: gone.
     let again_id = again["id"].as_u64().unwrap();

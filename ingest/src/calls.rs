@@ -258,21 +258,30 @@ async fn push_inner(
     .map_err(|e| ApiError::Unavailable(format!("the outcome could not be stored: {e}")))?;
 
     for provider in &targets {
-        sqlx::query(
+        // A push after `sent` changes nothing (the CRM has the call); any other push
+        // queues it again, as a new command.
+        let (row_state, pushes): (String, i32) = sqlx::query_as(
             "INSERT INTO crm_call_pushes (workspace_id, call_id, provider, state, outcome)
              VALUES ($1, $2, $3, 'queued', $4)
              ON CONFLICT (workspace_id, call_id, provider) DO UPDATE SET
-                 outcome = EXCLUDED.outcome, updated_at = now(),
+                 outcome = CASE WHEN crm_call_pushes.state = 'sent'
+                                THEN crm_call_pushes.outcome ELSE EXCLUDED.outcome END,
+                 pushes = crm_call_pushes.pushes + 1,
+                 updated_at = now(),
                  state = CASE WHEN crm_call_pushes.state = 'sent' THEN 'sent' ELSE 'queued' END,
-                 reason = CASE WHEN crm_call_pushes.state = 'sent' THEN crm_call_pushes.reason ELSE NULL END",
+                 reason = CASE WHEN crm_call_pushes.state = 'sent' THEN crm_call_pushes.reason ELSE NULL END
+             RETURNING state, pushes",
         )
         .bind(ws.as_str())
         .bind(&call_id)
         .bind(provider.as_str())
         .bind(serde_json::to_value(&outcome).expect("serialisable"))
-        .execute(&state.pool)
+        .fetch_one(&state.pool)
         .await
         .map_err(ApiError::internal)?;
+        if row_state == "sent" {
+            continue;
+        }
         let command = Command {
             call_id: call_id.clone(),
             workspace: ws.as_str().to_owned(),
@@ -302,7 +311,7 @@ async fn push_inner(
             &state.js,
             state.subjects.outbound(*provider, &ws, &call),
             event,
-            &format!("out:{provider}:{}:{call_id}:{digest}", ws.as_str()),
+            &format!("out:{provider}:{}:{call_id}:{pushes}", ws.as_str()),
         )
         .await
         .map_err(|e| ApiError::Unavailable(format!("the push could not be queued: {e}")))?;

@@ -109,17 +109,12 @@ pub async fn retry(
             out.append(name, v.as_str());
         }
     }
+    // Unique per retry: a DLQ purged and refilled reuses its sequences.
     out.insert(
         async_nats::header::NATS_MESSAGE_ID,
-        format!("retry:{}:{id}", state.dlq_stream).as_str(),
+        format!("retry:{id}:{}", uuid::Uuid::new_v4().simple()).as_str(),
     );
-    state
-        .js
-        .publish_with_headers(original.clone(), out, msg.payload.clone())
-        .await
-        .map_err(ApiError::internal)?
-        .await
-        .map_err(ApiError::internal)?;
+    // The state first: the dispatcher may finish the retried push at once.
     if original.starts_with(&format!("{}.out.", state.subjects.root())) {
         let command = binding::from_message(Some(&msg.headers), &msg.payload)
             .ok()
@@ -128,7 +123,8 @@ pub async fn retry(
             sqlx::query(
                 "UPDATE crm_call_pushes SET state = 'queued', reason = 'retried from the DLQ',
                         updated_at = now()
-                 WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+                 WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
+                   AND state <> 'sent'",
             )
             .bind(&c.workspace)
             .bind(&c.call_id)
@@ -138,6 +134,13 @@ pub async fn retry(
             .map_err(ApiError::internal)?;
         }
     }
+    state
+        .js
+        .publish_with_headers(original.clone(), out, msg.payload.clone())
+        .await
+        .map_err(ApiError::internal)?
+        .await
+        .map_err(ApiError::internal)?;
     stream
         .delete_message(id)
         .await
@@ -156,11 +159,13 @@ pub async fn discard(
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
     let stream = stream(&state).await?;
-    match stream.delete_message(id).await {
-        Ok(true) => {
-            tracing::info!(id, "dead letter discarded");
-            Ok(Json(json!({"id": id, "discarded": true})))
-        }
-        _ => Err(ApiError::NotFound(format!("no message {id} in the DLQ"))),
+    if stream.get_raw_message(id).await.is_err() {
+        return Err(ApiError::NotFound(format!("no message {id} in the DLQ")));
     }
+    stream
+        .delete_message(id)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(id, "dead letter discarded");
+    Ok(Json(json!({"id": id, "discarded": true})))
 }

@@ -363,11 +363,12 @@ impl HubSpotClient {
         parse_page(v, "search")
     }
 
-    /// `POST /crm/v3/objects/{object}`.
+    /// `POST /crm/v3/objects/{object}`, sent once: a create that failed ambiguously
+    /// (timeout, 5xx) may have happened, so its caller looks before trying again.
     pub async fn create(&self, object: &str, body: &Value) -> Result<HsObject, ProviderError> {
         let path = format!("/crm/v3/objects/{object}");
         let v = self
-            .call("create", object, reqwest::Method::POST, &path, Some(body))
+            .once("create", object, reqwest::Method::POST, &path, Some(body))
             .await?;
         serde_json::from_value(v).map_err(|e| ProviderError {
             kind: ErrorKind::Transient,

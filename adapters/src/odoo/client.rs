@@ -306,6 +306,17 @@ impl OdooClient {
         })
     }
 
+    /// A model method, sent once (for writes whose failure may hide a success).
+    pub async fn call_once(
+        &self,
+        model: &str,
+        method: &str,
+        ids: Option<&[i64]>,
+        named: Map<String, Value>,
+    ) -> Result<Value, ProviderError> {
+        self.once(model, method, ids, &named).await
+    }
+
     /// A model method with named arguments (and the records it runs on), retried by
     /// error kind.
     pub async fn call(

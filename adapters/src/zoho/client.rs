@@ -326,10 +326,11 @@ impl ZohoClient {
             .await
     }
 
-    /// `POST /{Module}`: creates records; the answer per record as Zoho gives it.
+    /// `POST /{Module}`: creates records; the answer per record as Zoho gives it. Sent
+    /// once: after an ambiguous failure the caller looks before trying again.
     pub async fn insert(&self, module: &str, records: &[Value]) -> Result<Value, ProviderError> {
         let body = serde_json::json!({ "data": records });
-        self.call(
+        self.once(
             "create",
             module,
             reqwest::Method::POST,

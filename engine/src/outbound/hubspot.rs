@@ -10,8 +10,8 @@ use crmsync_schema::Provider;
 use super::{account_of, body_text, resolve_contact, title, PushError};
 use crate::hubspot::HubSpot;
 
-pub async fn push(hs: &HubSpot, pool: &PgPool, command: &Command) -> Result<String, PushError> {
-    let portal = account_of(pool, &command.workspace, Provider::HubSpot).await?;
+/// The call engagement made for `command`, if any.
+pub async fn find(hs: &HubSpot, command: &Command) -> Result<Option<String>, PushError> {
     let client = hs.client(&command.workspace).await?;
     let existing = client
         .search(
@@ -24,9 +24,15 @@ pub async fn push(hs: &HubSpot, pool: &PgPool, command: &Command) -> Result<Stri
             }),
         )
         .await?;
-    if let Some(found) = existing.results.first() {
-        return Ok(found.id.clone());
+    Ok(existing.results.first().map(|r| r.id.clone()))
+}
+
+pub async fn push(hs: &HubSpot, pool: &PgPool, command: &Command) -> Result<String, PushError> {
+    let portal = account_of(pool, &command.workspace, Provider::HubSpot).await?;
+    if let Some(found) = find(hs, command).await? {
+        return Ok(found);
     }
+    let client = hs.client(&command.workspace).await?;
     let o = &command.outcome;
     let contact = resolve_contact(pool, Provider::HubSpot, &portal, o.contact.as_ref()).await?;
     let deal = o.deal.as_ref().and_then(|d| d.crm_id.clone());

@@ -11,6 +11,7 @@
 //! a failure no retry fixes, or the last delivery, goes to `CRM_DLQ` with its reason.
 
 mod hubspot;
+pub mod links;
 mod odoo;
 mod zoho;
 
@@ -33,6 +34,9 @@ use crmsync_schema::{
 };
 
 use crate::topology::Topology;
+
+/// Pushes one dispatcher runs at once.
+const PARALLEL: usize = 8;
 
 /// Why a push did not happen.
 #[derive(Debug)]
@@ -153,7 +157,39 @@ pub fn body_text(command: &Command) -> String {
 }
 
 impl Dispatcher {
-    async fn push(&self, command: &Command) -> Result<String, PushError> {
+    /// Finds the command's record in the CRM by its key; after an attempt that may
+    /// have created it (`settle`), looks a few times, as CRM search lags writes.
+    async fn push(&self, command: &Command, settle: bool) -> Result<String, PushError> {
+        if settle {
+            // Redeliveries come after BackOff[0]; where that is shorter than a CRM's
+            // search lag (a few seconds), wait out the rest before looking.
+            let lag = Duration::from_secs(3).saturating_sub(self.topology.policy.retry_base);
+            tokio::time::sleep(lag).await;
+            if let Some(found) = self.find(command).await? {
+                return Ok(found);
+            }
+        }
+        self.create(command).await
+    }
+
+    async fn find(&self, command: &Command) -> Result<Option<String>, PushError> {
+        match command.provider {
+            Provider::HubSpot => match &self.hubspot {
+                Some(hs) => hubspot::find(hs, command).await,
+                None => Ok(None),
+            },
+            Provider::Zoho => match &self.zoho {
+                Some(z) => zoho::find(z, command).await,
+                None => Ok(None),
+            },
+            Provider::Odoo => match &self.odoo {
+                Some(o) => odoo::find(o, command).await,
+                None => Ok(None),
+            },
+        }
+    }
+
+    async fn create(&self, command: &Command) -> Result<String, PushError> {
         match command.provider {
             Provider::HubSpot => match &self.hubspot {
                 Some(hs) => hubspot::push(hs, &self.pool, command).await,
@@ -180,7 +216,8 @@ impl Dispatcher {
         sqlx::query(
             "UPDATE crm_call_pushes SET state = $4, crm_id = COALESCE($5, crm_id), reason = $6,
                     attempts = attempts + 1, updated_at = now()
-             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
+               AND (state <> 'sent' OR $4 = 'sent')",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
@@ -191,19 +228,6 @@ impl Dispatcher {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    async fn already_sent(&self, command: &Command) -> Result<bool, sqlx::Error> {
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM crm_call_pushes
-             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
-        )
-        .bind(&command.workspace)
-        .bind(&command.call_id)
-        .bind(command.provider.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(state.as_deref() == Some("sent"))
     }
 
     /// Records the CRM's id as a `crm.result` event.
@@ -263,36 +287,98 @@ impl Dispatcher {
                 return;
             }
         };
-        match self.already_sent(&command).await {
-            Ok(true) => {
-                let _ = msg.ack().await;
-                return;
+        // One worker at a time per (call, provider), across processes: a lease on
+        // the push's row, renewed while it works, gone with a crashed worker.
+        match self.lease(&command).await {
+            Ok(Some((state, attempts))) => {
+                self.handle_leased(&msg, &command, consumer, max_deliver, state, attempts)
+                    .await;
+                let _ = self.release(&command).await;
             }
-            Ok(false) => {}
-            Err(e) => {
-                // Not acked: JetStream redelivers on its BackOff schedule.
-                tracing::warn!(error = %e, "push state unreadable; retrying later");
-                return;
-            }
+            // Another worker has it now (or its state is out of reach): redelivered
+            // later on the BackOff schedule if it still needs doing.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "push state unreadable; retrying later"),
         }
-        // Keep the message ours while the CRM is slow.
+    }
+
+    /// Takes the push's lease; its state and attempts when taken.
+    async fn lease(&self, command: &Command) -> Result<Option<(String, i32)>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds'
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
+               AND (lease_until IS NULL OR lease_until < now())
+             RETURNING state, attempts",
+        )
+        .bind(&command.workspace)
+        .bind(&command.call_id)
+        .bind(command.provider.as_str())
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn renew(&self, command: &Command) {
+        let _ = sqlx::query(
+            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds'
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+        )
+        .bind(&command.workspace)
+        .bind(&command.call_id)
+        .bind(command.provider.as_str())
+        .execute(&self.pool)
+        .await;
+    }
+
+    async fn release(&self, command: &Command) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE crm_call_pushes SET lease_until = NULL
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+        )
+        .bind(&command.workspace)
+        .bind(&command.call_id)
+        .bind(command.provider.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn handle_leased(
+        &self,
+        msg: &Message,
+        command: &Command,
+        consumer: &str,
+        max_deliver: i64,
+        state: String,
+        attempts: i32,
+    ) {
+        if state == "sent" {
+            let _ = msg.ack().await;
+            return;
+        }
+        // Keep the message ours while the CRM is slow: progress acks well inside the
+        // ack wait (JetStream's BackOff[0]).
+        let beat_every = (self.topology.policy.retry_base / 3)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
         let pushed = {
-            let push = self.push(&command);
+            let push = self.push(command, attempts > 0);
             tokio::pin!(push);
-            let mut beat = tokio::time::interval(Duration::from_secs(5));
+            let mut beat = tokio::time::interval(beat_every);
             beat.tick().await;
             loop {
                 tokio::select! {
                     r = &mut push => break r,
-                    _ = beat.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+                    _ = beat.tick() => {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                        self.renew(command).await;
+                    }
                 }
             }
         };
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
         match pushed {
             Ok(crm_id) => {
-                let stored = self.set_state(&command, "sent", Some(&crm_id), None).await;
-                let result = self.result_event(&command, &crm_id).await;
+                let stored = self.set_state(command, "sent", Some(&crm_id), None).await;
+                let result = self.result_event(command, &crm_id).await;
                 match (stored, result) {
                     (Ok(()), Ok(())) => {
                         let _ = msg.ack().await;
@@ -304,23 +390,19 @@ impl Dispatcher {
             }
             Err(PushError::Retry(reason)) if delivered < max_deliver => {
                 tracing::info!(provider = %command.provider, delivered, reason, "push failed; JetStream will redeliver");
-                let _ = self
-                    .set_state(&command, "queued", None, Some(&reason))
-                    .await;
+                let _ = self.set_state(command, "queued", None, Some(&reason)).await;
             }
             Err(PushError::Retry(reason)) => {
                 tracing::warn!(provider = %command.provider, reason, "push dead-lettered after its last delivery");
                 let _ = self
-                    .set_state(&command, "dead_lettered", None, Some(&reason))
+                    .set_state(command, "dead_lettered", None, Some(&reason))
                     .await;
-                self.dead_letter(&msg, consumer, &reason).await;
+                self.dead_letter(msg, consumer, &reason).await;
             }
             Err(PushError::Fail(reason)) => {
                 tracing::warn!(provider = %command.provider, reason, "push failed for good");
-                let _ = self
-                    .set_state(&command, "failed", None, Some(&reason))
-                    .await;
-                self.dead_letter(&msg, consumer, &reason).await;
+                let _ = self.set_state(command, "failed", None, Some(&reason)).await;
+                self.dead_letter(msg, consumer, &reason).await;
             }
         }
     }
@@ -341,24 +423,43 @@ impl Dispatcher {
             .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))?;
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(50)
+            // Few pulled ahead: a message waiting here gets no progress acks (and if
+            // its ack wait passes, the lock and the state keep a second worker off).
+            .max_messages_per_batch(PARALLEL)
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
             .map_err(|e| anyhow::anyhow!("opening consumer {name}: {e}"))
             .context("outbound")?;
         tracing::info!(%provider, "outbound dispatcher started");
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+        let mut running = tokio::task::JoinSet::new();
         loop {
+            let slot = tokio::select! {
+                () = stop.cancelled() => break,
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            };
             let next = tokio::select! {
                 () = stop.cancelled() => break,
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(msg)) => self.handle(msg, &name, max_deliver).await,
+                Some(Ok(msg)) => {
+                    let this = self.clone();
+                    let name = name.clone();
+                    running.spawn(async move {
+                        this.handle(msg, &name, max_deliver).await;
+                        drop(slot);
+                    });
+                }
                 Some(Err(e)) => tracing::debug!(error = %e, "outbound consumer hiccup"),
                 None => break,
             }
+            while running.try_join_next().is_some() {}
         }
+        // Pushes under way finish (bounded by the shutdown timeout); the rest are
+        // redelivered.
+        while running.join_next().await.is_some() {}
         tracing::info!(%provider, "outbound dispatcher stopped");
         Ok(())
     }

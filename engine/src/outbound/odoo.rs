@@ -17,6 +17,17 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The note posted for `command`, if any — by the key alone: the record the note went
+/// on may since have changed.
+pub async fn find(odoo: &Odoo, command: &Command) -> Result<Option<String>, PushError> {
+    let connection = odoo.connection(&command.workspace).await?;
+    let client = odoo.client(&connection).await?;
+    let existing = client
+        .search_ids("mail.message", json!([["body", "ilike", command.key]]))
+        .await?;
+    Ok(existing.first().map(|id| id.to_string()))
+}
+
 pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<String, PushError> {
     let account = account_of(pool, &command.workspace, Provider::Odoo).await?;
     let connection = odoo.connection(&command.workspace).await?;
@@ -34,18 +45,8 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     let id: i64 = id
         .parse()
         .map_err(|_| PushError::Fail(format!("{id:?} is not an Odoo record id")))?;
-    let existing = client
-        .search_ids(
-            "mail.message",
-            json!([
-                ["model", "=", model],
-                ["res_id", "=", id],
-                ["body", "ilike", command.key]
-            ]),
-        )
-        .await?;
-    if let Some(found) = existing.first() {
-        return Ok(found.to_string());
+    if let Some(found) = find(odoo, command).await? {
+        return Ok(found);
     }
     let text = body_text(command);
     let body = format!(
@@ -64,7 +65,7 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     named.insert("message_type".into(), json!("comment"));
     named.insert("subtype_xmlid".into(), json!("mail.mt_note"));
     let answer = client
-        .call(model, "message_post", Some(&[id]), named)
+        .call_once(model, "message_post", Some(&[id]), named)
         .await?;
     match answer {
         Value::Number(n) => Ok(n.to_string()),

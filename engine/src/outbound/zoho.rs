@@ -11,19 +11,25 @@ use crmsync_schema::Provider;
 use super::{account_of, body_text, resolve_contact, title, PushError};
 use crate::zoho::Zoho;
 
-pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<String, PushError> {
-    let org = account_of(pool, &command.workspace, Provider::Zoho).await?;
+/// The Calls record made for `command`, if any.
+pub async fn find(zoho: &Zoho, command: &Command) -> Result<Option<String>, PushError> {
     let client = zoho.client(&command.workspace).await?;
-    let subject_start = format!("[{}]", command.key);
     let existing = client
-        .search("Calls", &format!("(Subject:starts_with:{subject_start})"))
+        .search("Calls", &format!("(Subject:starts_with:[{}])", command.key))
         .await?;
-    if let Some(id) = existing
+    Ok(existing
         .iter()
         .find_map(|r| r.get("id").and_then(Value::as_str))
-    {
-        return Ok(id.to_owned());
+        .map(str::to_owned))
+}
+
+pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<String, PushError> {
+    let org = account_of(pool, &command.workspace, Provider::Zoho).await?;
+    if let Some(found) = find(zoho, command).await? {
+        return Ok(found);
     }
+    let client = zoho.client(&command.workspace).await?;
+    let subject_start = format!("[{}]", command.key);
     let o = &command.outcome;
     let contact = resolve_contact(pool, Provider::Zoho, &org, o.contact.as_ref()).await?;
     let mut record = json!({
@@ -47,6 +53,17 @@ pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<Strin
         Some(id) if first.get("status").and_then(Value::as_str) == Some("success") => {
             Ok(id.to_owned())
         }
-        _ => Err(PushError::Fail(format!("Zoho refused the call: {first}"))),
+        // Zoho's code and message only: its details may echo the record's values.
+        _ => Err(PushError::Fail(format!(
+            "Zoho refused the call: {} {}",
+            first
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown"),
+            first
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        ))),
     }
 }
