@@ -62,16 +62,31 @@ pub async fn run(
         max_ack_pending: 1_000,
         ..Default::default()
     };
-    let consumer: jetstream::consumer::PullConsumer = js
-        .create_consumer_on_stream(config, topology.events_stream())
-        .await
-        .map_err(|e| anyhow::anyhow!("creating consumer {CONSUMER}: {e}"))?;
-    let mut messages = consumer
-        .stream()
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("opening consumer {CONSUMER}: {e}"))?;
+    // A stream that is briefly missing (being recreated) is waited for, not fatal.
+    let mut messages = loop {
+        let opened = async {
+            let consumer: jetstream::consumer::PullConsumer = js
+                .create_consumer_on_stream(config.clone(), topology.events_stream())
+                .await
+                .map_err(|e| anyhow::anyhow!("creating consumer {CONSUMER}: {e}"))?;
+            consumer
+                .stream()
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("opening consumer {CONSUMER}: {e}"))
+        };
+        match opened.await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(error = %e, "entity links wait for their consumer");
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
     loop {
         let next = tokio::select! {
             () = stop.cancelled() => break,

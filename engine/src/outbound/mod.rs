@@ -416,11 +416,23 @@ impl Dispatcher {
         let config = self.topology.outbound_consumer(provider);
         let name = config.durable_name.clone().unwrap_or_default();
         let max_deliver = config.max_deliver;
-        let consumer: jetstream::consumer::PullConsumer = self
-            .js
-            .create_consumer_on_stream(config, self.topology.outbound_stream())
-            .await
-            .map_err(|e| anyhow::anyhow!("creating consumer {name}: {e}"))?;
+        // A stream that is briefly missing (being recreated) is waited for, not fatal.
+        let consumer: jetstream::consumer::PullConsumer = loop {
+            match self
+                .js
+                .create_consumer_on_stream(config.clone(), self.topology.outbound_stream())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, consumer = %name, "the dispatcher waits for its consumer");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        };
         let mut messages = consumer
             .stream()
             // Few pulled ahead: a message waiting here gets no progress acks (and if
