@@ -14,7 +14,7 @@ use crmsync_projectors::MIGRATOR;
 pub async fn connect(url: &Secret<String>) -> anyhow::Result<PgPool> {
     let url = url.expose();
     let options = PgPoolOptions::new()
-        .max_connections(10)
+        .max_connections(20)
         .acquire_timeout(Duration::from_secs(10));
     match options.clone().connect(url).await {
         Ok(pool) => Ok(pool),

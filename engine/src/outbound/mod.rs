@@ -36,7 +36,7 @@ use crmsync_schema::{
 use crate::topology::Topology;
 
 /// Pushes one dispatcher runs at once.
-const PARALLEL: usize = 8;
+const PARALLEL: usize = 4;
 
 /// Why a push did not happen.
 #[derive(Debug)]
