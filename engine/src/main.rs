@@ -159,14 +159,20 @@ fn hubspot_objects(object: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
     })
 }
 
+/// What a backfill reads, checked before anything is connected.
+enum Backfill {
+    HubSpot(Vec<&'static str>),
+    Zoho(Vec<(&'static str, &'static str)>),
+}
+
 async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<()> {
-    match opts.provider.as_str() {
-        "hubspot" => drop(hubspot_objects(opts.object.as_deref())?),
-        "zoho" => drop(zoho_modules(opts.object.as_deref())?),
+    let what = match opts.provider.as_str() {
+        "hubspot" => Backfill::HubSpot(hubspot_objects(opts.object.as_deref())?),
+        "zoho" => Backfill::Zoho(zoho_modules(opts.object.as_deref())?),
         other => anyhow::bail!(
             "backfill supports --provider hubspot or zoho (got {other:?}); an Odoo connection is read whole by its first poll (POST /crm/odoo/poll)"
         ),
-    }
+    };
     let vault = settings.vault().ok_or_else(|| ConfigError {
         name: "ENCRYPTION_KEY",
         problem: "must be set to open the stored tokens".into(),
@@ -182,12 +188,13 @@ async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<(
         .await
         .map_err(|e| anyhow::anyhow!("opening the cursor bucket: {e}"))?;
     let vault = std::sync::Arc::new(vault);
-    let total = match opts.provider.as_str() {
-        "hubspot" => backfill_hubspot(&settings, &engine, vault, &cursors, &opts).await?,
-        "zoho" => backfill_zoho(&settings, &engine, vault, &cursors, &opts).await?,
-        other => anyhow::bail!(
-            "backfill supports --provider hubspot or zoho (got {other:?}); an Odoo connection is read whole by its first poll (POST /crm/odoo/poll)"
-        ),
+    let total = match what {
+        Backfill::HubSpot(objects) => {
+            backfill_hubspot(&settings, &engine, vault, &cursors, &opts, objects).await?
+        }
+        Backfill::Zoho(modules) => {
+            backfill_zoho(&settings, &engine, vault, &cursors, &opts, modules).await?
+        }
     };
     tracing::info!(records = total, workspace = %opts.workspace, "backfill done");
     Ok(())
@@ -199,9 +206,9 @@ async fn backfill_zoho(
     vault: std::sync::Arc<crmsync_adapters::Vault>,
     cursors: &async_nats::jetstream::kv::Store,
     opts: &BackfillOptions,
+    modules: Vec<(&str, &str)>,
 ) -> anyhow::Result<u64> {
     use crmsync_engine::zoho::{backfill::backfill as run_backfill, Zoho};
-    let modules = zoho_modules(opts.object.as_deref())?;
     let app = settings.zoho_app().ok_or_else(|| ConfigError {
         name: "CRM_ZOHO_CLIENT_SECRET",
         problem: "and CRM_ZOHO_CLIENT_ID must be set to call Zoho".into(),
@@ -240,9 +247,9 @@ async fn backfill_hubspot(
     vault: std::sync::Arc<crmsync_adapters::Vault>,
     cursors: &async_nats::jetstream::kv::Store,
     opts: &BackfillOptions,
+    objects: Vec<&str>,
 ) -> anyhow::Result<u64> {
     use crmsync_engine::hubspot::{backfill::backfill as run_backfill, HubSpot};
-    let objects = hubspot_objects(opts.object.as_deref())?;
     let app = settings.hubspot_app().ok_or_else(|| ConfigError {
         name: "CRM_HUBSPOT_CLIENT_SECRET",
         problem: "and CRM_HUBSPOT_CLIENT_ID must be set to call HubSpot".into(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::hubspot::API_TOKEN;
-use common::TestEngine;
+use common::{free_port, TestEngine};
 use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
 use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
 use crmsync_sandbox::server::Running;
@@ -24,14 +24,6 @@ struct Crms {
     od: Arc<odoo::OdooSandbox>,
     _running: Vec<Running>,
     od_url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Start → the provider's consent page → back to the engine's callback.

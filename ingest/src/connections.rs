@@ -432,3 +432,22 @@ pub async fn update_channel_settings(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Active connections of `provider` (of one workspace, if named) that have an
+/// account: (workspace, account, settings), by workspace.
+pub async fn active(
+    pool: &PgPool,
+    provider: &str,
+    workspace: Option<&str>,
+) -> Result<Vec<(String, String, Value)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT workspace_id, account_id, settings FROM crm_connections
+         WHERE provider = $1 AND status = 'active' AND account_id IS NOT NULL
+           AND ($2::text IS NULL OR workspace_id = $2)
+         ORDER BY workspace_id",
+    )
+    .bind(provider)
+    .bind(workspace)
+    .fetch_all(pool)
+    .await
+}

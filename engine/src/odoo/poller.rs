@@ -192,6 +192,25 @@ impl Odoo {
         ))
     }
 
+    /// Reads the records of `model` with these ids and stores them.
+    async fn read_ids(
+        &self,
+        client: &OdooClient,
+        account: &WorkspaceId,
+        model: &str,
+        ids: &[i64],
+    ) -> anyhow::Result<()> {
+        for chunk in ids.chunks(PAGE) {
+            let read_at = Utc::now();
+            let domain = json!([["id", "in", chunk]]);
+            let rows = client
+                .search_read(model, domain, fields_of(model), "id asc", PAGE)
+                .await?;
+            self.store(account, model, &rows, read_at).await?;
+        }
+        Ok(())
+    }
+
     /// Compares each projected table's ids with Odoo's: stores a tombstone for every
     /// record gone (or moved to the other partner table), and reads every live record
     /// never projected. Returns how many tombstones.
@@ -260,19 +279,7 @@ impl Odoo {
                 .filter(|id| !known.contains(id.as_str()))
                 .filter_map(|id| id.parse().ok())
                 .collect();
-            for chunk in unseen.chunks(PAGE) {
-                let read_at = Utc::now();
-                let rows = client
-                    .search_read(
-                        model,
-                        json!([["id", "in", chunk]]),
-                        fields_of(model),
-                        "id asc",
-                        PAGE,
-                    )
-                    .await?;
-                self.store(&account, model, &rows, read_at).await?;
-            }
+            self.read_ids(client, &account, model, &unseen).await?;
         }
         // Deleting a partner empties the many2one fields pointing at it without
         // touching those records' write_date (ON DELETE SET NULL): read them again.
@@ -291,19 +298,7 @@ impl Odoo {
                 .fetch_all(self.pool())
                 .await?;
                 let ids: Vec<i64> = ids.iter().filter_map(|i| i.parse().ok()).collect();
-                for chunk in ids.chunks(PAGE) {
-                    let read_at = Utc::now();
-                    let rows = client
-                        .search_read(
-                            model,
-                            json!([["id", "in", chunk]]),
-                            fields_of(model),
-                            "id asc",
-                            PAGE,
-                        )
-                        .await?;
-                    self.store(&account, model, &rows, read_at).await?;
-                }
+                self.read_ids(client, &account, model, &ids).await?;
             }
         }
         Ok(gone)

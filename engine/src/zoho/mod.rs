@@ -164,31 +164,27 @@ impl Zoho {
 
     /// Every active Zoho connection.
     pub async fn connected(&self) -> anyhow::Result<Vec<Connected>> {
-        let rows: Vec<(String, Option<String>, Value)> = sqlx::query_as(
-            "SELECT workspace_id, account_id, settings FROM crm_connections
-             WHERE provider = 'zoho' AND status = 'active' ORDER BY workspace_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(workspace, org, settings)| {
-                Some(Connected {
-                    workspace,
-                    org: org?,
-                    settings,
-                })
-            })
-            .collect())
+        self.active(None).await
     }
 
     /// The active connection of `workspace`.
     pub async fn connection(&self, workspace: &str) -> anyhow::Result<Connected> {
-        self.connected()
+        self.active(Some(workspace))
             .await?
-            .into_iter()
-            .find(|c| c.workspace == workspace)
+            .pop()
             .with_context(|| format!("workspace {workspace} has no active Zoho connection"))
+    }
+
+    async fn active(&self, workspace: Option<&str>) -> anyhow::Result<Vec<Connected>> {
+        let rows = connections::active(&self.pool, PROVIDER, workspace).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(workspace, org, settings)| Connected {
+                workspace,
+                org,
+                settings,
+            })
+            .collect())
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -242,3 +242,12 @@ pub fn differences<R: PartialEq + std::fmt::Debug>(
     }
     out
 }
+
+/// A loopback port free now, for an engine whose public URL must be known up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -9,7 +9,7 @@ use crmsync_sandbox::server::Running;
 use crmsync_sandbox::zoho::{Config, DataCentre, ZohoSandbox};
 
 use super::hubspot::API_TOKEN;
-use super::TestEngine;
+use super::{free_port, TestEngine};
 
 pub struct Org {
     pub engine: TestEngine,
@@ -17,14 +17,6 @@ pub struct Org {
     pub running: Running,
     pub key: String,
     pub no_redirects: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The emulator with `config`, and an engine whose Zoho app is the emulator's, with
