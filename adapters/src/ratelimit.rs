@@ -1,7 +1,7 @@
 //! Client-side rate limiting per connection: a token bucket at `CRM_SYNC_RPS`, and a
 //! pause when the provider's own headers say its budget is spent.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,6 +12,21 @@ struct Bucket {
     last: Instant,
     /// Set when the provider said to stop until then.
     paused_until: Option<Instant>,
+}
+
+/// A connection's allowance with a provider: `rps` requests a second on average and
+/// at most `burst` at once (`CRM_SYNC_RPS`, `CRM_SYNC_BURST`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    pub rps: f64,
+    pub burst: f64,
+}
+
+impl RateLimits {
+    /// A fresh bucket, full, for one connection.
+    pub fn limiter(self) -> Arc<RateLimiter> {
+        Arc::new(RateLimiter::new(self.rps, self.burst))
+    }
 }
 
 /// A token bucket: `rate` requests a second on average, bursts of up to `burst`.

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 
 use crate::error::{ErrorKind, ProviderError};
 
@@ -28,6 +28,24 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    fn schedule(&self, times: usize) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay.max(self.min_delay))
+            .with_max_times(times)
+            .with_jitter()
+    }
+
+    /// The delay before retry number `retry` (from 1): doubling from `min_delay` up to
+    /// `max_delay`, with jitter so that calls failed together spread out.
+    pub fn delay(&self, retry: usize) -> Duration {
+        let retry = retry.max(1);
+        self.schedule(retry)
+            .build()
+            .nth(retry - 1)
+            .unwrap_or(self.max_delay)
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.
     pub async fn run<T, F, Fut>(
         &self,
@@ -39,13 +57,7 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(self.min_delay)
-                    .with_max_delay(self.max_delay)
-                    .with_max_times(self.max_attempts)
-                    .with_jitter(),
-            )
+            .retry(self.schedule(self.max_attempts))
             .when(|e: &ProviderError| e.kind.retryable())
             .adjust(|e: &ProviderError, delay| match e.kind {
                 ErrorKind::RateLimited {
@@ -63,5 +75,28 @@ impl RetryPolicy {
                 );
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_with_jitter_up_to_the_cap() {
+        let policy = RetryPolicy {
+            min_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+            max_attempts: 10,
+        };
+        for retry in 1..=8 {
+            let base = Duration::from_secs(1 << (retry - 1)).min(Duration::from_secs(10));
+            let d = policy.delay(retry);
+            // backon adds up to one base delay of jitter.
+            assert!(d >= base && d <= base * 2, "retry {retry}: {d:?}");
+        }
+        let spread: std::collections::HashSet<Duration> =
+            (0..20).map(|_| policy.delay(3)).collect();
+        assert!(spread.len() > 1, "jitter spreads retries");
     }
 }

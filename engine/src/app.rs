@@ -103,7 +103,7 @@ impl Engine {
                 Arc::new(vault),
                 app,
                 metrics.clone(),
-                settings.sync_rps,
+                settings.rate_limits(),
             ))),
         };
         let zoho = match (role, settings.zoho_app(), settings.vault()) {
@@ -113,7 +113,7 @@ impl Engine {
                 Arc::new(vault),
                 app,
                 metrics.clone(),
-                settings.sync_rps,
+                settings.rate_limits(),
                 settings.zoho_concurrency,
             ))),
         };
@@ -131,7 +131,7 @@ impl Engine {
                     pool.clone(),
                     Arc::new(vault),
                     metrics.clone(),
-                    settings.sync_rps,
+                    settings.rate_limits(),
                     settings.odoo_timeout,
                     settings.poll_lookback,
                     js.clone(),
@@ -296,6 +296,7 @@ impl Engine {
                 hubspot: self.hubspot.clone(),
                 zoho: self.zoho.clone(),
                 odoo: self.odoo.clone(),
+                limits: self.settings.rate_limits(),
             });
             for provider in Provider::ALL {
                 tasks.spawn(dispatcher.clone().run(provider, stop.clone()));

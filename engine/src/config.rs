@@ -48,6 +48,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ODOO_DEFAULT_TIMEOUT", "30", "seconds an Odoo call may take"),
     var("CRM_SYNC_PAGE", "200", "records per page when polling or backfilling (1-1000)"),
     var("CRM_SYNC_RPS", "5", "requests per second per connection to a provider"),
+    var("CRM_SYNC_BURST", "10", "requests a connection may make at once before CRM_SYNC_RPS paces it (its burst limit; 1-10000)"),
     var("CRM_POLL_INTERVAL_SECS", "300", "seconds between delta polls of each connection (the safety net under webhooks)"),
     var("CRM_POLL_LOOKBACK_SECS", "120", "how far before its cursor a poll looks again, for the providers' search lag"),
     var("CRM_LINK_SWEEP_EVERY", "12", "polls between two sweeps of every record's links (associations; 0: never)"),
@@ -102,6 +103,7 @@ pub struct Settings {
     pub odoo_timeout: Duration,
     pub sync_page: u32,
     pub sync_rps: f64,
+    pub sync_burst: f64,
     pub poll_interval: Duration,
     pub poll_lookback: Duration,
     pub link_sweep_every: u32,
@@ -196,6 +198,14 @@ fn check_url(
 }
 
 impl Settings {
+    /// Each connection's allowance with its provider.
+    pub fn rate_limits(&self) -> crmsync_adapters::RateLimits {
+        crmsync_adapters::RateLimits {
+            rps: self.sync_rps,
+            burst: self.sync_burst,
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -297,6 +307,7 @@ impl Settings {
             odoo_timeout: Duration::from_secs(r.number("ODOO_DEFAULT_TIMEOUT", 1, 3600)?),
             sync_page: r.number("CRM_SYNC_PAGE", 1, 1000)?,
             sync_rps,
+            sync_burst: r.number("CRM_SYNC_BURST", 1.0, 10_000.0)?,
             poll_interval: Duration::from_secs(r.number("CRM_POLL_INTERVAL_SECS", 1, 86_400)?),
             poll_lookback: Duration::from_secs(r.number("CRM_POLL_LOOKBACK_SECS", 0, 86_400)?),
             link_sweep_every: r.number("CRM_LINK_SWEEP_EVERY", 0, 100_000)?,

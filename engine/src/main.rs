@@ -218,7 +218,7 @@ async fn backfill_zoho(
         vault,
         app,
         engine.state.metrics.clone(),
-        settings.sync_rps,
+        settings.rate_limits(),
         settings.zoho_concurrency,
     );
     let connection = zoho.connection(&opts.workspace).await?;
@@ -259,7 +259,7 @@ async fn backfill_hubspot(
         vault,
         app,
         engine.state.metrics.clone(),
-        settings.sync_rps,
+        settings.rate_limits(),
     );
     let connection = hubspot
         .connected()

@@ -223,11 +223,15 @@ impl Topology {
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
             // JetStream takes BackOff[0] (retry_base) as the ack wait: the dispatcher
-            // sends progress acks faster than that while a push runs.
+            // sends progress acks faster than that while a push runs or waits.
             ack_wait: self.policy.retry_base,
-            max_deliver: self.policy.max_deliver.max(2),
+            // Deliveries are not attempts (a deferred command is delivered again
+            // without one): the dispatcher counts attempts in Postgres and
+            // dead-letters after CRM_MAX_DELIVER of them.
+            max_deliver: -1,
             backoff: self.policy.backoff(),
-            max_ack_pending: 1_000,
+            // Deferred commands stay pending with JetStream: room for deep backlogs.
+            max_ack_pending: 20_000,
             ..Default::default()
         }
     }

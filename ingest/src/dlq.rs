@@ -122,7 +122,7 @@ pub async fn retry(
         if let Some(c) = command {
             sqlx::query(
                 "UPDATE crm_call_pushes SET state = 'queued', reason = 'retried from the DLQ',
-                        updated_at = now()
+                        attempts = 0, updated_at = now()
                  WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
                    AND state <> 'sent'",
             )

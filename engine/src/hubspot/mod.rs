@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use crmsync_adapters::hubspot::client::HubSpotClient;
 use crmsync_adapters::hubspot::oauth::OAuthApp;
-use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_adapters::{Metrics, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 /// Everything needed to call HubSpot for any connected workspace.
@@ -25,7 +25,7 @@ pub struct HubSpot {
     app: OAuthApp,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    rps: f64,
+    limits: RateLimits,
     clients: Mutex<HashMap<String, HubSpotClient>>,
 }
 
@@ -42,7 +42,7 @@ impl HubSpot {
         vault: Arc<Vault>,
         app: OAuthApp,
         metrics: Arc<Metrics>,
-        rps: f64,
+        limits: RateLimits,
     ) -> Self {
         Self {
             pool,
@@ -50,7 +50,7 @@ impl HubSpot {
             app,
             http: reqwest::Client::new(),
             metrics,
-            rps,
+            limits,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -71,7 +71,7 @@ impl HubSpot {
             HubSpotClient::new(
                 self.app.api_url.clone(),
                 token.clone(),
-                Arc::new(RateLimiter::new(self.rps, (self.rps * 2.0).max(1.0))),
+                self.limits.limiter(),
                 self.metrics.clone(),
             )
         });

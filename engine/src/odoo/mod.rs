@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crmsync_adapters::oauth::{OAuthError, TokenSet};
 use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
-use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_adapters::{Metrics, RateLimits, Secret, Vault};
 use crmsync_ingest::connections::{self, Refresh};
 use crmsync_schema::Subjects;
 
@@ -55,7 +55,7 @@ pub struct Odoo {
     pool: PgPool,
     vault: Arc<Vault>,
     metrics: Arc<Metrics>,
-    rps: f64,
+    limits: RateLimits,
     pub timeout: Duration,
     pub lookback: Duration,
     pub js: jetstream::Context,
@@ -70,7 +70,7 @@ impl Odoo {
         pool: PgPool,
         vault: Arc<Vault>,
         metrics: Arc<Metrics>,
-        rps: f64,
+        limits: RateLimits,
         timeout: Duration,
         lookback: Duration,
         js: jetstream::Context,
@@ -81,7 +81,7 @@ impl Odoo {
             pool,
             vault,
             metrics,
-            rps,
+            limits,
             timeout,
             lookback,
             js,
@@ -160,12 +160,8 @@ impl Odoo {
             api_key: key,
             timeout: self.timeout,
         };
-        let client = OdooClient::connect(
-            config,
-            Arc::new(RateLimiter::new(self.rps, (self.rps * 2.0).max(1.0))),
-            self.metrics.clone(),
-        )
-        .await?;
+        let client =
+            OdooClient::connect(config, self.limits.limiter(), self.metrics.clone()).await?;
         clients.insert(connection.workspace.clone(), (identity, client.clone()));
         Ok(client)
     }

@@ -6,15 +6,23 @@
 //! marker in Odoo's message), so a repeat push, a redelivery after a crash between the
 //! CRM's answer and the ack, or a restarted worker finds the record it made. The state
 //! (`crm_call_pushes`) says queued, sent (with the CRM id), failed or dead-lettered;
-//! the CRM id also goes out as a `crm.result` event. Retryable failures are left
-//! unacknowledged for JetStream's BackOff schedule (the clients already retried 429s and 5xx within the call);
-//! a failure no retry fixes, or the last delivery, goes to `CRM_DLQ` with its reason.
+//! the CRM id also goes out as a `crm.result` event. A retryable failure (the clients
+//! already retried 429s and 5xx within the call) comes back after an exponential,
+//! jittered delay; a failure no retry fixes, or the last of `CRM_MAX_DELIVER` attempts,
+//! goes to `CRM_DLQ` with its reason.
+//!
+//! Workspaces share a dispatcher fairly: it holds a window of commands, takes them in
+//! turn by workspace, and leaves a workspace's surplus with JetStream (a delayed
+//! negative ack, paced at its connection's rate), so one workspace's backlog never
+//! queues another's pushes behind it. Attempts are counted in Postgres, not by
+//! JetStream's deliveries, as such a deferral is no attempt.
 
 mod hubspot;
 pub mod links;
 mod odoo;
 mod zoho;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +34,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crmsync_adapters::ProviderError;
+use crmsync_adapters::retry::RetryPolicy;
+use crmsync_adapters::{ProviderError, RateLimits};
 use crmsync_ingest::calls::{Command, Target};
 use crmsync_ingest::publish::publish_one;
 use crmsync_schema::{
@@ -37,29 +46,75 @@ use crate::topology::Topology;
 
 /// Pushes one dispatcher runs at once.
 const PARALLEL: usize = 4;
+/// Commands one dispatcher holds, running or waiting their turn.
+const WINDOW: usize = 32;
+/// Commands of one workspace held at once; more are deferred.
+const PER_WORKSPACE: usize = 8;
+/// Requests a push makes, about (a lookup and a create), to pace deferrals.
+const REQUESTS_PER_PUSH: f64 = 2.0;
+/// The furthest a command is deferred at once.
+const MAX_DEFERRAL: Duration = Duration::from_secs(600);
 
 /// Why a push did not happen.
 #[derive(Debug)]
 pub enum PushError {
-    /// Worth another delivery.
-    Retry(String),
+    /// Worth another attempt.
+    Retry(Reason),
     /// No retry will help (an unknown contact, a refused record).
-    Fail(String),
+    Fail(Reason),
+}
+
+/// A failure's reason: the whole text, kept with the push and in the DLQ (behind the
+/// bearer token), and a shorter one for logs without the provider's own message
+/// (which may quote personal data).
+#[derive(Debug, Clone)]
+pub struct Reason {
+    pub text: String,
+    pub log: String,
+}
+
+impl From<String> for Reason {
+    /// A reason of our own words: fit for logs as it is.
+    fn from(text: String) -> Self {
+        Reason {
+            log: text.clone(),
+            text,
+        }
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(text: &str) -> Self {
+        Reason::from(text.to_owned())
+    }
 }
 
 impl From<ProviderError> for PushError {
     fn from(e: ProviderError) -> Self {
+        let reason = Reason {
+            log: format!(
+                "{} {} failed ({}{})",
+                e.provider,
+                e.operation,
+                e.kind.label(),
+                e.status.map(|s| format!(", HTTP {s}")).unwrap_or_default()
+            ),
+            text: e.to_string(),
+        };
         if e.kind.retryable() || e.kind == crmsync_adapters::ErrorKind::Unauthorized {
-            PushError::Retry(e.to_string())
+            PushError::Retry(reason)
         } else {
-            PushError::Fail(e.to_string())
+            PushError::Fail(reason)
         }
     }
 }
 
 impl From<anyhow::Error> for PushError {
     fn from(e: anyhow::Error) -> Self {
-        PushError::Retry(format!("{e:#}"))
+        PushError::Retry(Reason {
+            text: format!("{e:#}"),
+            log: e.to_string(),
+        })
     }
 }
 
@@ -72,6 +127,108 @@ pub struct Dispatcher {
     pub hubspot: Option<Arc<crate::hubspot::HubSpot>>,
     pub zoho: Option<Arc<crate::zoho::Zoho>>,
     pub odoo: Option<Arc<crate::odoo::Odoo>>,
+    /// Each connection's allowance, to pace deferred commands.
+    pub limits: RateLimits,
+}
+
+/// A command waiting its turn.
+struct Waiting {
+    msg: Message,
+    command: Command,
+}
+
+/// Whose turn it is: items held per workspace, taken round-robin.
+struct Turns<T> {
+    waiting: HashMap<String, VecDeque<T>>,
+    /// Workspaces with items waiting, in turn order.
+    ring: VecDeque<String>,
+    running: HashMap<String, usize>,
+    held: usize,
+    /// Where each workspace's deferred items are paced up to.
+    deferred_until: HashMap<String, tokio::time::Instant>,
+}
+
+impl<T> Default for Turns<T> {
+    fn default() -> Self {
+        Self {
+            waiting: HashMap::new(),
+            ring: VecDeque::new(),
+            running: HashMap::new(),
+            held: 0,
+            deferred_until: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Turns<T> {
+    fn held_by(&self, workspace: &str) -> usize {
+        self.waiting.get(workspace).map_or(0, VecDeque::len)
+            + self.running.get(workspace).copied().unwrap_or(0)
+    }
+
+    /// Holds `w` of `workspace`, or gives it back when the workspace holds its share
+    /// already.
+    fn hold(&mut self, workspace: &str, w: T) -> Option<T> {
+        if self.held_by(workspace) >= PER_WORKSPACE {
+            return Some(w);
+        }
+        let queue = self.waiting.entry(workspace.to_owned()).or_default();
+        if queue.is_empty() {
+            self.ring.push_back(workspace.to_owned());
+        }
+        queue.push_back(w);
+        self.held += 1;
+        None
+    }
+
+    /// The next workspace's oldest item.
+    fn next(&mut self) -> Option<T> {
+        let ws = self.ring.pop_front()?;
+        let queue = self.waiting.get_mut(&ws)?;
+        let w = queue.pop_front()?;
+        if queue.is_empty() {
+            self.waiting.remove(&ws);
+        } else {
+            self.ring.push_back(ws.clone());
+        }
+        *self.running.entry(ws).or_default() += 1;
+        Some(w)
+    }
+
+    fn done(&mut self, workspace: &str) {
+        self.held = self.held.saturating_sub(1);
+        if let Some(n) = self.running.get_mut(workspace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(workspace);
+            }
+        }
+    }
+
+    /// How long to leave a surplus command of `workspace` with JetStream: after what
+    /// it holds and what was deferred before, at one push per `interval`.
+    fn deferral(&mut self, workspace: &str, interval: Duration) -> Duration {
+        let now = tokio::time::Instant::now();
+        let behind = interval * u32::try_from(self.held_by(workspace)).unwrap_or(u32::MAX);
+        let from = self
+            .deferred_until
+            .get(workspace)
+            .copied()
+            .filter(|t| *t > now + behind)
+            .unwrap_or(now + behind);
+        let at = (from + interval).min(now + MAX_DEFERRAL);
+        self.deferred_until.insert(workspace.to_owned(), at);
+        at - now
+    }
+
+    fn waiting(&self) -> impl Iterator<Item = &T> {
+        self.waiting.values().flatten()
+    }
+
+    fn drain(&mut self) -> Vec<T> {
+        self.ring.clear();
+        self.waiting.drain().flat_map(|(_, q)| q).collect()
+    }
 }
 
 /// The provider account of a workspace's connection.
@@ -88,11 +245,9 @@ pub async fn account_of(
     .bind(provider.as_str())
     .fetch_optional(pool)
     .await
-    .map_err(|e| PushError::Retry(e.to_string()))?;
+    .map_err(|e| PushError::Retry(e.to_string().into()))?;
     account.flatten().ok_or_else(|| {
-        PushError::Fail(format!(
-            "workspace {workspace} has no active {provider} connection"
-        ))
+        PushError::Fail(format!("workspace {workspace} has no active {provider} connection").into())
     })
 }
 
@@ -122,12 +277,12 @@ pub async fn resolve_contact(
     .bind(target.phone.as_deref())
     .fetch_optional(pool)
     .await
-    .map_err(|e| PushError::Retry(e.to_string()))?;
+    .map_err(|e| PushError::Retry(e.to_string().into()))?;
     match found {
         Some(id) => Ok(Some(id)),
-        None => Err(PushError::Fail(format!(
-            "no {provider} contact matches the call's email or phone"
-        ))),
+        None => Err(PushError::Fail(
+            format!("no {provider} contact matches the call's email or phone").into(),
+        )),
     }
 }
 
@@ -215,7 +370,7 @@ impl Dispatcher {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE crm_call_pushes SET state = $4, crm_id = COALESCE($5, crm_id), reason = $6,
-                    attempts = attempts + 1, updated_at = now()
+                    updated_at = now()
              WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
                AND (state <> 'sent' OR $4 = 'sent')",
         )
@@ -275,37 +430,43 @@ impl Dispatcher {
         let _ = msg.ack_with(AckKind::Term).await;
     }
 
-    async fn handle(&self, msg: Message, consumer: &str, max_deliver: i64) {
-        let command: Command = match binding::from_message(msg.headers.as_ref(), &msg.payload)
-            .map_err(|e| e.to_string())
-            .and_then(|e| serde_json::from_slice(&data_bytes(&e)).map_err(|e| e.to_string()))
-        {
-            Ok(c) => c,
-            Err(reason) => {
-                self.dead_letter(&msg, consumer, &format!("unreadable command: {reason}"))
-                    .await;
-                return;
-            }
-        };
+    /// The delay before attempt `attempt + 1`: doubling from `CRM_RETRY_BASE_MS` up to
+    /// `CRM_RETRY_MAX_MS`, with jitter.
+    fn retry_delay(&self, attempt: usize) -> Duration {
+        let policy = self.topology.policy;
+        RetryPolicy {
+            min_delay: policy.retry_base,
+            max_delay: policy.retry_max,
+            max_attempts: attempt,
+        }
+        .delay(attempt)
+    }
+
+    async fn handle(&self, msg: Message, command: Command, consumer: &str) {
         // One worker at a time per (call, provider), across processes: a lease on
         // the push's row, renewed while it works, gone with a crashed worker.
         match self.lease(&command).await {
             Ok(Some((state, attempts))) => {
-                self.handle_leased(&msg, &command, consumer, max_deliver, state, attempts)
+                self.handle_leased(&msg, &command, consumer, state, attempts)
                     .await;
                 let _ = self.release(&command).await;
             }
-            // Another worker has it now (or its state is out of reach): redelivered
-            // later on the BackOff schedule if it still needs doing.
-            Ok(None) => {}
+            // Another worker has it now: back when its lease has surely ended.
+            Ok(None) => {
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(self.topology.policy.retry_base)))
+                    .await;
+            }
             Err(e) => tracing::warn!(error = %e, "push state unreadable; retrying later"),
         }
     }
 
-    /// Takes the push's lease; its state and attempts when taken.
+    /// Takes the push's lease, counting an attempt unless it was sent already; its
+    /// state and attempts (this one included) when taken.
     async fn lease(&self, command: &Command) -> Result<Option<(String, i32)>, sqlx::Error> {
         sqlx::query_as(
-            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds'
+            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds',
+                    attempts = attempts + CASE WHEN state = 'sent' THEN 0 ELSE 1 END
              WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
                AND (lease_until IS NULL OR lease_until < now())
              RETURNING state, attempts",
@@ -342,12 +503,17 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Progress acks well inside the ack wait (JetStream's BackOff[0]).
+    fn beat_every(&self) -> Duration {
+        (self.topology.policy.retry_base / 3)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
     async fn handle_leased(
         &self,
         msg: &Message,
         command: &Command,
         consumer: &str,
-        max_deliver: i64,
         state: String,
         attempts: i32,
     ) {
@@ -355,14 +521,11 @@ impl Dispatcher {
             let _ = msg.ack().await;
             return;
         }
-        // Keep the message ours while the CRM is slow: progress acks well inside the
-        // ack wait (JetStream's BackOff[0]).
-        let beat_every = (self.topology.policy.retry_base / 3)
-            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        // Keep the message ours while the CRM is slow.
         let pushed = {
-            let push = self.push(command, attempts > 0);
+            let push = self.push(command, attempts > 1);
             tokio::pin!(push);
-            let mut beat = tokio::time::interval(beat_every);
+            let mut beat = tokio::time::interval(self.beat_every());
             beat.tick().await;
             loop {
                 tokio::select! {
@@ -374,7 +537,7 @@ impl Dispatcher {
                 }
             }
         };
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let provider = command.provider;
         match pushed {
             Ok(crm_id) => {
                 let stored = self.set_state(command, "sent", Some(&crm_id), None).await;
@@ -388,22 +551,52 @@ impl Dispatcher {
                     }
                 }
             }
-            Err(PushError::Retry(reason)) if delivered < max_deliver => {
-                tracing::info!(provider = %command.provider, delivered, reason, "push failed; JetStream will redeliver");
-                let _ = self.set_state(command, "queued", None, Some(&reason)).await;
+            Err(PushError::Retry(reason))
+                if i64::from(attempts) < self.topology.policy.max_deliver =>
+            {
+                let after = self.retry_delay(usize::try_from(attempts).unwrap_or(1));
+                tracing::info!(%provider, attempts, ?after, reason = reason.log, "push failed; trying again later");
+                let _ = self
+                    .set_state(command, "queued", None, Some(&reason.text))
+                    .await;
+                let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
             }
             Err(PushError::Retry(reason)) => {
-                tracing::warn!(provider = %command.provider, reason, "push dead-lettered after its last delivery");
+                tracing::warn!(%provider, attempts, reason = reason.log, "push dead-lettered after its last attempt");
                 let _ = self
-                    .set_state(command, "dead_lettered", None, Some(&reason))
+                    .set_state(command, "dead_lettered", None, Some(&reason.text))
                     .await;
-                self.dead_letter(msg, consumer, &reason).await;
+                self.dead_letter(msg, consumer, &reason.text).await;
             }
             Err(PushError::Fail(reason)) => {
-                tracing::warn!(provider = %command.provider, reason, "push failed for good");
-                let _ = self.set_state(command, "failed", None, Some(&reason)).await;
-                self.dead_letter(msg, consumer, &reason).await;
+                tracing::warn!(%provider, reason = reason.log, "push failed for good");
+                let _ = self
+                    .set_state(command, "failed", None, Some(&reason.text))
+                    .await;
+                self.dead_letter(msg, consumer, &reason.text).await;
             }
+        }
+    }
+
+    /// Takes a command off the stream: held for its turn, deferred when its workspace
+    /// holds its share, dead-lettered when unreadable.
+    async fn arrive(&self, turns: &mut Turns<Waiting>, msg: Message, consumer: &str) {
+        let command: Command = match binding::from_message(msg.headers.as_ref(), &msg.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|e| serde_json::from_slice(&data_bytes(&e)).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(reason) => {
+                self.dead_letter(&msg, consumer, &format!("unreadable command: {reason}"))
+                    .await;
+                return;
+            }
+        };
+        let workspace = command.workspace.clone();
+        if let Some(w) = turns.hold(&workspace, Waiting { msg, command }) {
+            let interval = Duration::from_secs_f64(REQUESTS_PER_PUSH / self.limits.rps.max(0.001));
+            let delay = turns.deferral(&w.command.workspace, interval);
+            let _ = w.msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
 
@@ -415,7 +608,6 @@ impl Dispatcher {
     ) -> anyhow::Result<()> {
         let config = self.topology.outbound_consumer(provider);
         let name = config.durable_name.clone().unwrap_or_default();
-        let max_deliver = config.max_deliver;
         // A stream that is briefly missing (being recreated) is waited for, not fatal.
         let consumer: jetstream::consumer::PullConsumer = loop {
             match self
@@ -435,8 +627,8 @@ impl Dispatcher {
         };
         let mut messages = consumer
             .stream()
-            // Few pulled ahead: a message waiting here gets no progress acks (and if
-            // its ack wait passes, the lock and the state keep a second worker off).
+            // Few pulled ahead: a message in the client's buffer gets no progress
+            // acks (if its ack wait passes, the lease keeps a second worker off).
             .max_messages_per_batch(PARALLEL)
             .heartbeat(Duration::from_secs(5))
             .messages()
@@ -444,35 +636,98 @@ impl Dispatcher {
             .map_err(|e| anyhow::anyhow!("opening consumer {name}: {e}"))
             .context("outbound")?;
         tracing::info!(%provider, "outbound dispatcher started");
-        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+        let mut turns: Turns<Waiting> = Turns::default();
         let mut running = tokio::task::JoinSet::new();
+        let mut workspace_of = HashMap::new();
+        let mut beat = tokio::time::interval(self.beat_every());
         loop {
-            let slot = tokio::select! {
-                () = stop.cancelled() => break,
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            };
-            let next = tokio::select! {
-                () = stop.cancelled() => break,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    let this = self.clone();
-                    let name = name.clone();
-                    running.spawn(async move {
-                        this.handle(msg, &name, max_deliver).await;
-                        drop(slot);
-                    });
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "outbound consumer hiccup"),
-                None => break,
+            while running.len() < PARALLEL {
+                let Some(w) = turns.next() else { break };
+                let this = self.clone();
+                let name = name.clone();
+                let workspace = w.command.workspace.clone();
+                let task = running.spawn(async move { this.handle(w.msg, w.command, &name).await });
+                workspace_of.insert(task.id(), workspace);
             }
-            while running.try_join_next().is_some() {}
+            let room = turns.held < WINDOW;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(done) = running.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a push task failed; its command is redelivered");
+                            e.id()
+                        }
+                    };
+                    if let Some(ws) = workspace_of.remove(&id) {
+                        turns.done(&ws);
+                    }
+                }
+                next = messages.next(), if room => match next {
+                    Some(Ok(msg)) => self.arrive(&mut turns, msg, &name).await,
+                    Some(Err(e)) => tracing::debug!(error = %e, "outbound consumer hiccup"),
+                    None => break,
+                },
+                _ = beat.tick() => {
+                    for w in turns.waiting() {
+                        let _ = w.msg.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
         }
-        // Pushes under way finish (bounded by the shutdown timeout); the rest are
-        // redelivered.
+        // Commands waiting their turn go back at once, for another worker; pushes
+        // under way finish (bounded by the shutdown timeout).
+        for w in turns.drain() {
+            let _ = w.msg.ack_with(AckKind::Nak(None)).await;
+        }
         while running.join_next().await.is_some() {}
         tracing::info!(%provider, "outbound dispatcher stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspaces_take_turns_and_one_holds_no_more_than_its_share() {
+        let mut turns = Turns::default();
+        // A backlog of one workspace, then two commands of another.
+        let mut deferred = Vec::new();
+        for n in 0..20 {
+            if let Some(n) = turns.hold("big", n) {
+                deferred.push(n);
+            }
+        }
+        assert_eq!(deferred, (PER_WORKSPACE..20).collect::<Vec<_>>());
+        assert_eq!(turns.hold("small", 100), None);
+        assert_eq!(turns.hold("small", 101), None);
+        let order: Vec<_> = std::iter::from_fn(|| turns.next()).take(5).collect();
+        assert_eq!(order, [0, 100, 1, 101, 2]);
+        // Running counts towards the share until done.
+        assert_eq!(turns.hold("big", 20), Some(20));
+        turns.done("big");
+        assert_eq!(turns.hold("big", 20), None);
+        assert_eq!(turns.held, PER_WORKSPACE + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferrals_are_paced_behind_what_the_workspace_holds() {
+        let mut turns = Turns::default();
+        for n in 0..PER_WORKSPACE {
+            assert_eq!(turns.hold("big", n), None);
+        }
+        let every = Duration::from_millis(400);
+        let held = every * PER_WORKSPACE as u32;
+        let delays: Vec<_> = (0..3).map(|_| turns.deferral("big", every)).collect();
+        assert_eq!(delays, [held + every, held + every * 2, held + every * 3]);
+        // Another workspace's pace is its own.
+        assert_eq!(turns.deferral("small", every), every);
+        // Never beyond the longest deferral.
+        for _ in 0..10_000 {
+            assert!(turns.deferral("big", every) <= MAX_DEFERRAL);
+        }
     }
 }

@@ -44,7 +44,7 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     };
     let id: i64 = id
         .parse()
-        .map_err(|_| PushError::Fail(format!("{id:?} is not an Odoo record id")))?;
+        .map_err(|_| PushError::Fail(format!("{id:?} is not an Odoo record id").into()))?;
     if let Some(found) = find(odoo, command).await? {
         return Ok(found);
     }
@@ -70,6 +70,8 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     match answer {
         Value::Number(n) => Ok(n.to_string()),
         Value::Array(ids) if !ids.is_empty() => Ok(ids[0].to_string()),
-        other => Err(PushError::Retry(format!("message_post answered {other}"))),
+        other => Err(PushError::Retry(
+            format!("message_post answered {other}").into(),
+        )),
     }
 }

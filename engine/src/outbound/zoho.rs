@@ -54,16 +54,19 @@ pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<Strin
             Ok(id.to_owned())
         }
         // Zoho's code and message only: its details may echo the record's values.
-        _ => Err(PushError::Fail(format!(
-            "Zoho refused the call: {} {}",
-            first
-                .get("code")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown"),
-            first
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-        ))),
+        _ => Err(PushError::Fail(
+            format!(
+                "Zoho refused the call: {} {}",
+                first
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown"),
+                first
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            )
+            .into(),
+        )),
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_adapters::zoho::oauth::ZohoApp;
-use crmsync_adapters::{ErrorKind, Metrics, ProviderError, RateLimiter, Secret, Vault};
+use crmsync_adapters::{ErrorKind, Metrics, ProviderError, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 const PROVIDER: &str = "zoho";
@@ -31,7 +31,7 @@ pub struct Zoho {
     app: ZohoApp,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    rps: f64,
+    limits: RateLimits,
     concurrency: usize,
     clients: Mutex<HashMap<String, ZohoClient>>,
     /// When each workspace's token was last expired after a refusal.
@@ -63,7 +63,7 @@ impl Zoho {
         vault: Arc<Vault>,
         app: ZohoApp,
         metrics: Arc<Metrics>,
-        rps: f64,
+        limits: RateLimits,
         concurrency: usize,
     ) -> Self {
         Self {
@@ -72,7 +72,7 @@ impl Zoho {
             app,
             http: reqwest::Client::new(),
             metrics,
-            rps,
+            limits,
             concurrency,
             clients: Mutex::new(HashMap::new()),
             refused: std::sync::Mutex::new(HashMap::new()),
@@ -110,7 +110,7 @@ impl Zoho {
             ZohoClient::new(
                 domain,
                 token.clone(),
-                Arc::new(RateLimiter::new(self.rps, (self.rps * 2.0).max(1.0))),
+                self.limits.limiter(),
                 self.concurrency,
                 self.metrics.clone(),
             )
