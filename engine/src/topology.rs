@@ -222,14 +222,17 @@ impl Topology {
             filter_subject: self.subjects.outbound_filter(provider),
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
-            // JetStream takes BackOff[0] (retry_base) as the ack wait: the dispatcher
-            // sends progress acks faster than that while a push runs or waits.
+            // The dispatcher sends progress acks faster than the ack wait while a push
+            // runs or waits; a crashed worker's commands come back after it.
             ack_wait: self.policy.retry_base,
             // Deliveries are not attempts (a deferred command is delivered again
             // without one): the dispatcher counts attempts in Postgres and
             // dead-letters after CRM_MAX_DELIVER of them.
             max_deliver: -1,
-            backoff: self.policy.backoff(),
+            // No BackOff: the dispatcher's delays are explicit (jittered retries,
+            // deferrals), and JetStream would stretch each by the BackOff step of
+            // the delivery count.
+            backoff: Vec::new(),
             // Deferred commands stay pending with JetStream: room for deep backlogs.
             max_ack_pending: 20_000,
             ..Default::default()

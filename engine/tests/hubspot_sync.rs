@@ -115,6 +115,7 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
         config,
         &[
             ("CRM_SYNC_RPS", "200"),
+            ("CRM_SYNC_BURST", "400"),
             ("CRM_POLL_INTERVAL_SECS", "1"),
             ("CRM_POLL_LOOKBACK_SECS", "5"),
         ],

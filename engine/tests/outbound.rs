@@ -28,12 +28,16 @@ struct Crms {
 
 /// Start → the provider's consent page → back to the engine's callback.
 async fn oauth_connect(engine: &TestEngine, provider: &str) {
+    oauth_connect_workspace(engine, provider, "acme").await;
+}
+
+async fn oauth_connect_workspace(engine: &TestEngine, provider: &str, workspace: &str) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
     let mut response = client
-        .get(engine.url(&format!("/crm/{provider}/start?workspace=acme")))
+        .get(engine.url(&format!("/crm/{provider}/start?workspace={workspace}")))
         .bearer_auth(API_TOKEN)
         .send()
         .await
@@ -50,12 +54,15 @@ async fn oauth_connect(engine: &TestEngine, provider: &str) {
     );
 }
 
-async fn start() -> (Crms, TestEngine) {
+/// The three emulators, each with `contacts` people; HubSpot's limits well above what
+/// the tests' connections may send (the load test checks against our own allowance).
+async fn start_crms(contacts: usize) -> Crms {
     let addr = "127.0.0.1:0".parse().unwrap();
-    let small = 40;
     let (hs, h) = hubspot::HubSpotSandbox::start(
         hubspot::Config {
-            contacts: small,
+            contacts,
+            per_ten_seconds: 5_000,
+            search_per_second: 500,
             ..Default::default()
         },
         addr,
@@ -64,7 +71,8 @@ async fn start() -> (Crms, TestEngine) {
     .unwrap();
     let (zs, z) = zoho::ZohoSandbox::start(
         zoho::Config {
-            contacts: small,
+            contacts,
+            credits_per_day: 1_000_000,
             ..Default::default()
         },
         addr,
@@ -73,26 +81,42 @@ async fn start() -> (Crms, TestEngine) {
     .unwrap();
     let (od, o) = odoo::OdooSandbox::start(
         odoo::Config {
-            contacts: small,
+            contacts,
             ..Default::default()
         },
         addr,
     )
     .await
     .unwrap();
+    let od_url = o.base_url.clone();
+    Crms {
+        hs,
+        zs,
+        od,
+        _running: vec![h, z, o],
+        od_url,
+    }
+}
+
+/// An engine's environment against `crms`, with `overrides` on top.
+async fn engine_env(
+    crms: &Crms,
+    overrides: &[(&str, &str)],
+) -> std::collections::HashMap<String, String> {
     let (_, key) = Vault::generate();
     let port = free_port().to_string();
     let public = format!("http://127.0.0.1:{port}");
-    let zoho_accounts = zoho::DataCentre::Us.accounts_url(&z.base_url);
-    let engine = TestEngine::start(&[
+    let hubspot_url = crms._running[0].base_url.as_str();
+    let zoho_accounts = zoho::DataCentre::Us.accounts_url(&crms._running[1].base_url);
+    let mut env: Vec<(&str, &str)> = vec![
         ("PORT", port.as_str()),
         ("CRM_PUBLIC_URL", public.as_str()),
         ("CRM_API_TOKEN", API_TOKEN),
         ("ENCRYPTION_KEY", key.as_str()),
         ("CRM_HUBSPOT_CLIENT_ID", "hubspot-sandbox-client"),
         ("CRM_HUBSPOT_CLIENT_SECRET", "hubspot-sandbox-secret"),
-        ("CRM_HUBSPOT_API_URL", h.base_url.as_str()),
-        ("CRM_HUBSPOT_AUTH_URL", h.base_url.as_str()),
+        ("CRM_HUBSPOT_API_URL", hubspot_url),
+        ("CRM_HUBSPOT_AUTH_URL", hubspot_url),
         ("CRM_ZOHO_CLIENT_ID", "zoho-sandbox-client"),
         ("CRM_ZOHO_CLIENT_SECRET", "zoho-sandbox-secret"),
         ("CRM_ZOHO_ACCOUNTS_URL", zoho_accounts.as_str()),
@@ -101,19 +125,49 @@ async fn start() -> (Crms, TestEngine) {
         ("CRM_RETRY_BASE_MS", "300"),
         ("CRM_RETRY_MAX_MS", "2000"),
         ("CRM_MAX_DELIVER", "20"),
-    ])
-    .await;
-    let od_url = o.base_url.clone();
-    (
-        Crms {
-            hs,
-            zs,
-            od,
-            _running: vec![h, z, o],
-            od_url,
-        },
+    ];
+    env.extend_from_slice(overrides);
+    common::test_env(&env).await
+}
+
+async fn start() -> (Crms, TestEngine) {
+    let crms = start_crms(40).await;
+    let env = engine_env(&crms, &[]).await;
+    let engine = TestEngine::start_env(crmsync_engine::Role::All, &env).await;
+    (crms, engine)
+}
+
+/// Connects `workspace` to the three CRMs.
+async fn connect_all(engine: &TestEngine, crms: &Crms, workspace: &str) {
+    oauth_connect_workspace(engine, "hubspot", workspace).await;
+    oauth_connect_workspace(engine, "zoho", workspace).await;
+    let c = crms.od.credentials(&crms.od_url);
+    let (status, answer) = post(
         engine,
+        "/crm/odoo/connect",
+        &json!({"workspace": workspace, "url": crms.od_url, "database": c["database"],
+                "login": c["login"], "api_key": c["api_key"]}),
     )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Emails of contacts every CRM knows (the emulators share their people), once
+/// projected. Generous bounds: on a loaded 2-core CI machine the first polls take a
+/// while.
+async fn shared_contacts(engine: &TestEngine) -> Vec<String> {
+    eventually(Duration::from_secs(180), || async {
+        let emails: Vec<String> = sqlx::query_scalar(
+            "SELECT lower(email) FROM contacts WHERE NOT deleted AND email IS NOT NULL
+             GROUP BY lower(email) HAVING count(DISTINCT provider) = 3 ORDER BY 1",
+        )
+        .fetch_all(&engine.pool)
+        .await
+        .unwrap();
+        (emails.len() >= 5).then_some(emails)
+    })
+    .await
+    .expect("contacts known to all three CRMs are projected")
 }
 
 async fn post(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {
@@ -185,32 +239,8 @@ async fn copies(crms: &Crms, odoo: &OdooClient, key: &str) -> (usize, usize, usi
 #[tokio::test]
 async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_restart() {
     let (crms, engine) = start().await;
-    oauth_connect(&engine, "hubspot").await;
-    oauth_connect(&engine, "zoho").await;
-    let c = crms.od.credentials(&crms.od_url);
-    let (status, answer) = post(
-        &engine,
-        "/crm/odoo/connect",
-        &json!({"workspace": "acme", "url": crms.od_url, "database": c["database"],
-                "login": c["login"], "api_key": c["api_key"]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-
-    // Contacts every CRM knows (the emulators share their people), once projected.
-    // Generous bounds: on a loaded 2-core CI machine the first polls take a while.
-    let emails: Vec<String> = eventually(Duration::from_secs(120), || async {
-        let emails: Vec<String> = sqlx::query_scalar(
-            "SELECT lower(email) FROM contacts WHERE NOT deleted AND email IS NOT NULL
-             GROUP BY lower(email) HAVING count(DISTINCT provider) = 3 ORDER BY 1",
-        )
-        .fetch_all(&engine.pool)
-        .await
-        .unwrap();
-        (emails.len() >= 5).then_some(emails)
-    })
-    .await
-    .expect("contacts known to all three CRMs are projected");
+    connect_all(&engine, &crms, "acme").await;
+    let emails = shared_contacts(&engine).await;
 
     // Bad pushes are refused with their fields, and nothing is queued.
     let (status, refused) = post(
@@ -537,5 +567,423 @@ async fn a_push_that_cannot_succeed_is_dead_lettered_and_can_be_retried_or_disca
         404
     );
     assert!(dead_letter().await.is_none());
+    engine.stop().await;
+}
+
+/// A worker as its own process, killed with SIGKILL when dropped.
+struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    fn start(env: &std::collections::HashMap<String, String>, n: usize) -> Self {
+        let log =
+            std::env::temp_dir().join(format!("crmsync-worker-{}-{n}.log", env["CRM_NATS_PREFIX"]));
+        let log = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_crmsync"))
+            .args(["serve", "--role", "worker"])
+            .envs(env)
+            .env("PORT", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        WorkerProcess(child)
+    }
+
+    /// kill -9: no shutdown, leases and unacknowledged messages left behind.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How many records carry each idempotency key in each CRM.
+fn records_by_key(crms: &Crms) -> std::collections::HashMap<String, usize> {
+    let mut found = std::collections::HashMap::new();
+    let texts = crms
+        .hs
+        .snapshot("calls")
+        .values()
+        .filter_map(|p| p.get("hs_call_title").cloned())
+        .chain(
+            crms.zs
+                .records("Calls")
+                .iter()
+                .filter_map(|r| r["Subject"].as_str().map(str::to_owned)),
+        )
+        .chain(
+            crms.od
+                .column("mail.message", "body")
+                .iter()
+                .filter_map(|b| b.as_str().map(str::to_owned)),
+        )
+        .collect::<Vec<_>>();
+    for text in texts {
+        // Keys are `crmsync-` and 20 hex digits (see `push_key`); a record counts
+        // once however often it names its key.
+        let mut keys = std::collections::BTreeSet::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("crmsync-") {
+            let key: String = rest[at..].chars().take(8 + 20).collect();
+            if key.len() == 28 && key[8..].chars().all(|c| c.is_ascii_hexdigit()) {
+                keys.insert(key);
+            }
+            rest = &rest[at + 8..];
+        }
+        for key in keys {
+            *found.entry(key).or_default() += 1;
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn two_thousand_outcomes_through_storms_lost_answers_and_a_killed_worker_land_once_each() {
+    let crms = start_crms(30).await;
+    let (rps, burst) = (80.0, 10.0);
+    let rps_s = rps.to_string();
+    let burst_s = burst.to_string();
+    let env = engine_env(
+        &crms,
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "2"),
+            ("CRM_SYNC_RPS", rps_s.as_str()),
+            ("CRM_SYNC_BURST", burst_s.as_str()),
+            ("CRM_RETRY_BASE_MS", "500"),
+            ("CRM_RETRY_MAX_MS", "3000"),
+            ("CRM_MAX_DELIVER", "25"),
+        ],
+    )
+    .await;
+    let engine = TestEngine::start_env(crmsync_engine::Role::Api, &env).await;
+    for ws in ["acme", "globex"] {
+        connect_all(&engine, &crms, ws).await;
+    }
+    let mut worker = Some(WorkerProcess::start(&env, 1));
+    let emails = shared_contacts(&engine).await;
+
+    // Storms of 429s, 5xx, requests that hang, and answers lost after the CRM made
+    // the record.
+    for faults in [crms.hs.faults(), crms.zs.faults(), crms.od.faults()] {
+        faults.set(
+            "errors=0.03,timeouts=0.01,lost=0.02,hang=700ms,storm=400ms/5s"
+                .parse()
+                .unwrap(),
+        );
+    }
+    let pushed_at = std::time::Instant::now();
+    // One big workspace's backlog first, then a small one's.
+    let big = 1_900;
+    let small = 100;
+    let jobs: Vec<(&str, usize)> = (0..big)
+        .map(|n| ("acme", n))
+        .chain((0..small).map(|n| ("globex", n)))
+        .collect();
+    use futures::StreamExt as _;
+    let statuses: Vec<u16> = futures::stream::iter(jobs)
+        .map(|(ws, n)| {
+            let engine = &engine;
+            let emails = &emails;
+            async move {
+                let mut body = outcome(&emails[n % emails.len()], n);
+                body["workspace"] = json!(ws);
+                post(engine, &format!("/crm/calls/{ws}-{n}/push-to-crm"), &body)
+                    .await
+                    .0
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 202), "every push is queued");
+    let total = 3 * (big + small) as i64;
+
+    let count = |sql: &'static str| {
+        let pool = engine.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // kill -9 the worker mid-load, and start another.
+    eventually(Duration::from_secs(300), || async {
+        (count("SELECT count(*) FROM crm_call_pushes WHERE state = 'sent'").await >= 600)
+            .then_some(())
+    })
+    .await
+    .expect("pushes are under way");
+    worker.take().unwrap().kill();
+    let _worker = WorkerProcess::start(&env, 2);
+
+    let settled = eventually(Duration::from_secs(600), || async {
+        let n = count(
+            "SELECT count(*) FROM crm_call_pushes
+             WHERE state IN ('sent', 'failed', 'dead_lettered')",
+        )
+        .await;
+        (n == total).then_some(n)
+    })
+    .await;
+    let took = pushed_at.elapsed();
+    let states: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT provider, state, count(*) FROM crm_call_pushes GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    assert!(settled.is_some(), "unsettled after {took:?}: {states:?}");
+    for faults in [crms.hs.faults(), crms.zs.faults(), crms.od.faults()] {
+        faults.set(Default::default());
+    }
+
+    // Nothing unaccounted for: sent + dead-lettered = pushed, and each dead letter is
+    // in the DLQ.
+    let sent = count("SELECT count(*) FROM crm_call_pushes WHERE state = 'sent'").await;
+    let dead =
+        count("SELECT count(*) FROM crm_call_pushes WHERE state IN ('failed', 'dead_lettered')")
+            .await;
+    assert_eq!(sent + dead, total, "{states:?}");
+    let mut dlq = engine
+        .js
+        .get_stream(engine.topology.dlq_stream())
+        .await
+        .unwrap();
+    let dlq_messages = dlq.info().await.unwrap().state.messages;
+    assert_eq!(dlq_messages as i64, dead, "{states:?}");
+    assert!(
+        sent >= total * 99 / 100,
+        "nearly all get through the storms: {states:?}"
+    );
+
+    // Exactly once in each CRM: every sent push's key once, none twice.
+    let found = records_by_key(&crms);
+    let pushes: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT call_id, provider, state FROM crm_call_pushes")
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    for (call, provider, state) in &pushes {
+        let (ws, _) = call.split_once('-').unwrap();
+        let provider: crmsync_schema::Provider = provider.parse().unwrap();
+        let key = crmsync_ingest::calls::push_key(ws, call, provider);
+        let copies = found.get(&key).copied().unwrap_or(0);
+        if state == "sent" {
+            assert_eq!(copies, 1, "{call} in {provider}");
+        } else {
+            assert!(copies <= 1, "{call} in {provider}: {copies}");
+        }
+    }
+    assert!(found.values().all(|n| *n == 1), "no key twice in a CRM");
+
+    // No emulator saw more API requests than two connections' allowance (rate and
+    // burst each), with a few to spare for connect-time calls outside the buckets.
+    let allowed = (2.0 * (rps + burst)) as usize + 10;
+    for (name, faults) in [
+        ("hubspot", crms.hs.faults()),
+        ("zoho", crms.zs.faults()),
+        ("odoo", crms.od.faults()),
+    ] {
+        let peak = faults.peak_requests(Duration::from_secs(1), |p| !p.contains("/oauth/"));
+        assert!(
+            peak <= allowed,
+            "{name} saw {peak} requests within a second"
+        );
+    }
+
+    // Fair shares: the small workspace, queued behind the big one's backlog, was not
+    // served after it.
+    for provider in ["hubspot", "zoho", "odoo"] {
+        let (globex_done, acme_done): (
+            chrono::DateTime<chrono::Utc>,
+            chrono::DateTime<chrono::Utc>,
+        ) = sqlx::query_as(
+            "SELECT max(updated_at) FILTER (WHERE workspace_id = 'globex'),
+                        max(updated_at) FILTER (WHERE workspace_id = 'acme')
+                 FROM crm_call_pushes WHERE provider = $1",
+        )
+        .bind(provider)
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        assert!(
+            globex_done < acme_done,
+            "{provider}: the small workspace finished at {globex_done}, the big one at {acme_done}"
+        );
+    }
+    eprintln!("{total} pushes settled in {took:?}: {states:?}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn crm_edits_to_a_pushed_call_are_conflicts_and_calls_born_in_the_crm_follow_it() {
+    let (crms, engine) = start().await;
+    oauth_connect(&engine, "zoho").await;
+    let email: String = eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar(
+            "SELECT lower(email) FROM contacts WHERE provider = 'zoho' AND NOT deleted
+               AND email IS NOT NULL ORDER BY 1 LIMIT 1",
+        )
+        .fetch_optional(&engine.pool)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("Zoho contacts are projected");
+    eventually(Duration::from_secs(30), || async {
+        (!crms.zs.live_channels().is_empty()).then_some(())
+    })
+    .await
+    .expect("the notification channel is on");
+
+    let mut call = outcome(&email, 7);
+    call["provider"] = json!("zoho");
+    assert_eq!(
+        post(&engine, "/crm/calls/c-7/push-to-crm", &call).await.0,
+        202
+    );
+    let crm_id: String = eventually(Duration::from_secs(30), || async {
+        sqlx::query_scalar(
+            "SELECT crm_id FROM crm_call_pushes WHERE call_id = 'c-7' AND state = 'sent'",
+        )
+        .fetch_optional(&engine.pool)
+        .await
+        .unwrap()
+        .flatten()
+    })
+    .await
+    .expect("the call is in Zoho");
+    let row = |id: String| {
+        let pool = engine.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, Option<String>, Option<String>, Value)>(
+                "SELECT app_call_id, subject, body, fields FROM activities
+                 WHERE provider = 'zoho' AND remote_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (app_call, subject, body, _) = eventually(Duration::from_secs(20), || async {
+        row(crm_id.clone()).await.filter(|r| r.0.is_some())
+    })
+    .await
+    .expect("the pushed call is an app-born activity");
+    assert_eq!(app_call.as_deref(), Some("c-7"));
+    let subject = subject.unwrap();
+    assert!(subject.ends_with("Outbound call: connected"), "{subject}");
+    let body = body.unwrap();
+
+    // A colleague edits the call in Zoho: the subject (crmsync's) and its purpose
+    // (not crmsync's).
+    assert!(crms.zs.edit_text(
+        "Calls",
+        &crm_id,
+        &[
+            ("Subject", "Edited by a colleague"),
+            ("Call_Purpose", "Prospecting")
+        ]
+    ));
+    let conflict: Value = eventually(Duration::from_secs(30), || async {
+        let (status, listed) = get(&engine, "/crm/conflicts?workspace=acme").await;
+        assert_eq!(status, 200, "{listed}");
+        listed["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["remote_id"] == json!(crm_id))
+            .cloned()
+    })
+    .await
+    .expect("the edit is a conflict");
+    assert_eq!(conflict["field"], json!("subject"), "{conflict}");
+    assert_eq!(conflict["kept"]["value"], json!(subject));
+    assert_eq!(conflict["kept"]["source"], json!("app"));
+    assert_eq!(conflict["lost"]["value"], json!("Edited by a colleague"));
+    assert_eq!(conflict["lost"]["source"], json!("crm"));
+    assert_eq!(conflict["workspace"], json!("acme"));
+    // Not applied; the field crmsync did not write follows the CRM.
+    let followed = eventually(Duration::from_secs(20), || async {
+        row(crm_id.clone())
+            .await
+            .filter(|r| r.3["purpose"] == json!("Prospecting"))
+    })
+    .await
+    .expect("the purpose follows Zoho");
+    assert_eq!(followed.1.as_deref(), Some(subject.as_str()));
+    assert_eq!(followed.2.as_deref(), Some(body.as_str()));
+    let conflicts: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_conflicts")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        conflicts, 1,
+        "the unedited fields and the purpose are no conflicts"
+    );
+
+    // The list needs the bearer token and a workspace.
+    let anonymous = engine
+        .http
+        .get(engine.url("/crm/conflicts?workspace=acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(get(&engine, "/crm/conflicts").await.0, 400);
+    assert_eq!(
+        get(&engine, "/crm/conflicts?workspace=acme&provider=salesforce")
+            .await
+            .0,
+        400
+    );
+
+    // A call logged in Zoho by a colleague follows Zoho, edits included.
+    let zoho = engine.zoho.as_ref().unwrap().client("acme").await.unwrap();
+    let made = zoho
+        .insert(
+            "Calls",
+            &[json!({"Subject": "Logged by hand", "Call_Type": "Inbound",
+                     "Call_Start_Time": "2026-11-27T09:00:00+00:00"})],
+        )
+        .await
+        .unwrap();
+    let theirs = made
+        .pointer("/data/0/details/id")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(30), || async {
+        row(theirs.clone())
+            .await
+            .filter(|r| r.1.as_deref() == Some("Logged by hand"))
+    })
+    .await
+    .expect("a CRM-born call is projected");
+    assert!(crms
+        .zs
+        .edit_text("Calls", &theirs, &[("Subject", "Renamed by hand")]));
+    let renamed = eventually(Duration::from_secs(30), || async {
+        row(theirs.clone())
+            .await
+            .filter(|r| r.1.as_deref() == Some("Renamed by hand"))
+    })
+    .await;
+    assert!(renamed.is_some(), "a CRM-born call's edits apply");
+    assert!(row(theirs).await.unwrap().0.is_none());
+    let conflicts: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_conflicts")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(conflicts, 1);
     engine.stop().await;
 }

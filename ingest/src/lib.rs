@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod conflicts;
 pub mod connections;
 pub mod dlq;
 pub mod error;
@@ -82,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/odoo/status", get(odoo::status))
         .route("/crm/calls/{call_id}/push-to-crm", post(calls::push))
         .route("/crm/calls/{call_id}", get(calls::status))
+        .route("/crm/conflicts", get(conflicts::list))
         .route("/crm/dlq", get(dlq::list))
         .route("/crm/dlq/{id}/retry", post(dlq::retry))
         .route("/crm/dlq/{id}/discard", post(dlq::discard))

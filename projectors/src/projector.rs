@@ -283,6 +283,11 @@ impl Projector {
         }
         let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
         let mut tx = self.pool.begin().await.map_err(classify)?;
+        if self.config.table == tables::Table::Activities {
+            tables::rule_activities(&mut tx, &mut rows)
+                .await
+                .map_err(classify)?;
+        }
         tables::upsert(&mut tx, self.config.table, &rows)
             .await
             .map_err(classify)?;

@@ -1,5 +1,6 @@
-//! The record tables (contacts, companies, deals): normalisation by provider and
-//! object, and the batched upsert shared by all of them.
+//! The record tables (contacts, companies, deals, activities): normalisation by
+//! provider and object, the batched upsert shared by all of them, and the activities
+//! conflict rule (app-born calls are the app's).
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use crmsync_adapters::{hubspot, odoo, zoho, MappingError, Retraction, RowChange};
+use crmsync_schema::conflict::{app_born_activity, app_fields, Conflict};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 /// A row's key.
@@ -19,15 +21,18 @@ pub enum Table {
     Contacts,
     Companies,
     Deals,
+    /// Calls and other activities; those the app pushed are the app's.
+    Activities,
     /// Links between records, from every object's association changes.
     Associations,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Table::Contacts,
         Table::Companies,
         Table::Deals,
+        Table::Activities,
         Table::Associations,
     ];
 
@@ -37,6 +42,7 @@ impl Table {
             "contact" => Some(Table::Contacts),
             "company" => Some(Table::Companies),
             "deal" => Some(Table::Deals),
+            "activity" => Some(Table::Activities),
             _ => None,
         }
     }
@@ -47,6 +53,7 @@ impl Table {
             Table::Contacts => "contacts",
             Table::Companies => "companies",
             Table::Deals => "deals",
+            Table::Activities => "activities",
             Table::Associations => "associations",
         }
     }
@@ -57,6 +64,7 @@ impl Table {
             Table::Contacts => "contact",
             Table::Companies => "company",
             Table::Deals => "deal",
+            Table::Activities => "activity",
             Table::Associations => "association",
         }
     }
@@ -85,6 +93,11 @@ impl Table {
             retractions: Vec::new(),
         };
         match (provider, change) {
+            // Only Zoho's Calls are read back so far; Odoo's activities are polled
+            // raw, HubSpot's not at all (both kept in the stream for a replay).
+            (Provider::HubSpot | Provider::Odoo, _) if self == Table::Activities => {
+                Ok(rows(Vec::new()))
+            }
             (Provider::Zoho, Some(Change::Snapshot)) if self == Table::Associations => {
                 let (links, retractions) = zoho::mapping::snapshot_links(object, data, version)?;
                 Ok(Normalised {
@@ -267,4 +280,147 @@ pub async fn upsert(
         .execute(tx)
         .await?;
     Ok(result.rows_affected())
+}
+
+/// The activities rule (`crmsync_schema::conflict`): of a CRM change to an activity
+/// the app pushed, only the fields the app did not write apply; each field it wrote
+/// and the CRM changed is kept as a conflict instead.
+pub async fn rule_activities(
+    tx: &mut PgConnection,
+    rows: &mut BTreeMap<RowKey, FieldSet>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut columns: [Vec<&str>; 3] = Default::default();
+    for (ws, provider, id) in rows.keys() {
+        columns[0].push(ws.as_str());
+        columns[1].push(provider.as_str());
+        columns[2].push(id.as_str());
+    }
+    type AppBorn = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Value,
+        Option<String>,
+    );
+    let app_born: Vec<AppBorn> = sqlx::query_as(
+        "SELECT a.workspace_id, a.provider, a.remote_id, a.app_workspace, a.app_fields,
+                a.app_version
+         FROM activities a
+         JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(w, p, r)
+           ON a.workspace_id = k.w AND a.provider = k.p AND a.remote_id = k.r
+         WHERE a.app_fields IS NOT NULL
+         ORDER BY 1, 2, 3
+         FOR UPDATE OF a",
+    )
+    .bind(&columns[0])
+    .bind(&columns[1])
+    .bind(&columns[2])
+    .fetch_all(&mut *tx)
+    .await?;
+    drop(columns);
+    for (ws, provider, id, app_workspace, fields, version) in app_born {
+        let key = row_key(&ws, &provider, &id);
+        let Some(set) = key.as_ref().and_then(|k| rows.get_mut(k)) else {
+            continue;
+        };
+        let app = app_set(&fields, version.as_deref());
+        let ruled = app_born_activity(&app, set);
+        *set = ruled.apply;
+        let at = ConflictAt {
+            workspace: &ws,
+            provider: &provider,
+            object: "activity",
+            remote_id: &id,
+            app_workspace: app_workspace.as_deref(),
+        };
+        record_conflicts(tx, &at, &ruled.conflicts).await?;
+    }
+    Ok(())
+}
+
+fn row_key(ws: &str, provider: &str, id: &str) -> Option<RowKey> {
+    Some((
+        WorkspaceId::parse(ws.to_owned()).ok()?,
+        provider.parse().ok()?,
+        RemoteId::parse(id.to_owned()).ok()?,
+    ))
+}
+
+/// The app's fields of an app-born activity, at the version it wrote them.
+pub fn app_set(fields: &Value, version: Option<&str>) -> FieldSet {
+    let version: Version = version
+        .and_then(|v| serde_json::from_value(Value::String(v.to_owned())).ok())
+        .unwrap_or_else(|| Version::new(DateTime::<Utc>::UNIX_EPOCH, "app"));
+    let fields: BTreeMap<String, Value> = match fields {
+        Value::Object(map) => map.clone().into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    app_fields(&fields, &version)
+}
+
+/// The record a conflict is about.
+#[derive(Debug, Clone, Copy)]
+pub struct ConflictAt<'a> {
+    pub workspace: &'a str,
+    pub provider: &'a str,
+    pub object: &'a str,
+    pub remote_id: &'a str,
+    pub app_workspace: Option<&'a str>,
+}
+
+/// Keeps `conflicts` of one record; one row per field and losing version, so a
+/// redelivered change adds nothing.
+pub async fn record_conflicts(
+    tx: &mut PgConnection,
+    at: &ConflictAt<'_>,
+    conflicts: &[Conflict],
+) -> Result<(), sqlx::Error> {
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let mut fields = Vec::new();
+    let mut kept = Vec::new();
+    let mut kept_sources = Vec::new();
+    let mut kept_versions = Vec::new();
+    let mut lost = Vec::new();
+    let mut lost_sources = Vec::new();
+    let mut lost_versions = Vec::new();
+    for c in conflicts {
+        fields.push(c.field.as_str());
+        kept.push(c.kept.clone());
+        kept_sources.push(c.kept_source.as_str());
+        kept_versions.push(c.kept_version.as_ref().map(|v| v.as_str().to_owned()));
+        lost.push(c.lost.clone());
+        lost_sources.push(c.lost_source.as_str());
+        lost_versions.push(c.lost_version.as_str());
+    }
+    sqlx::query(
+        "INSERT INTO crm_conflicts (workspace_id, provider, object, remote_id, app_workspace,
+                                    field, kept_value, kept_source, kept_version,
+                                    lost_value, lost_source, lost_version)
+         SELECT $1, $2, $3, $4, $5, f, kv, ks, kver, lv, ls, lver
+         FROM UNNEST($6::text[], $7::jsonb[], $8::text[], $9::text[], $10::jsonb[],
+                     $11::text[], $12::text[]) AS c(f, kv, ks, kver, lv, ls, lver)
+         ON CONFLICT (workspace_id, provider, object, remote_id, field, lost_version)
+         DO NOTHING",
+    )
+    .bind(at.workspace)
+    .bind(at.provider)
+    .bind(at.object)
+    .bind(at.remote_id)
+    .bind(at.app_workspace)
+    .bind(&fields)
+    .bind(&kept)
+    .bind(&kept_sources)
+    .bind(&kept_versions)
+    .bind(&lost)
+    .bind(&lost_sources)
+    .bind(&lost_versions)
+    .execute(tx)
+    .await?;
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! Fault injection, per emulator: added latency, error rates (500, 502), timeouts,
-//! 429 storms and dropped webhooks.
+//! answers lost after the change was made, 429 storms and dropped webhooks. Every
+//! emulator also records when each request came, so that a test can check the
+//! request rate a client kept to.
 //!
 //! A spec is a comma-separated list, e.g.
 //! `latency=20ms,errors=0.05,timeouts=0.01,storm=5s/60s,drop-webhooks=0.2`:
@@ -9,6 +11,7 @@
 //! | `latency=D` | every request waits D first (`ms` or `s`) |
 //! | `errors=P` | a request fails with 500 or 502 with probability P |
 //! | `timeouts=P` | a request hangs for `hang` (default 30s) and then gets 504, with probability P |
+//! | `lost=P` | a request is carried out, then its answer is lost: it hangs for `hang` and gets 504, with probability P (the caller cannot tell it from a timeout) |
 //! | `hang=D` | how long a timed-out request hangs |
 //! | `storm=ON/PERIOD` | in every PERIOD, the first ON answers 429 to everything |
 //! | `drop-webhooks=P` | an outgoing webhook delivery is silently lost with probability P |
@@ -31,6 +34,7 @@ pub struct Faults {
     pub latency: Duration,
     pub error_rate: f64,
     pub timeout_rate: f64,
+    pub lost_rate: f64,
     pub hang: Duration,
     pub storm: Option<(Duration, Duration)>,
     pub drop_webhooks: f64,
@@ -42,6 +46,7 @@ impl Default for Faults {
             latency: Duration::ZERO,
             error_rate: 0.0,
             timeout_rate: 0.0,
+            lost_rate: 0.0,
             hang: Duration::from_secs(30),
             storm: None,
             drop_webhooks: 0.0,
@@ -84,6 +89,7 @@ impl FromStr for Faults {
                 "latency" => f.latency = duration(value)?,
                 "errors" => f.error_rate = probability(value)?,
                 "timeouts" => f.timeout_rate = probability(value)?,
+                "lost" => f.lost_rate = probability(value)?,
                 "hang" => f.hang = duration(value)?,
                 "drop-webhooks" => f.drop_webhooks = probability(value)?,
                 "storm" => {
@@ -98,7 +104,7 @@ impl FromStr for Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}`: expected latency, errors, timeouts, hang, storm or drop-webhooks"
+                        "unknown fault `{other}`: expected latency, errors, timeouts, lost, hang, storm or drop-webhooks"
                     ))
                 }
             }
@@ -117,6 +123,8 @@ pub struct FaultState {
     rng: Mutex<ChaCha8Rng>,
     started: Instant,
     too_many: TooManyRequests,
+    /// When each request came, and its path.
+    seen: Mutex<Vec<(Instant, String)>>,
 }
 
 impl FaultState {
@@ -126,6 +134,7 @@ impl FaultState {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0xfa17)),
             started: Instant::now(),
             too_many,
+            seen: Mutex::new(Vec::new()),
         })
     }
 
@@ -139,6 +148,31 @@ impl FaultState {
 
     fn roll(&self, p: f64) -> bool {
         p > 0.0 && self.rng.lock().expect("rng lock").gen_bool(p.min(1.0))
+    }
+
+    /// The most requests whose path `counts` seen within any `window`.
+    pub fn peak_requests(&self, window: Duration, counts: impl Fn(&str) -> bool) -> usize {
+        let seen = self.seen.lock().expect("seen lock");
+        let times: Vec<Instant> = seen
+            .iter()
+            .filter(|(_, path)| counts(path))
+            .map(|(t, _)| *t)
+            .collect();
+        let mut peak = 0;
+        let mut start = 0;
+        for (end, t) in times.iter().enumerate() {
+            while *t - times[start] >= window {
+                start += 1;
+            }
+            peak = peak.max(end + 1 - start);
+        }
+        peak
+    }
+
+    /// Requests seen so far whose path `counts`.
+    pub fn requests(&self, counts: impl Fn(&str) -> bool) -> usize {
+        let seen = self.seen.lock().expect("seen lock");
+        seen.iter().filter(|(_, path)| counts(path)).count()
     }
 
     /// Whether the next outgoing webhook delivery should be lost.
@@ -156,6 +190,11 @@ impl FaultState {
 
 /// Middleware applying the faults in force before the emulator answers.
 pub async fn apply(State(state): State<Arc<FaultState>>, request: Request, next: Next) -> Response {
+    state
+        .seen
+        .lock()
+        .expect("seen lock")
+        .push((Instant::now(), request.uri().path().to_owned()));
     let f = state.get();
     if !f.latency.is_zero() {
         tokio::time::sleep(f.latency).await;
@@ -179,7 +218,16 @@ pub async fn apply(State(state): State<Arc<FaultState>>, request: Request, next:
         };
         return (status, Body::from("injected failure")).into_response();
     }
-    next.run(request).await
+    let answer = next.run(request).await;
+    if state.roll(f.lost_rate) {
+        tokio::time::sleep(f.hang).await;
+        return (
+            StatusCode::GATEWAY_TIMEOUT,
+            Body::from("upstream timed out"),
+        )
+            .into_response();
+    }
+    answer
 }
 
 #[cfg(test)]
@@ -189,7 +237,7 @@ mod tests {
     #[test]
     fn specs_parse_and_bad_ones_say_why() {
         let f: Faults =
-            "latency=20ms,errors=0.05,timeouts=0.01,storm=5s/60s,drop-webhooks=0.2,hang=1.5s"
+            "latency=20ms,errors=0.05,timeouts=0.01,storm=5s/60s,drop-webhooks=0.2,hang=1.5s,lost=0.1"
                 .parse()
                 .unwrap();
         assert_eq!(f.latency, Duration::from_millis(20));
@@ -199,6 +247,7 @@ mod tests {
             Some((Duration::from_secs(5), Duration::from_secs(60)))
         );
         assert_eq!(f.hang, Duration::from_millis(1500));
+        assert_eq!(f.lost_rate, 0.1);
         assert_eq!("".parse::<Faults>().unwrap(), Faults::default());
         for (bad, why) in [
             ("errors=2", "probability"),
@@ -215,5 +264,28 @@ mod tests {
             let err = bad.parse::<Faults>().unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_peak_is_the_most_requests_in_any_window() {
+        fn busy() -> Response {
+            StatusCode::TOO_MANY_REQUESTS.into_response()
+        }
+        let state = FaultState::new(Faults::default(), 1, busy);
+        let t0 = Instant::now();
+        {
+            let mut seen = state.seen.lock().unwrap();
+            for ms in [0, 100, 200, 900, 1000, 1050, 1100, 1200, 3000] {
+                seen.push((t0 + Duration::from_millis(ms), "/api".into()));
+            }
+            seen.push((t0 + Duration::from_millis(1001), "/oauth/token".into()));
+        }
+        let api = |p: &str| !p.contains("/oauth/");
+        // 100..1050 and 900..1200 hold five API requests within a second (the
+        // window is half-open: 200 and 1200 are a second apart).
+        assert_eq!(state.peak_requests(Duration::from_secs(1), api), 5);
+        assert_eq!(state.peak_requests(Duration::from_millis(150), api), 3);
+        assert_eq!(state.requests(api), 9);
+        assert_eq!(state.requests(|_| true), 10);
     }
 }

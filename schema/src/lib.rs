@@ -6,8 +6,10 @@
 //! - [`binding`]: the CloudEvents binary-mode binding for NATS messages.
 //! - [`fields`]: per-field versioned values, merged so that any order of the same
 //!   events gives the same state.
+//! - [`conflict`]: the conflict rules, as pure functions.
 
 pub mod binding;
+pub mod conflict;
 pub mod envelope;
 pub mod fields;
 pub mod ids;

@@ -94,6 +94,28 @@ pub const DEAL_FIELDS: &[(&str, Target)] = &[
     ),
 ];
 
+/// Zoho Calls fields with a canonical place (activities). `What_Id` names an account,
+/// deal or lead (by its `$se_module`), so it stays under its API name.
+pub const ACTIVITY_FIELDS: &[(&str, Target)] = &[
+    ("Subject", Field("subject")),
+    ("Description", Field("body")),
+    ("Call_Type", Field("direction")),
+    ("Call_Start_Time", Field("started_at")),
+    ("Call_Duration", Field("duration")),
+    ("Call_Duration_in_seconds", Field("duration_secs")),
+    ("Call_Result", Field("disposition")),
+    ("Call_Purpose", Field("purpose")),
+    ("Owner", Field("owner_id")),
+    (
+        "Who_Id",
+        Lookup {
+            id: "contact_id",
+            name: Some("contact_name"),
+            object: "contact",
+        },
+    ),
+];
+
 /// The API names read for each synced module (Zoho wants them listed, ≤ 50): the
 /// mapped ones, the other standard fields, and the modification time.
 pub fn fields_to_read(module: &str) -> &'static [&'static str] {
@@ -150,6 +172,21 @@ pub fn fields_to_read(module: &str) -> &'static [&'static str] {
             "Created_Time",
             "Modified_Time",
         ],
+        "Calls" => &[
+            "Subject",
+            "Call_Type",
+            "Call_Start_Time",
+            "Call_Duration",
+            "Call_Duration_in_seconds",
+            "Call_Purpose",
+            "Call_Result",
+            "Description",
+            "Who_Id",
+            "What_Id",
+            "Owner",
+            "Created_Time",
+            "Modified_Time",
+        ],
         _ => &["Modified_Time"],
     }
 }
@@ -160,6 +197,7 @@ pub fn fields_of(object: &str) -> Option<&'static [(&'static str, Target)]> {
         "contact" => Some(CONTACT_FIELDS),
         "company" => Some(COMPANY_FIELDS),
         "deal" => Some(DEAL_FIELDS),
+        "activity" => Some(ACTIVITY_FIELDS),
         _ => None,
     }
 }

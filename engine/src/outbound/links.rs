@@ -1,6 +1,11 @@
 //! Entity links (`CrmEntityLink`): every `crm.result` event — a CRM's id for something
 //! the app pushed — becomes a row of `crm_entity_links`, acknowledged only after the
 //! commit, so the app can map its calls to CRM records (and back) with SQL.
+//!
+//! The same event makes the call an app-born activity: its row in `activities` takes
+//! the fields crmsync wrote, which the app is the authority for from then on (see
+//! `crmsync_schema::conflict`); where the CRM's copy was projected first and differs,
+//! the difference is kept as a conflict.
 
 use std::time::Duration;
 
@@ -11,7 +16,9 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crmsync_schema::{binding, envelope::data_bytes};
+use crmsync_projectors::tables::{record_conflicts, ConflictAt};
+use crmsync_schema::conflict::app_born_activity;
+use crmsync_schema::{binding, envelope::data_bytes, FieldSet, Version};
 
 use crate::topology::Topology;
 
@@ -23,12 +30,25 @@ struct Pushed {
     workspace: String,
     provider: String,
     crm_id: String,
+    /// The CRM account the record lives in (the projection's workspace).
+    #[serde(default)]
+    account: Option<String>,
+    /// The fields crmsync wrote, as the CRM's mapping reads them.
+    #[serde(default)]
+    fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
     let event =
         binding::from_message(msg.headers.as_ref(), &msg.payload).map_err(|e| e.to_string())?;
     let pushed: Pushed = serde_json::from_slice(&data_bytes(&event)).map_err(|e| e.to_string())?;
+    let version = Version::new(
+        crmsync_schema::cloudevents::AttributesReader::time(&event)
+            .copied()
+            .unwrap_or_default(),
+        crmsync_schema::cloudevents::AttributesReader::id(&event),
+    );
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
     sqlx::query(
         "INSERT INTO crm_entity_links (workspace_id, entity_type, app_id, provider, crm_id)
          VALUES ($1, 'call', $2, $3, $4)
@@ -39,9 +59,78 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
     .bind(&pushed.call_id)
     .bind(&pushed.provider)
     .bind(&pushed.crm_id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .map_err(|e| e.to_string())?;
+    if let (Some(account), Some(fields)) = (&pushed.account, &pushed.fields) {
+        app_born(&mut tx, &pushed, account, fields, &version)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+/// Makes the pushed call an app-born activity with the fields crmsync wrote.
+async fn app_born(
+    tx: &mut sqlx::PgConnection,
+    pushed: &Pushed,
+    account: &str,
+    fields: &serde_json::Map<String, serde_json::Value>,
+    version: &Version,
+) -> Result<(), sqlx::Error> {
+    let mut app = FieldSet::default();
+    for (field, value) in fields {
+        app.set(field, value.clone(), version);
+    }
+    // The CRM's copy, if projected first: where it differs, a conflict.
+    let stored: Option<(serde_json::Value, serde_json::Value)> = sqlx::query_as(
+        "SELECT fields, field_versions FROM activities
+         WHERE workspace_id = $1 AND provider = $2 AND remote_id = $3 FOR UPDATE",
+    )
+    .bind(account)
+    .bind(&pushed.provider)
+    .bind(&pushed.crm_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((fields, versions)) = stored {
+        let crm = FieldSet {
+            fields: serde_json::from_value(fields).unwrap_or_default(),
+            versions: serde_json::from_value(versions).unwrap_or_default(),
+        };
+        let at = ConflictAt {
+            workspace: account,
+            provider: &pushed.provider,
+            object: "activity",
+            remote_id: &pushed.crm_id,
+            app_workspace: Some(&pushed.workspace),
+        };
+        record_conflicts(tx, &at, &app_born_activity(&app, &crm).conflicts).await?;
+    }
+    sqlx::query(
+        "INSERT INTO activities AS a (workspace_id, provider, remote_id, fields, field_versions,
+                                      app_workspace, app_call_id, app_fields, app_version,
+                                      source_updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $4, $8, $9)
+         ON CONFLICT (workspace_id, provider, remote_id) DO UPDATE SET
+             fields = a.fields || EXCLUDED.fields,
+             field_versions = a.field_versions || EXCLUDED.field_versions,
+             app_workspace = EXCLUDED.app_workspace,
+             app_call_id = EXCLUDED.app_call_id,
+             app_fields = EXCLUDED.app_fields,
+             app_version = EXCLUDED.app_version,
+             projected_at = now()",
+    )
+    .bind(account)
+    .bind(&pushed.provider)
+    .bind(&pushed.crm_id)
+    .bind(serde_json::to_value(&app.fields).unwrap_or_default())
+    .bind(serde_json::to_value(&app.versions).unwrap_or_default())
+    .bind(&pushed.workspace)
+    .bind(&pushed.call_id)
+    .bind(version.as_str())
+    .bind(version.time())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -58,7 +147,9 @@ pub async fn run(
         filter_subject: format!("{}.result.>", topology.subjects.root()),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        // Like the projectors': messages pulled but not applied when a worker stops
+        // come back to the next one after this.
+        ack_wait: topology.policy.retry_base,
         max_ack_pending: 1_000,
         ..Default::default()
     };

@@ -22,7 +22,7 @@ pub mod links;
 mod odoo;
 mod zoho;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,13 +45,15 @@ use crmsync_schema::{
 use crate::topology::Topology;
 
 /// Pushes one dispatcher runs at once.
-const PARALLEL: usize = 4;
+const PARALLEL: usize = 16;
 /// Commands one dispatcher holds, running or waiting their turn.
-const WINDOW: usize = 32;
+const WINDOW: usize = 64;
 /// Commands of one workspace held at once; more are deferred.
 const PER_WORKSPACE: usize = 8;
 /// Requests a push makes, about (a lookup and a create), to pace deferrals.
 const REQUESTS_PER_PUSH: f64 = 2.0;
+/// How long a CRM's search may lag its writes (HubSpot: seconds).
+const SEARCH_LAG: Duration = Duration::from_secs(3);
 /// The furthest a command is deferred at once.
 const MAX_DEFERRAL: Duration = Duration::from_secs(600);
 
@@ -129,6 +131,19 @@ pub struct Dispatcher {
     pub odoo: Option<Arc<crate::odoo::Odoo>>,
     /// Each connection's allowance, to pace deferred commands.
     pub limits: RateLimits,
+}
+
+/// A push's row as its lease found it: state, CRM id, attempts (this one included),
+/// seconds since the last attempt ended.
+type LeaseRow = (String, Option<String>, i32, f64);
+
+/// A push's row as its lease found it.
+struct Leased {
+    state: String,
+    crm_id: Option<String>,
+    attempts: i32,
+    /// Since the last attempt ended.
+    since_last: Duration,
 }
 
 /// A command waiting its turn.
@@ -286,6 +301,32 @@ pub async fn resolve_contact(
     }
 }
 
+/// The fields crmsync wrote for `command`: as the provider's mapping reads them back
+/// (Zoho), else in canonical form (crmsync does not read HubSpot's or Odoo's activities
+/// back yet). The app is their authority (`crmsync_schema::conflict`).
+fn app_fields(command: &Command, crm_id: &str) -> BTreeMap<String, serde_json::Value> {
+    if command.provider == Provider::Zoho {
+        return zoho::app_fields(command, crm_id);
+    }
+    let o = &command.outcome;
+    [
+        ("subject", json!(title(command))),
+        ("body", json!(body_text(command))),
+        ("direction", json!(o.direction)),
+        ("disposition", json!(o.disposition)),
+        (
+            "started_at",
+            json!(o
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        ),
+        ("duration_secs", json!(o.duration_secs)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// A readable line for the CRM record.
 pub fn title(command: &Command) -> String {
     let o = &command.outcome;
@@ -312,14 +353,18 @@ pub fn body_text(command: &Command) -> String {
 }
 
 impl Dispatcher {
-    /// Finds the command's record in the CRM by its key; after an attempt that may
-    /// have created it (`settle`), looks a few times, as CRM search lags writes.
-    async fn push(&self, command: &Command, settle: bool) -> Result<String, PushError> {
-        if settle {
-            // Redeliveries come after BackOff[0]; where that is shorter than a CRM's
-            // search lag (a few seconds), wait out the rest before looking.
-            let lag = Duration::from_secs(3).saturating_sub(self.topology.policy.retry_base);
-            tokio::time::sleep(lag).await;
+    /// Finds the command's record in the CRM by its key after an attempt that may
+    /// have created it (`since_last`: how long ago that attempt ended), once the CRM's
+    /// search has caught up with its writes; else creates it.
+    async fn push(
+        &self,
+        command: &Command,
+        since_last: Option<Duration>,
+    ) -> Result<String, PushError> {
+        if let Some(since) = since_last {
+            // Retries come after SEARCH_LAG; a redelivery after a crash may come
+            // sooner, and waits out the rest.
+            tokio::time::sleep(SEARCH_LAG.saturating_sub(since)).await;
             if let Some(found) = self.find(command).await? {
                 return Ok(found);
             }
@@ -403,8 +448,14 @@ impl Dispatcher {
             ))
             .time(chrono::Utc::now())
             .build()?;
+        let account = account_of(&self.pool, &command.workspace, command.provider)
+            .await
+            .map_err(|e| match e {
+                PushError::Retry(r) | PushError::Fail(r) => anyhow::anyhow!(r.text),
+            })?;
         let data = json!({"call_id": command.call_id, "workspace": command.workspace,
-                          "provider": command.provider, "crm_id": crm_id, "key": command.key});
+                          "provider": command.provider, "crm_id": crm_id, "key": command.key,
+                          "account": account, "fields": app_fields(command, crm_id)});
         event.set_data("application/json", serde_json::to_vec(&data)?);
         publish_one(
             &self.js,
@@ -446,9 +497,15 @@ impl Dispatcher {
         // One worker at a time per (call, provider), across processes: a lease on
         // the push's row, renewed while it works, gone with a crashed worker.
         match self.lease(&command).await {
-            Ok(Some((state, attempts))) => {
-                self.handle_leased(&msg, &command, consumer, state, attempts)
-                    .await;
+            Ok(Some((state, crm_id, attempts, since))) => {
+                let since = Duration::try_from_secs_f64(since).unwrap_or_default();
+                let leased = Leased {
+                    state,
+                    crm_id,
+                    attempts,
+                    since_last: since,
+                };
+                self.handle_leased(&msg, &command, consumer, leased).await;
                 let _ = self.release(&command).await;
             }
             // Another worker has it now: back when its lease has surely ended.
@@ -462,14 +519,16 @@ impl Dispatcher {
     }
 
     /// Takes the push's lease, counting an attempt unless it was sent already; its
-    /// state and attempts (this one included) when taken.
-    async fn lease(&self, command: &Command) -> Result<Option<(String, i32)>, sqlx::Error> {
+    /// state, attempts (this one included) and seconds since the last one ended, when
+    /// taken.
+    async fn lease(&self, command: &Command) -> Result<Option<LeaseRow>, sqlx::Error> {
         sqlx::query_as(
             "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds',
                     attempts = attempts + CASE WHEN state = 'sent' THEN 0 ELSE 1 END
              WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
                AND (lease_until IS NULL OR lease_until < now())
-             RETURNING state, attempts",
+             RETURNING state, crm_id, attempts,
+                       extract(epoch FROM now() - updated_at)::float8",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
@@ -514,16 +573,32 @@ impl Dispatcher {
         msg: &Message,
         command: &Command,
         consumer: &str,
-        state: String,
-        attempts: i32,
+        leased: Leased,
     ) {
+        let Leased {
+            state,
+            crm_id,
+            attempts,
+            since_last,
+        } = leased;
         if state == "sent" {
-            let _ = msg.ack().await;
+            // Sent before: its result event may not have gone out (a crash, NATS
+            // away); sent again, JetStream drops the copy.
+            let recorded = match &crm_id {
+                Some(id) => self.result_event(command, id).await,
+                None => Ok(()),
+            };
+            match recorded {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(e) => tracing::warn!(error = %e, "a sent push's result is not recorded yet"),
+            }
             return;
         }
         // Keep the message ours while the CRM is slow.
         let pushed = {
-            let push = self.push(command, attempts > 1);
+            let push = self.push(command, (attempts > 1).then_some(since_last));
             tokio::pin!(push);
             let mut beat = tokio::time::interval(self.beat_every());
             beat.tick().await;
@@ -554,7 +629,10 @@ impl Dispatcher {
             Err(PushError::Retry(reason))
                 if i64::from(attempts) < self.topology.policy.max_deliver =>
             {
-                let after = self.retry_delay(usize::try_from(attempts).unwrap_or(1));
+                // Not before the CRM's search shows what this attempt may have made.
+                let after = self
+                    .retry_delay(usize::try_from(attempts).unwrap_or(1))
+                    .max(SEARCH_LAG);
                 tracing::info!(%provider, attempts, ?after, reason = reason.log, "push failed; trying again later");
                 let _ = self
                     .set_state(command, "queued", None, Some(&reason.text))

@@ -2,11 +2,14 @@
 //! `What_Id` (the deal); its subject starts with the idempotency key, found again by
 //! search.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crmsync_adapters::zoho::mapping;
 use crmsync_ingest::calls::Command;
-use crmsync_schema::Provider;
+use crmsync_schema::{Provider, Version};
 
 use super::{account_of, body_text, resolve_contact, title, PushError};
 use crate::zoho::Zoho;
@@ -23,23 +26,48 @@ pub async fn find(zoho: &Zoho, command: &Command) -> Result<Option<String>, Push
         .map(str::to_owned))
 }
 
+/// The Calls record of `command`, without its links.
+fn call_record(command: &Command) -> Value {
+    let o = &command.outcome;
+    json!({
+        "Subject": format!("[{}] {}", command.key, title(command)),
+        "Call_Type": if o.direction == "inbound" { "Inbound" } else { "Outbound" },
+        "Call_Start_Time": o.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        "Call_Duration": format!("{:02}:{:02}", o.duration_secs / 60, o.duration_secs % 60),
+        "Call_Result": o.disposition,
+        "Description": body_text(command),
+    })
+}
+
+/// The fields crmsync wrote, as the Zoho mapping reads them back (with the seconds
+/// Zoho computes from the duration).
+pub fn app_fields(command: &Command, crm_id: &str) -> BTreeMap<String, Value> {
+    let mut record = call_record(command);
+    record["id"] = json!(crm_id);
+    record["Call_Duration_in_seconds"] = json!(command.outcome.duration_secs);
+    let version = Version::new(chrono::Utc::now(), "app");
+    mapping::snapshot_changes("activity", record.to_string().as_bytes(), &version)
+        .ok()
+        .and_then(|rows| rows.into_iter().next())
+        .map(|row| {
+            row.fields
+                .fields
+                .into_iter()
+                .filter(|(f, _)| !f.starts_with('$'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<String, PushError> {
     let org = account_of(pool, &command.workspace, Provider::Zoho).await?;
     if let Some(found) = find(zoho, command).await? {
         return Ok(found);
     }
     let client = zoho.client(&command.workspace).await?;
-    let subject_start = format!("[{}]", command.key);
     let o = &command.outcome;
     let contact = resolve_contact(pool, Provider::Zoho, &org, o.contact.as_ref()).await?;
-    let mut record = json!({
-        "Subject": format!("{subject_start} {}", title(command)),
-        "Call_Type": if o.direction == "inbound" { "Inbound" } else { "Outbound" },
-        "Call_Start_Time": o.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-        "Call_Duration": format!("{:02}:{:02}", o.duration_secs / 60, o.duration_secs % 60),
-        "Call_Result": o.disposition,
-        "Description": body_text(command),
-    });
+    let mut record = call_record(command);
     if let Some(id) = contact {
         record["Who_Id"] = json!({"id": id});
     }

@@ -14,7 +14,7 @@ use super::Zoho;
 use crate::hydrator::{client_outcome, Outcome, Source, Wanted};
 
 /// The objects whose records are read back.
-const HYDRATED: [&str; 3] = ["contact", "company", "deal"];
+const HYDRATED: [&str; 4] = ["contact", "company", "deal", "activity"];
 
 impl Source for Zoho {
     const PROVIDER: Provider = Provider::Zoho;

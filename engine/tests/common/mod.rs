@@ -72,11 +72,16 @@ impl TestEngine {
     }
 
     pub async fn start_role(role: Role, overrides: &[(&str, &str)]) -> Self {
+        Self::start_env(role, &test_env(overrides).await).await
+    }
+
+    /// An engine on `env` (from [`test_env`]), e.g. to share it with a process.
+    pub async fn start_env(role: Role, env: &HashMap<String, String>) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let settings = settings_from(&test_env(overrides).await);
+        let settings = settings_from(env);
         let engine = Engine::build(settings.clone(), role)
             .await
             .expect("engine builds");

@@ -262,6 +262,15 @@ impl OdooSandbox {
         self.store.read().expect("store lock").ids(model)
     }
 
+    /// One field of every committed record of `model`, archived ones included.
+    pub fn column(&self, model: &str, field: &str) -> Vec<Value> {
+        let db = self.store.read().expect("store lock");
+        db.ids(model)
+            .into_iter()
+            .map(|id| db.stored(model, id, field))
+            .collect()
+    }
+
     /// A record's `write_date` as stored, microseconds included.
     pub fn stored_write_date(&self, model: &str, id: i64) -> Option<NaiveDateTime> {
         let db = self.store.read().expect("store lock");

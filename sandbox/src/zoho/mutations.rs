@@ -164,3 +164,34 @@ impl ZohoSandbox {
         crate::driver::spawn(self, per_sec, Self::mutate)
     }
 }
+
+impl ZohoSandbox {
+    /// A colleague sets text fields of one record in the UI (notified like any other
+    /// change). Answers whether the record exists; unknown modules or fields panic, as
+    /// this is for tests.
+    pub fn edit_text(&self, module: &str, id: &str, fields: &[(&str, &str)]) -> bool {
+        let module = Module::parse(module).expect("a Zoho module");
+        let set: Vec<(usize, Option<Value>)> = fields
+            .iter()
+            .map(|(name, value)| (field(module, name), Some(Value::Text((*value).to_owned()))))
+            .collect();
+        let Ok(id) = id.parse::<u64>() else {
+            return false;
+        };
+        let change = {
+            let mut store = self.store_mut();
+            let user = store.user_id(UI_USER);
+            store
+                .update(module, id, &set, None, user, now_ms())
+                .map(|fields| Change {
+                    module,
+                    operation: Operation::Update,
+                    id,
+                    fields,
+                })
+        };
+        let found = change.is_some();
+        self.notify(change.into_iter().collect());
+        found
+    }
+}
