@@ -987,3 +987,82 @@ async fn crm_edits_to_a_pushed_call_are_conflicts_and_calls_born_in_the_crm_foll
     assert_eq!(conflicts, 1);
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn odoo_can_log_calls_as_done_activities_once_each_through_lost_answers() {
+    let (crms, engine) = start().await;
+    let c = crms.od.credentials(&crms.od_url);
+    let (status, answer) = post(
+        &engine,
+        "/crm/odoo/connect",
+        &json!({"workspace": "acme", "url": crms.od_url, "database": c["database"],
+                "login": c["login"], "api_key": c["api_key"], "log_activity": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let email: String = eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar(
+            "SELECT lower(email) FROM contacts WHERE provider = 'odoo' AND NOT deleted
+               AND email IS NOT NULL ORDER BY 1 LIMIT 1",
+        )
+        .fetch_optional(&engine.pool)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("Odoo contacts are projected");
+    // A third of the answers are lost after Odoo acted: an activity made but not
+    // known, or marked done without our knowing.
+    crms.od.faults().set("lost=0.3,hang=200ms".parse().unwrap());
+    let calls = 6;
+    for n in 0..calls {
+        let mut call = outcome(&email, n);
+        call["provider"] = json!("odoo");
+        assert_eq!(
+            post(&engine, &format!("/crm/calls/a-{n}/push-to-crm"), &call)
+                .await
+                .0,
+            202
+        );
+    }
+    let sent = eventually(Duration::from_secs(90), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM crm_call_pushes WHERE call_id LIKE 'a-%' AND state = 'sent'",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        (n == calls as i64).then_some(())
+    })
+    .await;
+    crms.od.faults().set(Default::default());
+    assert!(sent.is_some(), "every call is logged");
+    let found = records_by_key(&crms);
+    let open: Vec<String> = crms
+        .od
+        .column("mail.activity", "summary")
+        .iter()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    let bodies: Vec<String> = crms
+        .od
+        .column("mail.message", "body")
+        .iter()
+        .filter_map(|b| b.as_str().map(str::to_owned))
+        .collect();
+    for n in 0..calls {
+        let key = crmsync_ingest::calls::push_key(
+            "acme",
+            &format!("a-{n}"),
+            crmsync_schema::Provider::Odoo,
+        );
+        assert_eq!(found.get(&key), Some(&1), "a-{n} logged once");
+        assert!(
+            !open.iter().any(|s| s.contains(&key)),
+            "a-{n}: no activity left open"
+        );
+        let body = bodies.iter().find(|b| b.contains(&key)).unwrap();
+        assert!(body.contains("done") && body.contains("Feedback"), "{body}");
+    }
+    engine.stop().await;
+}

@@ -38,6 +38,9 @@ pub struct ConnectBody {
     database: Option<String>,
     login: Option<String>,
     api_key: Option<String>,
+    /// Log pushed calls as done "Call" activities rather than notes.
+    #[serde(default)]
+    log_activity: bool,
 }
 
 fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -120,6 +123,7 @@ pub async fn connect(
         "version": client.version(),
         "protocol": client.protocol().as_str(),
         "scheduler": {"enabled": true, "interval_secs": state.odoo_poll_interval.as_secs()},
+        "log_activity": body.log_activity,
     });
     connections::save(
         &state.pool,

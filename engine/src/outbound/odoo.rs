@@ -1,9 +1,15 @@
 //! A call outcome as a note posted on the Odoo partner (or the lead, for a deal),
 //! carrying the idempotency key in a marker that a search of `mail.message` finds.
+//!
+//! Where the connection asks for it (`log_activity`), the call is logged as a done
+//! "Call" activity instead: a `mail.activity` (its summary names the key) marked done
+//! with the note as feedback, which Odoo logs as a message on the record. The two
+//! steps are resumable: an open activity with the key is completed, not made again.
 
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
+use crmsync_adapters::odoo::client::OdooClient;
 use crmsync_ingest::calls::Command;
 use crmsync_schema::Provider;
 
@@ -60,18 +66,87 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
         command.key,
         command.key,
     );
-    let mut named = Map::new();
-    named.insert("body".into(), json!(body));
-    named.insert("message_type".into(), json!("comment"));
-    named.insert("subtype_xmlid".into(), json!("mail.mt_note"));
-    let answer = client
-        .call_once(model, "message_post", Some(&[id]), named)
-        .await?;
+    let log_activity = connection
+        .settings
+        .get("log_activity")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let answer = if log_activity {
+        let activity = match open_activity(&client, command).await? {
+            Some(activity) => activity,
+            None => create_activity(&client, command, model, id).await?,
+        };
+        let mut named = Map::new();
+        named.insert("feedback".into(), json!(body));
+        client
+            .call_once("mail.activity", "action_feedback", Some(&[activity]), named)
+            .await?
+    } else {
+        let mut named = Map::new();
+        named.insert("body".into(), json!(body));
+        named.insert("message_type".into(), json!("comment"));
+        named.insert("subtype_xmlid".into(), json!("mail.mt_note"));
+        client
+            .call_once(model, "message_post", Some(&[id]), named)
+            .await?
+    };
+    first_id(&answer)
+        .map(|id| id.to_string())
+        .ok_or_else(|| PushError::Retry(format!("Odoo answered {answer} for the call").into()))
+}
+
+/// An id answered as a number or the first of a list.
+fn first_id(answer: &Value) -> Option<i64> {
     match answer {
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Array(ids) if !ids.is_empty() => Ok(ids[0].to_string()),
-        other => Err(PushError::Retry(
-            format!("message_post answered {other}").into(),
-        )),
+        Value::Array(ids) => ids.first().and_then(Value::as_i64),
+        other => other.as_i64(),
     }
+}
+
+/// The activity of `command` left open by an earlier attempt.
+async fn open_activity(client: &OdooClient, command: &Command) -> Result<Option<i64>, PushError> {
+    let found = client
+        .search_ids("mail.activity", json!([["summary", "ilike", command.key]]))
+        .await?;
+    Ok(found.first().copied())
+}
+
+/// A "Call" activity on the record, due the day of the call, its summary naming the
+/// key. Sent once: an ambiguous failure is found by [`open_activity`] next time.
+async fn create_activity(
+    client: &OdooClient,
+    command: &Command,
+    model: &str,
+    id: i64,
+) -> Result<i64, PushError> {
+    let models = client
+        .search_ids("ir.model", json!([["model", "=", model]]))
+        .await?;
+    let model_id = *models
+        .first()
+        .ok_or_else(|| PushError::Fail(format!("Odoo has no model {model}").into()))?;
+    let types = client
+        .search_ids("mail.activity.type", json!([["name", "=", "Call"]]))
+        .await?;
+    let mut vals = Map::new();
+    vals.insert("res_model_id".into(), json!(model_id));
+    vals.insert("res_id".into(), json!(id));
+    if let Some(kind) = types.first() {
+        vals.insert("activity_type_id".into(), json!(kind));
+    }
+    vals.insert(
+        "summary".into(),
+        json!(format!("{} [{}]", title(command), command.key)),
+    );
+    vals.insert(
+        "date_deadline".into(),
+        json!(command.outcome.started_at.format("%Y-%m-%d").to_string()),
+    );
+    let mut named = Map::new();
+    named.insert("vals_list".into(), json!([vals]));
+    let made = client
+        .call_once("mail.activity", "create", None, named)
+        .await?;
+    first_id(&made)
+        .ok_or_else(|| PushError::Retry(format!("Odoo answered {made} for the activity").into()))
 }
