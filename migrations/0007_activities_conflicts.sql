@@ -31,7 +31,8 @@ CREATE INDEX activities_app_call ON activities (app_workspace, app_call_id)
     WHERE app_call_id IS NOT NULL;
 
 -- Values a conflict rule did not apply, beside the value kept; one row per record,
--- field and losing version, so a redelivered or replayed change adds nothing.
+-- field and losing value (the first version that carried it), so a redelivered,
+-- re-read or replayed change adds nothing.
 CREATE TABLE crm_conflicts (
     id            bigserial   PRIMARY KEY,
     workspace_id  text        NOT NULL,
@@ -46,10 +47,14 @@ CREATE TABLE crm_conflicts (
     lost_value    jsonb,
     lost_source   text        NOT NULL,
     lost_version  text        NOT NULL,
+    lost_digest   text GENERATED ALWAYS AS (md5(coalesce(lost_value::text, 'null'))) STORED,
     detected_at   timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (workspace_id, provider, object, remote_id, field, lost_version)
+    UNIQUE (workspace_id, provider, object, remote_id, field, lost_digest)
 );
 
 CREATE INDEX crm_conflicts_workspace ON crm_conflicts (workspace_id, id);
 CREATE INDEX crm_conflicts_app_workspace ON crm_conflicts (app_workspace, id)
     WHERE app_workspace IS NOT NULL;
+
+-- Who holds a push's lease, so that only its holder renews or releases it.
+ALTER TABLE crm_call_pushes ADD COLUMN lease_owner uuid;

@@ -267,6 +267,8 @@ async fn push_inner(
                  outcome = CASE WHEN crm_call_pushes.state = 'sent'
                                 THEN crm_call_pushes.outcome ELSE EXCLUDED.outcome END,
                  pushes = crm_call_pushes.pushes + 1,
+                 attempts = CASE WHEN crm_call_pushes.state = 'sent'
+                                 THEN crm_call_pushes.attempts ELSE 0 END,
                  updated_at = now(),
                  state = CASE WHEN crm_call_pushes.state = 'sent' THEN 'sent' ELSE 'queued' END,
                  reason = CASE WHEN crm_call_pushes.state = 'sent' THEN crm_call_pushes.reason ELSE NULL END

@@ -275,18 +275,20 @@ impl Projector {
     }
 
     async fn commit(&self, items: &[&Decoded]) -> Result<(), BatchError> {
-        let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
-        for item in items {
-            for (key, set) in item.outcome.iter().flat_map(|o| &o.rows) {
-                rows.entry(key.clone()).or_default().merge(set);
-            }
-        }
+        let mut changes: Vec<(RowKey, FieldSet)> = items
+            .iter()
+            .flat_map(|item| item.outcome.iter().flat_map(|o| o.rows.iter().cloned()))
+            .collect();
         let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
         let mut tx = self.pool.begin().await.map_err(classify)?;
         if self.config.table == tables::Table::Activities {
-            tables::rule_activities(&mut tx, &mut rows)
+            changes = tables::rule_activities(&mut tx, changes)
                 .await
                 .map_err(classify)?;
+        }
+        let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
+        for (key, set) in changes {
+            rows.entry(key).or_default().merge(&set);
         }
         tables::upsert(&mut tx, self.config.table, &rows)
             .await

@@ -256,6 +256,16 @@ pub async fn upsert(
         versions.push(serde_json::to_value(&set.versions).unwrap_or(Value::Null));
         updated.push(set.latest_time());
     }
+    // An app-born activity's own fields never take a CRM value (see
+    // `rule_activities`, which records them as conflicts first).
+    let (incoming, incoming_versions) = if table == Table::Activities {
+        (
+            "EXCLUDED.fields - ARRAY(SELECT jsonb_object_keys(coalesce(c.app_fields, '{}')))",
+            "EXCLUDED.field_versions - ARRAY(SELECT jsonb_object_keys(coalesce(c.app_fields, '{}')))",
+        )
+    } else {
+        ("EXCLUDED.fields", "EXCLUDED.field_versions")
+    };
     let sql = format!(
         r#"INSERT INTO {} AS c
                (workspace_id, provider, remote_id, fields, field_versions, source_updated_at)
@@ -265,10 +275,10 @@ pub async fn upsert(
                (fields, field_versions) = (
                    SELECT m.fields, m.versions
                    FROM crm_merge_fields(c.fields, c.field_versions,
-                                         EXCLUDED.fields, EXCLUDED.field_versions) m),
+                                         {incoming}, {incoming_versions}) m),
                source_updated_at = GREATEST(c.source_updated_at, EXCLUDED.source_updated_at),
                projected_at = now()"#,
-        table.name()
+        table.name(),
     );
     let result = sqlx::query(&sql)
         .bind(&workspaces)
@@ -284,35 +294,37 @@ pub async fn upsert(
 
 /// The activities rule (`crmsync_schema::conflict`): of a CRM change to an activity
 /// the app pushed, only the fields the app did not write apply; each field it wrote
-/// and the CRM changed is kept as a conflict instead.
+/// and the CRM changed is kept as a conflict instead. Applied to each change of a
+/// batch on its own (before they are merged), with every existing row of the batch
+/// locked, so that a call becoming app-born meanwhile waits for this transaction.
 pub async fn rule_activities(
     tx: &mut PgConnection,
-    rows: &mut BTreeMap<RowKey, FieldSet>,
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
+    changes: Vec<(RowKey, FieldSet)>,
+) -> Result<Vec<(RowKey, FieldSet)>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(changes);
     }
+    let keys: std::collections::BTreeSet<&RowKey> = changes.iter().map(|(k, _)| k).collect();
     let mut columns: [Vec<&str>; 3] = Default::default();
-    for (ws, provider, id) in rows.keys() {
+    for (ws, provider, id) in &keys {
         columns[0].push(ws.as_str());
         columns[1].push(provider.as_str());
         columns[2].push(id.as_str());
     }
-    type AppBorn = (
+    type Row = (
         String,
         String,
         String,
         Option<String>,
-        Value,
+        Option<Value>,
         Option<String>,
     );
-    let app_born: Vec<AppBorn> = sqlx::query_as(
+    let locked: Vec<Row> = sqlx::query_as(
         "SELECT a.workspace_id, a.provider, a.remote_id, a.app_workspace, a.app_fields,
                 a.app_version
          FROM activities a
          JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(w, p, r)
            ON a.workspace_id = k.w AND a.provider = k.p AND a.remote_id = k.r
-         WHERE a.app_fields IS NOT NULL
          ORDER BY 1, 2, 3
          FOR UPDATE OF a",
     )
@@ -322,24 +334,31 @@ pub async fn rule_activities(
     .fetch_all(&mut *tx)
     .await?;
     drop(columns);
-    for (ws, provider, id, app_workspace, fields, version) in app_born {
-        let key = row_key(&ws, &provider, &id);
-        let Some(set) = key.as_ref().and_then(|k| rows.get_mut(k)) else {
+    let mut app_born: BTreeMap<RowKey, (Option<String>, FieldSet)> = BTreeMap::new();
+    for (ws, provider, id, app_workspace, fields, version) in locked {
+        if let (Some(key), Some(fields)) = (row_key(&ws, &provider, &id), fields) {
+            app_born.insert(key, (app_workspace, app_set(&fields, version.as_deref())));
+        }
+    }
+    let mut ruled_changes = Vec::with_capacity(changes.len());
+    for (key, set) in changes {
+        let Some((app_workspace, app)) = app_born.get(&key) else {
+            ruled_changes.push((key, set));
             continue;
         };
-        let app = app_set(&fields, version.as_deref());
-        let ruled = app_born_activity(&app, set);
-        *set = ruled.apply;
+        let ruled = app_born_activity(app, &set);
+        let provider = key.1.as_str();
         let at = ConflictAt {
-            workspace: &ws,
-            provider: &provider,
+            workspace: key.0.as_str(),
+            provider,
             object: "activity",
-            remote_id: &id,
+            remote_id: key.2.as_str(),
             app_workspace: app_workspace.as_deref(),
         };
         record_conflicts(tx, &at, &ruled.conflicts).await?;
+        ruled_changes.push((key, ruled.apply));
     }
-    Ok(())
+    Ok(ruled_changes)
 }
 
 fn row_key(ws: &str, provider: &str, id: &str) -> Option<RowKey> {
@@ -405,7 +424,7 @@ pub async fn record_conflicts(
          SELECT $1, $2, $3, $4, $5, f, kv, ks, kver, lv, ls, lver
          FROM UNNEST($6::text[], $7::jsonb[], $8::text[], $9::text[], $10::jsonb[],
                      $11::text[], $12::text[]) AS c(f, kv, ks, kver, lv, ls, lver)
-         ON CONFLICT (workspace_id, provider, object, remote_id, field, lost_version)
+         ON CONFLICT (workspace_id, provider, object, remote_id, field, lost_digest)
          DO NOTHING",
     )
     .bind(at.workspace)

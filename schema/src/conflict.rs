@@ -10,7 +10,7 @@
 //! The app's values are fixed once the push has succeeded, so the rule is a function
 //! of one incoming change alone: the same changes in any order, with any duplicates,
 //! give the same row and the same set of conflicts (a conflict is identified by its
-//! record, field and the losing version).
+//! record, field and the losing value: an edit read back again is not a new one).
 
 use std::collections::BTreeMap;
 

@@ -54,6 +54,8 @@ const PER_WORKSPACE: usize = 8;
 const REQUESTS_PER_PUSH: f64 = 2.0;
 /// How long a CRM's search may lag its writes (HubSpot: seconds).
 const SEARCH_LAG: Duration = Duration::from_secs(3);
+/// The shortest deferral.
+const MIN_DEFERRAL: Duration = Duration::from_millis(250);
 /// The furthest a command is deferred at once.
 const MAX_DEFERRAL: Duration = Duration::from_secs(600);
 
@@ -94,13 +96,7 @@ impl From<&str> for Reason {
 impl From<ProviderError> for PushError {
     fn from(e: ProviderError) -> Self {
         let reason = Reason {
-            log: format!(
-                "{} {} failed ({}{})",
-                e.provider,
-                e.operation,
-                e.kind.label(),
-                e.status.map(|s| format!(", HTTP {s}")).unwrap_or_default()
-            ),
+            log: provider_log(&e),
             text: e.to_string(),
         };
         if e.kind.retryable() || e.kind == crmsync_adapters::ErrorKind::Unauthorized {
@@ -113,11 +109,27 @@ impl From<ProviderError> for PushError {
 
 impl From<anyhow::Error> for PushError {
     fn from(e: anyhow::Error) -> Self {
+        // A provider's own message stays out of the log line, at any depth.
+        let log = match e.chain().find_map(|c| c.downcast_ref::<ProviderError>()) {
+            Some(p) if !p.message.is_empty() => e.to_string().replace(&p.message, "…"),
+            _ => e.to_string(),
+        };
         PushError::Retry(Reason {
             text: format!("{e:#}"),
-            log: e.to_string(),
+            log,
         })
     }
+}
+
+/// A provider error without the provider's message.
+fn provider_log(e: &ProviderError) -> String {
+    format!(
+        "{} {} failed ({}{})",
+        e.provider,
+        e.operation,
+        e.kind.label(),
+        e.status.map(|s| format!(", HTTP {s}")).unwrap_or_default()
+    )
 }
 
 /// Pushes commands for every provider whose connector this process has.
@@ -144,6 +156,8 @@ struct Leased {
     attempts: i32,
     /// Since the last attempt ended.
     since_last: Duration,
+    /// This holder of the lease.
+    owner: String,
 }
 
 /// A command waiting its turn.
@@ -232,8 +246,12 @@ impl<T> Turns<T> {
             .filter(|t| *t > now + behind)
             .unwrap_or(now + behind);
         let at = (from + interval).min(now + MAX_DEFERRAL);
+        if self.deferred_until.len() > 10_000 {
+            self.deferred_until.retain(|_, t| *t > now);
+        }
         self.deferred_until.insert(workspace.to_owned(), at);
-        at - now
+        // Never a hot loop of deliveries, whatever the rate.
+        (at - now).max(MIN_DEFERRAL)
     }
 
     fn waiting(&self) -> impl Iterator<Item = &T> {
@@ -448,11 +466,16 @@ impl Dispatcher {
             ))
             .time(chrono::Utc::now())
             .build()?;
-        let account = account_of(&self.pool, &command.workspace, command.provider)
-            .await
-            .map_err(|e| match e {
-                PushError::Retry(r) | PushError::Fail(r) => anyhow::anyhow!(r.text),
-            })?;
+        // Any status: a connection disconnected since the push still names the
+        // account the record went to.
+        let account: Option<String> = sqlx::query_scalar(
+            "SELECT account_id FROM crm_connections WHERE workspace_id = $1 AND provider = $2",
+        )
+        .bind(&command.workspace)
+        .bind(command.provider.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
         let data = json!({"call_id": command.call_id, "workspace": command.workspace,
                           "provider": command.provider, "crm_id": crm_id, "key": command.key,
                           "account": account, "fields": app_fields(command, crm_id)});
@@ -496,7 +519,8 @@ impl Dispatcher {
     async fn handle(&self, msg: Message, command: Command, consumer: &str) {
         // One worker at a time per (call, provider), across processes: a lease on
         // the push's row, renewed while it works, gone with a crashed worker.
-        match self.lease(&command).await {
+        let owner = uuid::Uuid::new_v4().to_string();
+        match self.lease(&command, &owner).await {
             Ok(Some((state, crm_id, attempts, since))) => {
                 let since = Duration::try_from_secs_f64(since).unwrap_or_default();
                 let leased = Leased {
@@ -504,16 +528,24 @@ impl Dispatcher {
                     crm_id,
                     attempts,
                     since_last: since,
+                    owner: owner.clone(),
                 };
-                self.handle_leased(&msg, &command, consumer, leased).await;
-                let _ = self.release(&command).await;
+                self.handle_leased(&msg, &command, consumer, &leased).await;
+                let _ = self.release(&command, &owner).await;
             }
-            // Another worker has it now: back when its lease has surely ended.
-            Ok(None) => {
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(self.topology.policy.retry_base)))
-                    .await;
-            }
+            Ok(None) => match self.exists(&command).await {
+                // Another worker has it now: back when its lease has surely ended.
+                Ok(true) => {
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(self.topology.policy.retry_base)))
+                        .await;
+                }
+                Ok(false) => {
+                    self.dead_letter(&msg, consumer, "no push record for this command")
+                        .await;
+                }
+                Err(e) => tracing::warn!(error = %e, "push state unreadable; retrying later"),
+            },
             Err(e) => tracing::warn!(error = %e, "push state unreadable; retrying later"),
         }
     }
@@ -521,42 +553,70 @@ impl Dispatcher {
     /// Takes the push's lease, counting an attempt unless it was sent already; its
     /// state, attempts (this one included) and seconds since the last one ended, when
     /// taken.
-    async fn lease(&self, command: &Command) -> Result<Option<LeaseRow>, sqlx::Error> {
+    /// Takes the push's lease for `owner`, counting an attempt (and marking its start)
+    /// when it is queued; its state, CRM id, attempts (this one included) and the
+    /// seconds since the row last changed (the last attempt's end, or its start when
+    /// its end was never recorded).
+    async fn lease(&self, command: &Command, owner: &str) -> Result<Option<LeaseRow>, sqlx::Error> {
         sqlx::query_as(
-            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds',
-                    attempts = attempts + CASE WHEN state = 'sent' THEN 0 ELSE 1 END
-             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
-               AND (lease_until IS NULL OR lease_until < now())
-             RETURNING state, crm_id, attempts,
-                       extract(epoch FROM now() - updated_at)::float8",
+            "UPDATE crm_call_pushes p SET lease_until = now() + interval '30 seconds',
+                    lease_owner = $4::uuid,
+                    attempts = p.attempts + CASE WHEN p.state = 'queued' THEN 1 ELSE 0 END,
+                    updated_at = CASE WHEN p.state = 'queued' THEN now() ELSE p.updated_at END
+             FROM (SELECT updated_at AS before FROM crm_call_pushes
+                   WHERE workspace_id = $1 AND call_id = $2 AND provider = $3) o
+             WHERE p.workspace_id = $1 AND p.call_id = $2 AND p.provider = $3
+               AND (p.lease_until IS NULL OR p.lease_until < now())
+             RETURNING p.state, p.crm_id, p.attempts,
+                       extract(epoch FROM now() - o.before)::float8",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
         .bind(command.provider.as_str())
+        .bind(owner)
         .fetch_optional(&self.pool)
         .await
     }
 
-    async fn renew(&self, command: &Command) {
-        let _ = sqlx::query(
-            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds'
-             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+    /// Whether the command has its push row at all.
+    async fn exists(&self, command: &Command) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM crm_call_pushes
+                            WHERE workspace_id = $1 AND call_id = $2 AND provider = $3)",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
         .bind(command.provider.as_str())
-        .execute(&self.pool)
-        .await;
+        .fetch_one(&self.pool)
+        .await
     }
 
-    async fn release(&self, command: &Command) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE crm_call_pushes SET lease_until = NULL
-             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3",
+    /// Extends `owner`'s lease; bounded, so a busy pool never holds up the progress
+    /// acks.
+    async fn renew(&self, command: &Command, owner: &str) {
+        let renew = sqlx::query(
+            "UPDATE crm_call_pushes SET lease_until = now() + interval '30 seconds'
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
+               AND lease_owner = $4::uuid",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
         .bind(command.provider.as_str())
+        .bind(owner)
+        .execute(&self.pool);
+        let _ = tokio::time::timeout(self.beat_every(), renew).await;
+    }
+
+    async fn release(&self, command: &Command, owner: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE crm_call_pushes SET lease_until = NULL, lease_owner = NULL
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
+               AND lease_owner = $4::uuid",
+        )
+        .bind(&command.workspace)
+        .bind(&command.call_id)
+        .bind(command.provider.as_str())
+        .bind(owner)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -573,14 +633,21 @@ impl Dispatcher {
         msg: &Message,
         command: &Command,
         consumer: &str,
-        leased: Leased,
+        leased: &Leased,
     ) {
         let Leased {
             state,
             crm_id,
             attempts,
             since_last,
+            owner,
         } = leased;
+        let (attempts, since_last) = (*attempts, *since_last);
+        if state == "failed" || state == "dead_lettered" {
+            // Settled already (a stale copy, or a dead letter whose ack was lost).
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
         if state == "sent" {
             // Sent before: its result event may not have gone out (a crash, NATS
             // away); sent again, JetStream drops the copy.
@@ -607,7 +674,7 @@ impl Dispatcher {
                     r = &mut push => break r,
                     _ = beat.tick() => {
                         let _ = msg.ack_with(AckKind::Progress).await;
-                        self.renew(command).await;
+                        self.renew(command, owner).await;
                     }
                 }
             }
@@ -768,6 +835,26 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_messages_stay_out_of_log_lines() {
+        let refused = ProviderError {
+            kind: crmsync_adapters::ErrorKind::Rejected,
+            provider: "zoho",
+            operation: "create",
+            status: Some(400),
+            message: "ada@example.com is a duplicate".into(),
+        };
+        for e in [
+            PushError::from(refused.clone()),
+            PushError::from(anyhow::Error::new(refused.clone())),
+            PushError::from(anyhow::Error::new(refused).context("pushing the call")),
+        ] {
+            let (PushError::Retry(r) | PushError::Fail(r)) = e;
+            assert!(r.text.contains("ada@example.com"), "{}", r.text);
+            assert!(!r.log.contains("ada@example.com"), "{}", r.log);
+        }
+    }
 
     #[test]
     fn workspaces_take_turns_and_one_holds_no_more_than_its_share() {

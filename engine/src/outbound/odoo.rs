@@ -13,7 +13,7 @@ use crmsync_adapters::odoo::client::OdooClient;
 use crmsync_ingest::calls::Command;
 use crmsync_schema::Provider;
 
-use super::{account_of, body_text, resolve_contact, title, PushError};
+use super::{account_of, body_text, resolve_contact, title, PushError, Reason};
 use crate::odoo::Odoo;
 
 fn escape(s: &str) -> String {
@@ -92,7 +92,16 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     };
     first_id(&answer)
         .map(|id| id.to_string())
-        .ok_or_else(|| PushError::Retry(format!("Odoo answered {answer} for the call").into()))
+        .ok_or_else(|| unexpected(&answer, "the call"))
+}
+
+/// An answer without an id: worth another attempt (found by its key if it was made);
+/// the answer itself kept out of the log.
+fn unexpected(answer: &Value, what: &str) -> PushError {
+    PushError::Retry(Reason {
+        text: format!("Odoo answered {answer} for {what}"),
+        log: format!("Odoo answered no id for {what}"),
+    })
 }
 
 /// An id answered as a number or the first of a list.
@@ -147,6 +156,5 @@ async fn create_activity(
     let made = client
         .call_once("mail.activity", "create", None, named)
         .await?;
-    first_id(&made)
-        .ok_or_else(|| PushError::Retry(format!("Odoo answered {made} for the activity").into()))
+    first_id(&made).ok_or_else(|| unexpected(&made, "the activity"))
 }

@@ -11,7 +11,7 @@ use crmsync_adapters::zoho::mapping;
 use crmsync_ingest::calls::Command;
 use crmsync_schema::{Provider, Version};
 
-use super::{account_of, body_text, resolve_contact, title, PushError};
+use super::{account_of, body_text, resolve_contact, title, PushError, Reason};
 use crate::zoho::Zoho;
 
 /// The Calls record made for `command`, if any.
@@ -81,20 +81,21 @@ pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<Strin
         Some(id) if first.get("status").and_then(Value::as_str) == Some("success") => {
             Ok(id.to_owned())
         }
-        // Zoho's code and message only: its details may echo the record's values.
-        _ => Err(PushError::Fail(
-            format!(
-                "Zoho refused the call: {} {}",
-                first
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown"),
-                first
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-            )
-            .into(),
-        )),
+        // Zoho's code and message only: its details may echo the record's values
+        // (and the log line has the code alone).
+        _ => {
+            let code = first
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown");
+            let message = first
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            Err(PushError::Fail(Reason {
+                text: format!("Zoho refused the call: {code} {message}"),
+                log: format!("Zoho refused the call: {code}"),
+            }))
+        }
     }
 }
