@@ -1088,3 +1088,51 @@ async fn odoo_can_log_calls_as_done_activities_once_each_through_lost_answers() 
     }
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn the_providers_say_whether_they_can_be_connected_and_what_is_missing() {
+    let (_crms, engine) = start().await;
+    let anonymous = engine
+        .http
+        .get(engine.url("/crm/providers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let (status, listed) = get(&engine, "/crm/providers").await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hubspot", "zoho", "odoo"]);
+    for p in listed["providers"].as_array().unwrap() {
+        assert_eq!(p["ready"], json!(true), "{p}");
+        assert_eq!(p["missing"], json!([]), "{p}");
+    }
+    assert_eq!(
+        listed["providers"][0]["webhook_url"],
+        json!(engine.url("/crm/webhooks/hubspot"))
+    );
+    engine.stop().await;
+
+    // Without an encryption key or OAuth apps, nothing can be connected, and the
+    // answer says which variables are missing.
+    let bare = TestEngine::start(&[("CRM_API_TOKEN", API_TOKEN)]).await;
+    let (status, listed) = get(&bare, "/crm/providers").await;
+    assert_eq!(status, 200, "{listed}");
+    let hubspot = &listed["providers"][0];
+    assert_eq!(hubspot["ready"], json!(false));
+    let missing: Vec<&str> = hubspot["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(missing.contains(&"ENCRYPTION_KEY"), "{missing:?}");
+    assert!(missing.contains(&"CRM_HUBSPOT_CLIENT_ID"), "{missing:?}");
+    assert_eq!(listed["providers"][2]["missing"], json!(["ENCRYPTION_KEY"]));
+    bare.stop().await;
+}

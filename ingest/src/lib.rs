@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod oauth;
 pub mod odoo;
+pub mod providers;
 pub mod publish;
 pub mod webhooks;
 
@@ -83,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/odoo/status", get(odoo::status))
         .route("/crm/calls/{call_id}/push-to-crm", post(calls::push))
         .route("/crm/calls/{call_id}", get(calls::status))
+        .route("/crm/providers", get(providers::list))
         .route("/crm/conflicts", get(conflicts::list))
         .route("/crm/dlq", get(dlq::list))
         .route("/crm/dlq/{id}/retry", post(dlq::retry))
