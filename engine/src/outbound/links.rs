@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crmsync_projectors::tables::{record_conflicts, ConflictAt};
-use crmsync_schema::conflict::app_born_activity;
+use crmsync_schema::conflict::{app_born_activity, app_fields};
 use crmsync_schema::{binding, envelope::data_bytes, FieldSet, Version};
 
 use crate::topology::Topology;
@@ -35,7 +35,7 @@ struct Pushed {
     account: Option<String>,
     /// The fields crmsync wrote, as the CRM's mapping reads them.
     #[serde(default)]
-    fields: Option<serde_json::Map<String, serde_json::Value>>,
+    fields: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
@@ -75,13 +75,10 @@ async fn app_born(
     tx: &mut sqlx::PgConnection,
     pushed: &Pushed,
     account: &str,
-    fields: &serde_json::Map<String, serde_json::Value>,
+    fields: &std::collections::BTreeMap<String, serde_json::Value>,
     version: &Version,
 ) -> Result<(), sqlx::Error> {
-    let mut app = FieldSet::default();
-    for (field, value) in fields {
-        app.set(field, value.clone(), version);
-    }
+    let app = app_fields(fields, version);
     // The CRM's copy, if projected first: where it differs, a conflict.
     let stored: Option<(serde_json::Value, serde_json::Value)> = sqlx::query_as(
         "SELECT fields, field_versions FROM activities
