@@ -13,7 +13,7 @@
 //! | `timeouts=P` | a request hangs for `hang` (default 30s) and then gets 504, with probability P |
 //! | `lost=P` | a request is carried out, then its answer is lost: it hangs for `hang` and gets 504, with probability P (the caller cannot tell it from a timeout) |
 //! | `hang=D` | how long a timed-out request hangs |
-//! | `storm=ON/PERIOD` | in every PERIOD, the first ON answers 429 to everything |
+//! | `storm=ON/PERIOD` | in every PERIOD counted from when the faults were set, the first ON answers 429 to everything |
 //! | `drop-webhooks=P` | an outgoing webhook delivery is silently lost with probability P |
 
 use std::str::FromStr;
@@ -119,9 +119,9 @@ pub type TooManyRequests = fn() -> Response;
 /// Faults in force for one emulator, changeable while it runs.
 #[derive(Debug)]
 pub struct FaultState {
-    faults: RwLock<Faults>,
+    /// The faults, and when they were set: storms count their periods from then.
+    faults: RwLock<(Faults, Instant)>,
     rng: Mutex<ChaCha8Rng>,
-    started: Instant,
     too_many: TooManyRequests,
     /// When each request came, and its path.
     seen: Mutex<Vec<(Instant, String)>>,
@@ -130,20 +130,19 @@ pub struct FaultState {
 impl FaultState {
     pub fn new(faults: Faults, seed: u64, too_many: TooManyRequests) -> Arc<Self> {
         Arc::new(Self {
-            faults: RwLock::new(faults),
+            faults: RwLock::new((faults, Instant::now())),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0xfa17)),
-            started: Instant::now(),
             too_many,
             seen: Mutex::new(Vec::new()),
         })
     }
 
     pub fn set(&self, faults: Faults) {
-        *self.faults.write().expect("faults lock") = faults;
+        *self.faults.write().expect("faults lock") = (faults, Instant::now());
     }
 
     pub fn get(&self) -> Faults {
-        self.faults.read().expect("faults lock").clone()
+        self.faults.read().expect("faults lock").0.clone()
     }
 
     fn roll(&self, p: f64) -> bool {
@@ -180,9 +179,10 @@ impl FaultState {
         self.roll(self.get().drop_webhooks)
     }
 
-    fn in_storm(&self, storm: Option<(Duration, Duration)>) -> bool {
-        storm.is_some_and(|(on, period)| {
-            let t = self.started.elapsed().as_nanos() % period.as_nanos();
+    fn in_storm(&self) -> bool {
+        let (faults, since) = &*self.faults.read().expect("faults lock");
+        faults.storm.is_some_and(|(on, period)| {
+            let t = since.elapsed().as_nanos() % period.as_nanos();
             t < on.as_nanos()
         })
     }
@@ -199,7 +199,7 @@ pub async fn apply(State(state): State<Arc<FaultState>>, request: Request, next:
     if !f.latency.is_zero() {
         tokio::time::sleep(f.latency).await;
     }
-    if state.in_storm(f.storm) {
+    if state.in_storm() {
         return (state.too_many)();
     }
     if state.roll(f.timeout_rate) {
