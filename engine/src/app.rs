@@ -17,6 +17,7 @@ use crmsync_schema::{ObjectType, Provider};
 
 use crate::config::Settings;
 use crate::db;
+use crate::lease::LEADER_TTL;
 use crate::topology::Topology;
 
 /// What a process runs.
@@ -243,16 +244,22 @@ impl Engine {
                 topology.clone(),
                 stop.clone(),
             ));
-            tasks.spawn(crate::hubspot::poller::run(
-                hubspot,
-                js,
-                topology.subjects.clone(),
-                cursors,
-                self.settings.poll_interval,
-                self.settings.poll_lookback,
-                self.settings.link_sweep_every,
-                stop.clone(),
-            ));
+            let (settings, stop) = (self.settings.clone(), stop.clone());
+            tasks.spawn(async move {
+                let poll = |leading| {
+                    crate::hubspot::poller::run(
+                        hubspot.clone(),
+                        js.clone(),
+                        topology.subjects.clone(),
+                        cursors.clone(),
+                        settings.poll_interval,
+                        settings.poll_lookback,
+                        settings.link_sweep_every,
+                        leading,
+                    )
+                };
+                crate::lease::lead(cursors.clone(), "hubspot-poller", LEADER_TTL, stop, poll).await
+            });
         }
         if let Some(zoho) = self.zoho.clone() {
             let js = self.state.js.clone();
@@ -267,26 +274,42 @@ impl Engine {
                 stop.clone(),
             ));
             if let Some(public_url) = self.settings.public_url.clone() {
-                tasks.spawn(crate::zoho::channels::run(
-                    zoho.clone(),
-                    public_url,
-                    self.settings.zoho_channel_ttl,
-                    crate::zoho::channels::cadence(
-                        self.settings.poll_interval,
-                        self.settings.zoho_channel_ttl,
-                    ),
-                    stop.clone(),
-                ));
+                let (zoho, cursors, stop) = (zoho.clone(), cursors.clone(), stop.clone());
+                let ttl = self.settings.zoho_channel_ttl;
+                let cadence = crate::zoho::channels::cadence(self.settings.poll_interval, ttl);
+                tasks.spawn(async move {
+                    let keep = |leading| {
+                        crate::zoho::channels::run(
+                            zoho.clone(),
+                            public_url.clone(),
+                            ttl,
+                            cadence,
+                            leading,
+                        )
+                    };
+                    crate::lease::lead(cursors.clone(), "zoho-channels", LEADER_TTL, stop, keep)
+                        .await
+                });
             }
-            tasks.spawn(crate::zoho::poller::run(
-                zoho,
-                js,
+            let (subjects, settings, stop) = (
                 self.topology.subjects.clone(),
-                cursors,
-                self.settings.poll_interval,
-                self.settings.poll_lookback,
+                self.settings.clone(),
                 stop.clone(),
-            ));
+            );
+            tasks.spawn(async move {
+                let poll = |leading| {
+                    crate::zoho::poller::run(
+                        zoho.clone(),
+                        js.clone(),
+                        subjects.clone(),
+                        cursors.clone(),
+                        settings.poll_interval,
+                        settings.poll_lookback,
+                        leading,
+                    )
+                };
+                crate::lease::lead(cursors.clone(), "zoho-poller", LEADER_TTL, stop, poll).await
+            });
         }
         if self.role != Role::Api {
             let dispatcher = Arc::new(crate::outbound::Dispatcher {

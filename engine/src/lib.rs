@@ -8,6 +8,7 @@ pub mod db;
 pub mod demo;
 pub mod hubspot;
 pub mod hydrator;
+pub mod lease;
 pub mod logging;
 pub mod odoo;
 pub mod outbound;

@@ -171,7 +171,32 @@ impl Topology {
         }
         let bucket = self.cursor_bucket();
         match js.get_key_value(&bucket).await {
-            Ok(_) => {}
+            Ok(_) => {
+                // A bucket is a stream: its replicas follow CRM_STREAM_REPLICAS like the
+                // other streams' (a bucket made on one node is moved to the cluster).
+                let name = format!("KV_{bucket}");
+                let mut stream = js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| nats_err(format!("reading stream {name}: {e}")))?;
+                let mut config = stream
+                    .info()
+                    .await
+                    .map_err(|e| nats_err(format!("reading stream {name}: {e}")))?
+                    .config
+                    .clone();
+                if config.num_replicas != self.replicas {
+                    let was = config.num_replicas;
+                    config.num_replicas = self.replicas;
+                    js.update_stream(config)
+                        .await
+                        .map_err(|e| nats_err(format!("updating stream {name}: {e}")))?;
+                    notes.push(format!(
+                        "key-value bucket {bucket}: replicas {was} -> {}",
+                        self.replicas
+                    ));
+                }
+            }
             Err(_) => {
                 js.create_key_value(kv::Config {
                     bucket: bucket.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::hubspot::API_TOKEN;
-use common::{free_port, TestEngine};
+use common::{free_port, EngineProcess, TestEngine};
 use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
 use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
 use crmsync_sandbox::server::Running;
@@ -570,40 +570,6 @@ async fn a_push_that_cannot_succeed_is_dead_lettered_and_can_be_retried_or_disca
     engine.stop().await;
 }
 
-/// A worker as its own process, killed with SIGKILL when dropped.
-struct WorkerProcess(std::process::Child);
-
-impl WorkerProcess {
-    fn start(env: &std::collections::HashMap<String, String>, n: usize) -> Self {
-        let log =
-            std::env::temp_dir().join(format!("crmsync-worker-{}-{n}.log", env["CRM_NATS_PREFIX"]));
-        let log = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_crmsync"))
-            .args(["serve", "--role", "worker"])
-            .envs(env)
-            .env("PORT", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        WorkerProcess(child)
-    }
-
-    /// kill -9: no shutdown, leases and unacknowledged messages left behind.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The dead letters of pushes (not the stream advisories beside them).
 async fn push_dead_letters(engine: &TestEngine) -> i64 {
     let mut after = None;
@@ -694,7 +660,7 @@ async fn two_thousand_outcomes_through_storms_lost_answers_and_a_killed_worker_l
     for ws in ["acme", "globex"] {
         connect_all(&engine, &crms, ws).await;
     }
-    let mut worker = Some(WorkerProcess::start(&env, 1));
+    let mut worker = Some(EngineProcess::worker(&env, 1));
     let emails = shared_contacts(&engine).await;
 
     // Storms of 429s, 5xx, requests that hang, and answers lost after the CRM made
@@ -750,7 +716,7 @@ async fn two_thousand_outcomes_through_storms_lost_answers_and_a_killed_worker_l
     .await
     .expect("pushes are under way");
     worker.take().unwrap().kill();
-    let _worker = WorkerProcess::start(&env, 2);
+    let _worker = EngineProcess::worker(&env, 2);
 
     let settled = eventually(Duration::from_secs(600), || async {
         let n = count(

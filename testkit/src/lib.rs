@@ -37,8 +37,17 @@ pub fn name_time(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// The servers of [`nats_url`], which may list several, comma-separated.
+pub fn nats_servers() -> Vec<async_nats::ServerAddr> {
+    nats_url()
+        .split(',')
+        .map(|s| s.trim().parse().expect("NATS_URL lists server addresses"))
+        .collect()
+}
+
+/// A client of the NATS server(s) tests use.
 pub async fn nats() -> async_nats::Client {
-    async_nats::connect(nats_url())
+    async_nats::connect(nats_servers())
         .await
         .unwrap_or_else(|e| panic!("NATS at {} (run scripts/services.sh): {e}", nats_url()))
 }

@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -18,54 +16,8 @@ use super::{Connected, Odoo};
 /// Polls between two delete sweeps.
 pub const SWEEP_EVERY: u32 = 5;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Lease {
-    holder: String,
-    until_ms: i64,
-}
-
 fn lease_key(workspace: &str) -> String {
     format!("lease.odoo.{}", hex::encode(workspace))
-}
-
-/// Takes (or renews) the lease on `workspace` for `ttl`; false when another holds it.
-pub async fn take_lease(
-    cursors: &kv::Store,
-    workspace: &str,
-    holder: &str,
-    ttl: Duration,
-) -> anyhow::Result<bool> {
-    let key = lease_key(workspace);
-    let now = Utc::now().timestamp_millis();
-    let lease = Lease {
-        holder: holder.to_owned(),
-        until_ms: now + ttl.as_millis() as i64,
-    };
-    let value: bytes::Bytes = serde_json::to_vec(&lease)?.into();
-    Ok(match cursors.entry(&key).await? {
-        None => cursors.create(&key, value).await.is_ok(),
-        Some(entry) => {
-            let current: Option<Lease> = serde_json::from_slice(&entry.value).ok();
-            let free = current.is_none_or(|l| l.holder == holder || l.until_ms < now);
-            free && cursors.update(&key, value, entry.revision).await.is_ok()
-        }
-    })
-}
-
-/// Gives the lease back, if still held.
-pub async fn release_lease(cursors: &kv::Store, workspace: &str, holder: &str) {
-    let key = lease_key(workspace);
-    if let Ok(Some(entry)) = cursors.entry(&key).await {
-        let mine = serde_json::from_slice::<Lease>(&entry.value).is_ok_and(|l| l.holder == holder);
-        if mine {
-            let gone = Lease {
-                holder: String::new(),
-                until_ms: 0,
-            };
-            let value = serde_json::to_vec(&gone).unwrap_or_default().into();
-            let _ = cursors.update(&key, value, entry.revision).await;
-        }
-    }
 }
 
 fn time_of(settings: &Value, pointer: &str) -> Option<DateTime<Utc>> {
@@ -111,7 +63,14 @@ pub async fn run(
                         continue;
                     }
                     let ttl = odoo.timeout * 20 + Duration::from_secs(60);
-                    match take_lease(&odoo.cursors, &connection.workspace, &holder, ttl).await {
+                    match crate::lease::take(
+                        &odoo.cursors,
+                        &lease_key(&connection.workspace),
+                        &holder,
+                        ttl,
+                    )
+                    .await
+                    {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(e) => {
@@ -125,7 +84,12 @@ pub async fn run(
                         .ok()
                         .and_then(|c| due(&c, default_interval, Utc::now()))
                     else {
-                        release_lease(&odoo.cursors, &connection.workspace, &holder).await;
+                        crate::lease::release(
+                            &odoo.cursors,
+                            &lease_key(&connection.workspace),
+                            &holder,
+                        )
+                        .await;
                         continue;
                     };
                     match odoo.poll(&connection.workspace, sweep).await {
@@ -146,7 +110,12 @@ pub async fn run(
                             tracing::warn!(workspace = %connection.workspace, error = %format!("{e:#}"), "Odoo poll failed")
                         }
                     }
-                    release_lease(&odoo.cursors, &connection.workspace, &holder).await;
+                    crate::lease::release(
+                        &odoo.cursors,
+                        &lease_key(&connection.workspace),
+                        &holder,
+                    )
+                    .await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list Odoo connections"),

@@ -200,15 +200,32 @@ impl TestEngine {
         if let Some(h) = self.handle.take() {
             h.await.expect("engine task").expect("engine stops cleanly");
         }
-        for name in [
-            self.topology.events_stream(),
-            self.topology.outbound_stream(),
-            self.topology.dlq_stream(),
-            format!("KV_{}", self.topology.cursor_bucket()),
-        ] {
-            let _ = self.js.delete_stream(name).await;
-        }
+        drop_topology(&self.js, &self.topology).await;
     }
+}
+
+/// Deletes the streams and the bucket of `topology`.
+pub async fn drop_topology(js: &jetstream::Context, topology: &Topology) {
+    for name in [
+        topology.events_stream(),
+        topology.outbound_stream(),
+        topology.dlq_stream(),
+        format!("KV_{}", topology.cursor_bucket()),
+    ] {
+        let _ = js.delete_stream(name).await;
+    }
+}
+
+/// The topology of the engines on `env` (for its stream and bucket names).
+pub fn topology_of(env: &HashMap<String, String>) -> Topology {
+    let settings = settings_from(env);
+    Topology::new(
+        settings.nats_prefix.as_deref(),
+        settings.stream_replicas,
+        settings.dedupe_window,
+        settings.delivery_policy(),
+    )
+    .unwrap()
 }
 
 impl Drop for TestEngine {
@@ -255,4 +272,67 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An engine as its own process (`crmsync serve --role ...`), killed with SIGKILL
+/// when dropped. Its log goes to a temporary file, printed by [`EngineProcess::log`].
+pub struct EngineProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl EngineProcess {
+    /// A process of `role` on `env`, logging to a file named by `name`.
+    pub fn start(role: &str, env: &HashMap<String, String>, name: &str) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "crmsync-{role}-{}-{name}.log",
+            env["CRM_NATS_PREFIX"]
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_crmsync"))
+            .args(["serve", "--role", role])
+            .envs(env)
+            .env("RUST_LOG", "warn")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        EngineProcess { child, log }
+    }
+
+    /// A worker on a port of its own choosing.
+    pub fn worker(env: &HashMap<String, String>, n: usize) -> Self {
+        let mut env = env.clone();
+        env.insert("PORT".into(), "0".into());
+        Self::start("worker", &env, &n.to_string())
+    }
+
+    /// kill -9: no shutdown, leases and unacknowledged messages left behind.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the process to exit; its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        self.child.wait().unwrap()
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

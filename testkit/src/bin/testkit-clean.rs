@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
-        .connect(crmsync_testkit::nats_url())
+        .connect(crmsync_testkit::nats_servers())
         .await?;
     let js = async_nats::jetstream::new(client);
     let mut streams = Vec::new();
