@@ -33,6 +33,13 @@ enum Command {
     },
     /// Create the database if absent and apply pending migrations, then exit.
     Migrate,
+    /// Ask the engine serving on this machine's PORT whether it is ready: exit 0 when
+    /// GET PATH answers 200, 1 otherwise (a container health check without curl).
+    Check {
+        /// The route to ask: /readyz (migrations, NATS) or /healthz (alive).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Start the engine, send it a signed sample HubSpot webhook batch over HTTP, print
     /// the projected contacts, then keep serving (until Ctrl-C) unless --exit.
     #[command(after_help = env_help())]
@@ -108,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(version = db::latest_migration(), "database is up to date");
             Ok(())
         }
+        Command::Check { path } => check(settings.port, &path).await,
         Command::Demo(opts) => demo::run(settings, opts, shutdown_signal()).await,
         Command::Backfill(opts) => backfill(settings, opts).await,
         Command::Bench(opts) => crmsync_engine::bench::run(settings, opts).await,
@@ -127,6 +135,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sandbox(_) => unreachable!("handled above"),
     }
+}
+
+/// GET `path` on the local engine; an error (exit 1) unless it answers 200.
+#[allow(clippy::print_stdout)]
+async fn check(port: u16, path: &str) -> anyhow::Result<()> {
+    if !path.starts_with('/') {
+        anyhow::bail!("--path must start with /, e.g. /readyz");
+    }
+    let url = format!("http://127.0.0.1:{port}{path}");
+    // Loopback: never through an HTTP(S)_PROXY of the environment.
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let response = client
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status != reqwest::StatusCode::OK {
+        anyhow::bail!("{url} answered {status}: {}", body.trim());
+    }
+    println!("{url}: {}", body.trim());
+    Ok(())
 }
 
 /// The Zoho modules `--object` names (all by default).

@@ -179,7 +179,7 @@ async fn wait_ready(http: &reqwest::Client, base: &str, api: &EngineProcess) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_and_two_worker_processes_lose_and_double_nothing_when_a_worker_is_killed() {
+async fn worker_processes_killed_or_stopped_mid_load_lose_and_double_nothing() {
     let port = free_port();
     let env = test_env(&[
         ("PORT", &port.to_string()),
@@ -205,7 +205,7 @@ async fn an_api_and_two_worker_processes_lose_and_double_nothing_when_a_worker_i
             position.ok().flatten().map_or(0, |(_, n)| n)
         }
     };
-    let mut first = Some(first);
+    let (mut first, mut second, mut third) = (Some(first), Some(second), None);
     for (n, batch) in batches.iter().enumerate() {
         let refused = post_until_accepted(&http, &base, batch).await;
         assert_eq!(refused, 0, "the API refused a batch:\n{}", api.log());
@@ -217,7 +217,16 @@ async fn an_api_and_two_worker_processes_lose_and_double_nothing_when_a_worker_i
             }
             first.take().unwrap().kill();
         }
+        if n == 80 {
+            // A rolling restart: a third worker starts, the second stops on SIGTERM
+            // mid-load, finishing its batch and leaving the rest for redelivery.
+            third = Some(EngineProcess::worker(&env, 3));
+            let second = second.take().unwrap();
+            let log = second.log();
+            assert!(second.terminate().success(), "worker log:\n{log}");
+        }
     }
+    let last = third.expect("the third worker runs");
 
     let diff = converge(&pool, &want).await;
     assert!(
@@ -225,7 +234,7 @@ async fn an_api_and_two_worker_processes_lose_and_double_nothing_when_a_worker_i
         "{} rows differ, e.g. {:?}\nworker log:\n{}",
         diff.len(),
         &diff[..diff.len().min(5)],
-        second.log()
+        last.log()
     );
     let js = jetstream::new(crmsync_testkit::nats().await);
     let topology = common::topology_of(&env);
@@ -247,8 +256,8 @@ async fn an_api_and_two_worker_processes_lose_and_double_nothing_when_a_worker_i
     assert!(migrations.iter().all(|(_, ok)| *ok));
 
     // SIGTERM: both stop within the shutdown timeout, cleanly.
-    let logs = (second.log(), api.log());
-    assert!(second.terminate().success(), "worker log:\n{}", logs.0);
+    let logs = (last.log(), api.log());
+    assert!(last.terminate().success(), "worker log:\n{}", logs.0);
     assert!(api.terminate().success(), "API log:\n{}", logs.1);
     common::drop_topology(&js, &topology).await;
 }
