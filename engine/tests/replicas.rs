@@ -506,3 +506,49 @@ async fn a_three_node_cluster_losing_its_stream_leader_under_load_loses_and_doub
     eprintln!("{killed} killed; {refused} posts answered non-2xx and retried");
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_a_missing_database_all_come_up_and_migrate_once() {
+    use crmsync_adapters::Secret;
+    use crmsync_engine::db;
+    // The URL of a database nobody has created yet.
+    let fresh = crmsync_testkit::fresh_database().await;
+    let name = fresh.rsplit('/').next().unwrap();
+    let name = name.split('?').next().unwrap().to_owned();
+    let mut admin = crmsync_testkit::admin().await;
+    sqlx::query(&format!("DROP DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = Secret::new(fresh);
+    let starts = (0..4).map(|_| async {
+        let pool = db::connect(&url).await?;
+        db::migrate(&pool).await?;
+        anyhow::Ok(pool)
+    });
+    let pools = futures::future::try_join_all(starts)
+        .await
+        .expect("every replica comes up");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pools[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        crmsync_projectors::MIGRATOR.iter().count()
+    );
+
+    // A newer replica's migration (rolling upgrade): this older build still starts.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99991231000000, 'from a newer build', true, '\\x00', 0)",
+    )
+    .execute(&pools[0])
+    .await
+    .unwrap();
+    db::migrate(&pools[0])
+        .await
+        .expect("an older build starts beside a newer schema");
+    let refused = crmsync_projectors::MIGRATOR.run(&pools[0]).await;
+    assert!(refused.is_err(), "sqlx alone would refuse it");
+}

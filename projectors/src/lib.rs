@@ -16,3 +16,8 @@ pub use tables::Table;
 
 /// The migrations of crmsync's Postgres schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A migrator of its own (to configure), over the same embedded migrations.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("../migrations")
+}
