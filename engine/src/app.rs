@@ -208,7 +208,17 @@ impl Engine {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let router = match self.role {
             Role::Worker => crmsync_ingest::worker_router(self.state.clone()),
-            _ => crmsync_ingest::router(self.state.clone()),
+            _ => crmsync_ingest::router(self.state.clone()).merge(
+                axum::Router::new()
+                    .route(
+                        "/crm/records/{object}/{id}/history",
+                        axum::routing::get(crate::history::get),
+                    )
+                    .with_state(crate::history::HistoryState {
+                        app: self.state.clone(),
+                        stream: self.topology.events_stream(),
+                    }),
+            ),
         };
         let router = router.layer(axum::extract::DefaultBodyLimit::max(
             self.settings.webhook_max_bytes,
