@@ -411,6 +411,7 @@ async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_re
             .all(|p| p["state"] == json!("sent") && p["crm_id"].is_string()),
         "{status}"
     );
+    common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
 }
 
@@ -973,6 +974,7 @@ async fn crm_edits_to_a_pushed_call_are_conflicts_and_calls_born_in_the_crm_foll
         .await
         .unwrap();
     assert_eq!(conflicts, 1);
+    common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
 }
 
@@ -1052,6 +1054,7 @@ async fn odoo_can_log_calls_as_done_activities_once_each_through_lost_answers() 
         let body = bodies.iter().find(|b| b.contains(&key)).unwrap();
         assert!(body.contains("done") && body.contains("Feedback"), "{body}");
     }
+    common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
 }
 

@@ -2,6 +2,7 @@
 //! own streams) on the real servers, listening on a free loopback port.
 #![allow(dead_code)]
 
+pub mod events;
 pub mod hubspot;
 pub mod zoho;
 
