@@ -13,6 +13,7 @@ pub mod lease;
 pub mod logging;
 pub mod odoo;
 pub mod outbound;
+pub mod replay;
 pub mod sandbox_cmd;
 pub mod topology;
 pub mod zoho;

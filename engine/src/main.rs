@@ -51,6 +51,10 @@ enum Command {
     /// Measure ingest, projection and end-to-end latency beside the raw ceilings of the
     /// same run (uses its own NATS prefix and a scratch database crmsync_bench).
     Bench(crmsync_engine::bench::BenchOptions),
+    /// Rebuild projections from the event stream into shadow tables and swap them in
+    /// atomically while live projection goes on (progress on stderr). Calls no CRM
+    /// and publishes nothing: after a mapping change it re-shapes history.
+    Replay(ReplayArgs),
     /// Re-encrypt every stored secret to the first identity of ENCRYPTION_KEY (put the
     /// new identity first and keep the old one after it while this runs).
     RotateKey,
@@ -58,6 +62,34 @@ enum Command {
     /// one JSON object per emulator on stdout: its base URL and the credentials it
     /// accepts. Serves until Ctrl-C.
     Sandbox(SandboxOptions),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Projection {
+    Contacts,
+    Companies,
+    Deals,
+    Activities,
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The projection to rebuild.
+    #[arg(long, value_enum)]
+    projection: Projection,
+    /// Only the records of this CRM account (the rows' workspace_id: a HubSpot portal,
+    /// a Zoho org, an Odoo database@host).
+    #[arg(long)]
+    workspace: Option<String>,
+    /// Only records with events stored at or after this time (RFC 3339), each rebuilt
+    /// from its whole history.
+    #[arg(long, conflicts_with = "from_seq")]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only records with events at or after this stream sequence, each rebuilt from
+    /// its whole history.
+    #[arg(long)]
+    from_seq: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { path } => check(settings.port, &path).await,
         Command::Demo(opts) => demo::run(settings, opts, shutdown_signal()).await,
         Command::Backfill(opts) => backfill(settings, opts).await,
+        Command::Replay(args) => replay(settings, args).await,
         Command::Bench(opts) => crmsync_engine::bench::run(settings, opts).await,
         Command::RotateKey => {
             let vault = settings.vault().ok_or_else(|| ConfigError {
@@ -195,6 +228,74 @@ fn hubspot_objects(object: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
 enum Backfill {
     HubSpot(Vec<&'static str>),
     Zoho(Vec<(&'static str, &'static str)>),
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    use crmsync_engine::replay::{self, ReplayOptions, Start};
+    use crmsync_projectors::Table;
+    let tables = match args.projection {
+        Projection::Contacts => vec![Table::Contacts],
+        Projection::Companies => vec![Table::Companies],
+        Projection::Deals => vec![Table::Deals],
+        Projection::Activities => vec![Table::Activities],
+        Projection::All => replay::TABLES.to_vec(),
+    };
+    let workspace = args
+        .workspace
+        .map(crmsync_schema::WorkspaceId::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
+    let start = match (args.since, args.from_seq) {
+        (Some(t), _) => Start::Time(t),
+        (_, Some(n)) => Start::Seq(n),
+        _ => Start::All,
+    };
+    // The engine is built for its pool, streams and migrations only.
+    let mut quiet = settings.clone();
+    quiet.port = 0;
+    quiet.bind = std::net::Ipv4Addr::LOCALHOST.into();
+    let engine = Engine::build(quiet, Role::Api).await?;
+    let options = ReplayOptions {
+        tables,
+        workspace,
+        start,
+    };
+    let mut progress = |p: &replay::Progress| {
+        let percent = if p.of == 0 {
+            100.0
+        } else {
+            p.events as f64 * 100.0 / p.of as f64
+        };
+        eprintln!(
+            "replay: {}: {} events read ({percent:.0}% of the stream's span), {:.0}/s",
+            p.phase, p.events, p.rate
+        );
+    };
+    let report = replay::replay(
+        engine.pool(),
+        &engine.state.js,
+        &engine.topology,
+        &options,
+        &mut progress,
+    )
+    .await?;
+    let rows: Vec<String> = report
+        .rows
+        .iter()
+        .map(|(t, n)| format!("{t} {n} rows"))
+        .collect();
+    let scope = report
+        .records_in_scope
+        .map(|n| format!(", {n} records in scope"))
+        .unwrap_or_default();
+    println!(
+        "replayed {} events in {:.1}s{scope}; swapped in: {}",
+        report.events,
+        report.seconds,
+        rows.join(", ")
+    );
+    Ok(())
 }
 
 async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<()> {

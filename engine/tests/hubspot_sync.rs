@@ -210,6 +210,7 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
         portal_state(hs, "contacts").len(),
         projected(&engine.pool, "62515", "contacts").await.len()
     );
+    common::assert_replay_matches(&portal.engine).await;
     common::events::assert_contract(&portal.engine.js, &portal.engine.topology).await;
     portal.engine.stop().await;
 }

@@ -323,6 +323,7 @@ async fn polling_loses_nothing_to_late_commits_shared_seconds_no_op_writes_or_de
         .post("/crm/odoo/poll", &json!({"workspace": "nobody"}))
         .await;
     assert_eq!(code, 404);
+    common::assert_replay_matches(&db.engine).await;
     common::events::assert_contract(&db.engine.js, &db.engine.topology).await;
     db.engine.stop().await;
 }

@@ -411,6 +411,7 @@ async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_re
             .all(|p| p["state"] == json!("sent") && p["crm_id"].is_string()),
         "{status}"
     );
+    common::assert_replay_matches(&engine).await;
     common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
 }
@@ -974,6 +975,7 @@ async fn crm_edits_to_a_pushed_call_are_conflicts_and_calls_born_in_the_crm_foll
         .await
         .unwrap();
     assert_eq!(conflicts, 1);
+    common::assert_replay_matches(&engine).await;
     common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
 }

@@ -22,10 +22,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use common::{free_port, test_env, EngineProcess, TestEngine, PUBLIC_URL, SECRET, WEBHOOK_PATH};
+use common::{free_port, test_env, EngineProcess, TestEngine};
 use crmsync_engine::topology::Topology;
 use crmsync_engine::Role;
-use crmsync_sandbox::hubspot::webhooks::{signed_headers, EventFactory, Signature};
+use crmsync_sandbox::hubspot::webhooks::EventFactory;
 use crmsync_schema::{ObjectType, Provider};
 
 const PORTAL: u64 = 777_001;
@@ -104,23 +104,9 @@ async fn converge(pool: &PgPool, want: &BTreeMap<String, Vec<String>>) -> Vec<St
 /// but 2xx); how many answers were not 2xx first.
 async fn post_until_accepted(http: &reqwest::Client, base: &str, batch: &[Value]) -> usize {
     let body = serde_json::to_vec(batch).unwrap();
-    let uri = format!("{PUBLIC_URL}{WEBHOOK_PATH}");
     let mut refused = 0;
     loop {
-        let headers = signed_headers(
-            Signature::V3,
-            SECRET,
-            &uri,
-            &body,
-            Utc::now().timestamp_millis(),
-        );
-        let mut request = http
-            .post(format!("{base}{WEBHOOK_PATH}"))
-            .timeout(Duration::from_secs(20))
-            .body(body.clone());
-        for (name, value) in &headers {
-            request = request.header(*name, value);
-        }
+        let request = common::signed_request(http, base, &body).timeout(Duration::from_secs(20));
         match request.send().await {
             Ok(r) if r.status().is_success() => return refused,
             _ => refused += 1,

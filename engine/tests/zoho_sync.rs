@@ -555,6 +555,7 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
         link_of(old.clone()).await,
         link_of(new.clone()).await
     );
+    common::assert_replay_matches(&org.engine).await;
     common::events::assert_contract(&org.engine.js, &org.engine.topology).await;
     org.engine.stop().await;
 }

@@ -239,6 +239,16 @@ pub async fn upsert(
     table: Table,
     rows: &BTreeMap<RowKey, FieldSet>,
 ) -> Result<u64, sqlx::Error> {
+    upsert_into(tx, table, table.name(), rows).await
+}
+
+/// [`upsert`] into `target`, a table shaped as `table`'s (a replay's shadow table).
+pub async fn upsert_into(
+    tx: &mut PgConnection,
+    table: Table,
+    target: &str,
+    rows: &BTreeMap<RowKey, FieldSet>,
+) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -278,7 +288,7 @@ pub async fn upsert(
                                          {incoming}, {incoming_versions}) m),
                source_updated_at = GREATEST(c.source_updated_at, EXCLUDED.source_updated_at),
                projected_at = now()"#,
-        table.name(),
+        target,
     );
     let result = sqlx::query(&sql)
         .bind(&workspaces)

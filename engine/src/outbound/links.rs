@@ -70,6 +70,29 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
     tx.commit().await.map_err(|e| e.to_string())
 }
 
+/// A replay's step for a `crm.result` event: the call's app-born row in `target`.
+/// (Links and conflicts were recorded when the event was first seen.)
+pub async fn replay_result(
+    tx: &mut sqlx::PgConnection,
+    target: &str,
+    event: &crmsync_schema::cloudevents::Event,
+) -> Result<(), String> {
+    let pushed: Pushed = serde_json::from_slice(&data_bytes(event)).map_err(|e| e.to_string())?;
+    let version = Version::new(
+        crmsync_schema::cloudevents::AttributesReader::time(event)
+            .copied()
+            .unwrap_or_default(),
+        crmsync_schema::cloudevents::AttributesReader::id(event),
+    );
+    if let (Some(account), Some(fields)) = (&pushed.account, &pushed.fields) {
+        let app = app_fields(fields, &version);
+        write_app_born(tx, target, &pushed, account, &app, &version)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Makes the pushed call an app-born activity with the fields crmsync wrote.
 async fn app_born(
     tx: &mut sqlx::PgConnection,
@@ -103,8 +126,21 @@ async fn app_born(
         };
         record_conflicts(tx, &at, &app_born_activity(&app, &crm).conflicts).await?;
     }
-    sqlx::query(
-        "INSERT INTO activities AS a (workspace_id, provider, remote_id, fields, field_versions,
+    write_app_born(tx, "activities", pushed, account, &app, version).await
+}
+
+/// Writes the app's fields of a pushed call into `target` (`activities`, or a replay's
+/// shadow of it): they win over the CRM's, whatever order the two came in.
+async fn write_app_born(
+    tx: &mut sqlx::PgConnection,
+    target: &str,
+    pushed: &Pushed,
+    account: &str,
+    app: &FieldSet,
+    version: &Version,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO {target} AS a (workspace_id, provider, remote_id, fields, field_versions,
                                       app_workspace, app_call_id, app_fields, app_version,
                                       source_updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $4, $8, $9)
@@ -115,8 +151,9 @@ async fn app_born(
              app_call_id = EXCLUDED.app_call_id,
              app_fields = EXCLUDED.app_fields,
              app_version = EXCLUDED.app_version,
+             source_updated_at = GREATEST(a.source_updated_at, EXCLUDED.source_updated_at),
              projected_at = now()",
-    )
+    ))
     .bind(account)
     .bind(&pushed.provider)
     .bind(&pushed.crm_id)

@@ -1,0 +1,653 @@
+//! `crmsync replay`: rebuild projections from the event stream into shadow tables and
+//! swap them in atomically, while live projection goes on.
+//!
+//! 1. Each selected table gets a shadow, `<table>__replay` (`LIKE <table> INCLUDING
+//!    ALL`). Rows outside the replay's scope are copied in as they are.
+//! 2. The events of the selected objects are read from `CRM_EVENTS` up to its last
+//!    sequence when the replay started. They are mapped and merged exactly as the
+//!    projectors do (the same `normalise` and `upsert`, per-field versions) and
+//!    committed to the shadows in batches. `crm.result` events make pushed calls
+//!    app-born activities, as the entity-link consumer does.
+//! 3. Catch-up passes read what arrived meanwhile. Then, in one transaction, each live
+//!    table is locked, the last events are applied, the live table is dropped and the
+//!    shadow renamed into its place, with the original index names. Live projectors
+//!    wait for that lock, then write to the new table. An event they committed before
+//!    the lock was read by the catch-up; any other is applied after the swap, and
+//!    applying one twice changes nothing.
+//!
+//! A replay only reads the stream and writes its shadows: it publishes nothing, so it
+//! can never push to a CRM or call one. That is the fence around outbound side effects:
+//! a mapping change replayed over history calls no CRM. Only one replay runs at a time
+//! (a Postgres advisory lock).
+//!
+//! Scope:
+//! - `--workspace W` rebuilds only the records of the CRM account W.
+//! - `--from-seq N` / `--since T` rebuild only the records with events from that point
+//!   on, each from its whole history. A record's state depends on every event it has
+//!   had, so a partial replay is partial by record, never by event.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::{self, Message};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
+
+use crmsync_projectors::tables::{self, RowKey, Table};
+use crmsync_schema::binding;
+use crmsync_schema::cloudevents::AttributesReader;
+use crmsync_schema::envelope::{data_bytes, event_time};
+use crmsync_schema::subject::escape_token;
+use crmsync_schema::{Change, FieldSet, Provider, RemoteId, Version, WorkspaceId};
+
+use crate::topology::Topology;
+
+/// The tables a replay can rebuild.
+pub const TABLES: [Table; 4] = [
+    Table::Contacts,
+    Table::Companies,
+    Table::Deals,
+    Table::Activities,
+];
+
+/// Messages committed to the shadows per transaction.
+const BATCH: usize = 2_000;
+/// Catch-up passes stop when fewer events than this arrived during the last one; the
+/// rest is applied under the lock.
+const CATCH_UP_UNDER: u64 = 1_000;
+/// The advisory lock key of replays ("crmsync-replay").
+pub const LOCK_KEY: i64 = 0x6372_6d73_7265_706c;
+
+/// Where a partial replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The whole stream: every record is rebuilt.
+    All,
+    /// Records with events at or after this stream sequence.
+    Seq(u64),
+    /// Records with events stored at or after this time.
+    Time(DateTime<Utc>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub tables: Vec<Table>,
+    /// Only the records of this CRM account (the rows' `workspace_id`).
+    pub workspace: Option<WorkspaceId>,
+    pub start: Start,
+}
+
+/// Where a replay is, for progress output.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub events: u64,
+    /// The events the phase will read at most (the stream's span).
+    pub of: u64,
+    pub rate: f64,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Events read and applied to the shadows.
+    pub events: u64,
+    /// Rows of each rebuilt table after the swap.
+    pub rows: BTreeMap<&'static str, i64>,
+    /// Records rebuilt from their events (the rest was copied).
+    pub records_in_scope: Option<usize>,
+    pub seconds: f64,
+}
+
+fn shadow(table: Table) -> String {
+    format!("{}__replay", table.name())
+}
+
+/// Which records the replay rebuilds.
+struct Scope {
+    workspace: Option<WorkspaceId>,
+    /// With a start point: the records (table, workspace, provider, id) touched since.
+    records: Option<HashSet<(Table, RowKey)>>,
+}
+
+impl Scope {
+    fn covers(&self, table: Table, key: &RowKey) -> bool {
+        self.workspace.as_ref().is_none_or(|w| w == &key.0)
+            && self
+                .records
+                .as_ref()
+                .is_none_or(|r| r.contains(&(table, key.clone())))
+    }
+}
+
+/// One stream message, read for the replay.
+enum Item {
+    /// A raw CRM change of a selected table's object.
+    Raw {
+        table: Table,
+        key: RowKey,
+        rows: Vec<(RowKey, FieldSet)>,
+    },
+    /// A `crm.result` for a pushed call: (its record's key, the event).
+    Result(RowKey, Box<crmsync_schema::cloudevents::Event>),
+    /// Not for this replay (another object, unreadable, or an event the projectors
+    /// dead-letter too).
+    Skip,
+}
+
+struct Replayer<'a> {
+    pool: &'a PgPool,
+    js: &'a jetstream::Context,
+    topology: &'a Topology,
+    tables: Vec<Table>,
+    scope: Scope,
+    progress: &'a mut (dyn FnMut(&Progress) + Send + Sync),
+    events: u64,
+}
+
+/// Rebuilds `options.tables` from the stream and swaps them in; see the module docs.
+pub async fn replay(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    topology: &Topology,
+    options: &ReplayOptions,
+    progress: &mut (dyn FnMut(&Progress) + Send + Sync),
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    anyhow::ensure!(!options.tables.is_empty(), "no table to replay");
+    for table in &options.tables {
+        anyhow::ensure!(
+            TABLES.contains(table),
+            "{} cannot be replayed",
+            table.name()
+        );
+    }
+    let mut guard = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *guard)
+        .await?;
+    anyhow::ensure!(locked, "another replay is running; wait for it to finish");
+    let result = async {
+        let mut replayer = Replayer {
+            pool,
+            js,
+            topology,
+            tables: options.tables.clone(),
+            scope: Scope {
+                workspace: options.workspace.clone(),
+                records: None,
+            },
+            progress,
+            events: 0,
+        };
+        replayer.run(options.start, started).await
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *guard)
+        .await;
+    result
+}
+
+impl Replayer<'_> {
+    async fn run(&mut self, start: Start, started: Instant) -> anyhow::Result<Report> {
+        let until = self.last_sequence().await?;
+        let mut report = Report::default();
+        if start != Start::All {
+            let records = self.touched_since(start, until).await?;
+            report.records_in_scope = Some(records.len());
+            self.scope.records = Some(records);
+        }
+        self.prepare_shadows().await?;
+        let mut done = self.apply_range(1, until, "replay", None).await?;
+        // Catch up with what arrived meanwhile, outside the lock, while it is a lot.
+        loop {
+            let last = self.last_sequence().await?;
+            if last.saturating_sub(done) < CATCH_UP_UNDER {
+                break;
+            }
+            done = self.apply_range(done + 1, last, "catch-up", None).await?;
+        }
+        let mut tx = self.pool.begin().await?;
+        for table in self.sorted_tables() {
+            sqlx::query(&format!(
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                table.name()
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let last = self.last_sequence().await?;
+        self.apply_range(done + 1, last, "swap", Some(&mut *tx))
+            .await?;
+        for table in self.sorted_tables() {
+            swap(&mut tx, table).await?;
+        }
+        tx.commit().await?;
+        for table in &self.tables {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name()))
+                .fetch_one(self.pool)
+                .await?;
+            report.rows.insert(table.name(), n);
+        }
+        report.events = self.events;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Tables in one fixed order, so that two lockers never deadlock.
+    fn sorted_tables(&self) -> Vec<Table> {
+        let mut t = self.tables.clone();
+        t.sort_by_key(|t| t.name());
+        t.dedup();
+        t
+    }
+
+    async fn last_sequence(&self) -> anyhow::Result<u64> {
+        let mut stream = self
+            .js
+            .get_stream(self.topology.events_stream())
+            .await
+            .context("opening the events stream")?;
+        Ok(stream.info().await?.state.last_sequence)
+    }
+
+    /// The subjects this replay reads: each table's raw events (of the workspace, if
+    /// one is given) and, for activities, the results of pushes.
+    fn filters(&self) -> Vec<String> {
+        let root = self.topology.subjects.root();
+        let ws = self
+            .scope
+            .workspace
+            .as_ref()
+            .map_or("*".to_owned(), |w| escape_token(w.as_str()));
+        let mut out: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| format!("{root}.raw.*.{ws}.{}.*", t.object()))
+            .collect();
+        if self.tables.contains(&Table::Activities) {
+            out.push(format!("{root}.result.*.*.activity.*"));
+        }
+        out
+    }
+
+    /// Reads the messages of this replay's subjects from `from` to `until`, in batches.
+    async fn read(
+        &self,
+        from: u64,
+        until: u64,
+    ) -> anyhow::Result<Option<jetstream::consumer::pull::Ordered>> {
+        if from > until {
+            return Ok(None);
+        }
+        let stream = self.js.get_stream(self.topology.events_stream()).await?;
+        let mut consumer: jetstream::consumer::Consumer<pull::OrderedConfig> = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects: self.filters(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await?;
+        if consumer.info().await?.num_pending == 0 {
+            return Ok(None);
+        }
+        Ok(Some(consumer.messages().await?))
+    }
+
+    /// Applies the range `from..=until` to the shadows: in batches of their own, or in
+    /// `tx` (the swap's). Returns `until`.
+    async fn apply_range(
+        &mut self,
+        from: u64,
+        until: u64,
+        phase: &'static str,
+        mut tx: Option<&mut PgConnection>,
+    ) -> anyhow::Result<u64> {
+        let Some(mut messages) = self.read(from, until).await? else {
+            return Ok(until.max(from.saturating_sub(1)));
+        };
+        let span = until + 1 - from;
+        let started = Instant::now();
+        let mut shown = Instant::now();
+        let mut read = 0u64;
+        let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
+        while let Some((message, last)) = next_until(&mut messages, until).await? {
+            read += 1;
+            batch.push(self.item(&message));
+            if batch.len() >= BATCH {
+                self.flush(&mut batch, tx.as_deref_mut()).await?;
+            }
+            let report = |read: u64| Progress {
+                phase,
+                events: read,
+                of: span,
+                rate: read as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            };
+            if shown.elapsed() >= Duration::from_secs(1) {
+                shown = Instant::now();
+                (self.progress)(&report(read));
+            }
+            if last {
+                break;
+            }
+        }
+        self.flush(&mut batch, tx).await?;
+        self.events += read;
+        (self.progress)(&Progress {
+            phase,
+            events: read,
+            of: span,
+            rate: read as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        });
+        Ok(until)
+    }
+
+    fn item(&self, message: &Message) -> Item {
+        let Ok(event) = binding::from_message(message.headers.as_ref(), &message.payload) else {
+            return Item::Skip;
+        };
+        if let Ok(subject) = self.topology.subjects.parse_raw(&message.subject) {
+            let Some(table) = Table::for_object(&subject.object) else {
+                return Item::Skip;
+            };
+            let key: RowKey = (subject.workspace, subject.provider, subject.id);
+            if !self.tables.contains(&table) || !self.scope.covers(table, &key) {
+                return Item::Skip;
+            }
+            let version = Version::new(event_time(&event), event.id());
+            return match table.normalise(
+                key.1,
+                subject.object.as_str(),
+                Change::of_type(event.ty()),
+                &data_bytes(&event),
+                &version,
+            ) {
+                Ok(normalised) => Item::Raw {
+                    table,
+                    rows: normalised
+                        .rows
+                        .into_iter()
+                        .map(|c| ((key.0.clone(), key.1, c.remote_id), c.fields))
+                        .collect(),
+                    key,
+                },
+                Err(_) => Item::Skip,
+            };
+        }
+        // A push's result: the call's record is (account, provider, crm id).
+        let data: serde_json::Value =
+            serde_json::from_slice(&data_bytes(&event)).unwrap_or_default();
+        let text = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let (Some(account), Some(provider), Some(crm_id)) =
+            (text("account"), text("provider"), text("crm_id"))
+        else {
+            return Item::Skip;
+        };
+        let (Ok(ws), Ok(provider), Ok(id)) = (
+            WorkspaceId::parse(account),
+            provider.parse::<Provider>(),
+            RemoteId::parse(crm_id),
+        ) else {
+            return Item::Skip;
+        };
+        let key = (ws, provider, id);
+        if self.scope.covers(Table::Activities, &key) {
+            Item::Result(key, Box::new(event))
+        } else {
+            Item::Skip
+        }
+    }
+
+    /// Commits a batch to the shadows (in `tx` when given).
+    async fn flush(
+        &self,
+        batch: &mut Vec<Item>,
+        tx: Option<&mut PgConnection>,
+    ) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut own: Option<sqlx::Transaction<'_, sqlx::Postgres>> = None;
+        let conn: &mut PgConnection = match tx {
+            Some(tx) => tx,
+            None => own.insert(self.pool.begin().await?),
+        };
+        let mut rows: HashMap<Table, BTreeMap<RowKey, FieldSet>> = HashMap::new();
+        let mut results = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Item::Raw {
+                    table,
+                    rows: changes,
+                    ..
+                } => {
+                    let table_rows = rows.entry(table).or_default();
+                    for (key, set) in changes {
+                        table_rows.entry(key).or_default().merge(&set);
+                    }
+                }
+                Item::Result(_, event) => results.push(event),
+                Item::Skip => {}
+            }
+        }
+        for (table, rows) in &rows {
+            tables::upsert_into(conn, *table, &shadow(*table), rows).await?;
+        }
+        // After the CRM's changes: the app's fields win whatever the order.
+        for event in results {
+            crate::outbound::links::replay_result(conn, &shadow(Table::Activities), &event)
+                .await
+                .map_err(|e| anyhow::anyhow!("a push result: {e}"))?;
+        }
+        if let Some(tx) = own {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The records of the selected tables with events from `start` on (pass one of a
+    /// partial replay).
+    async fn touched_since(
+        &mut self,
+        start: Start,
+        until: u64,
+    ) -> anyhow::Result<HashSet<(Table, RowKey)>> {
+        let from = match start {
+            Start::All => 1,
+            Start::Seq(n) => n.max(1),
+            Start::Time(t) => {
+                let stream = self.js.get_stream(self.topology.events_stream()).await?;
+                let mut probe: jetstream::consumer::Consumer<pull::OrderedConfig> = stream
+                    .create_consumer(pull::OrderedConfig {
+                        filter_subjects: self.filters(),
+                        deliver_policy: DeliverPolicy::ByStartTime {
+                            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                                t.timestamp_nanos_opt().unwrap_or(0) as i128,
+                            )?,
+                        },
+                        ..Default::default()
+                    })
+                    .await?;
+                let info = probe.info().await?;
+                if info.num_pending == 0 {
+                    return Ok(HashSet::new());
+                }
+                let mut first = probe.messages().await?;
+                match first.next().await {
+                    Some(Ok(m)) => {
+                        m.info()
+                            .map_err(|e| anyhow::anyhow!("{e}"))?
+                            .stream_sequence
+                    }
+                    _ => return Ok(HashSet::new()),
+                }
+            }
+        };
+        let mut records = HashSet::new();
+        let Some(mut messages) = self.read(from, until).await? else {
+            return Ok(records);
+        };
+        let mut read = 0u64;
+        while let Some((message, last)) = next_until(&mut messages, until).await? {
+            read += 1;
+            match self.item(&message) {
+                Item::Raw { table, key, .. } => {
+                    records.insert((table, key));
+                }
+                Item::Result(key, _) => {
+                    records.insert((Table::Activities, key));
+                }
+                Item::Skip => {}
+            }
+            if last {
+                break;
+            }
+        }
+        (self.progress)(&Progress {
+            phase: "scope",
+            events: read,
+            of: until + 1 - from,
+            rate: 0.0,
+        });
+        Ok(records)
+    }
+
+    /// Creates the shadows and copies into them the rows this replay does not rebuild.
+    async fn prepare_shadows(&self) -> anyhow::Result<()> {
+        for table in &self.tables {
+            let (live, shadow) = (table.name(), shadow(*table));
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL)"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            if self.scope.workspace.is_some() || self.scope.records.is_some() {
+                let columns: Vec<String> = sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1
+                       AND is_generated = 'NEVER' ORDER BY ordinal_position",
+                )
+                .bind(live)
+                .fetch_all(&mut *tx)
+                .await?;
+                let columns = columns.join(", ");
+                sqlx::query(&format!(
+                    "INSERT INTO {shadow} ({columns}) SELECT {columns} FROM {live}"
+                ))
+                .execute(&mut *tx)
+                .await?;
+                self.drop_in_scope(&mut tx, *table, &shadow).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes from a shadow's copy the rows the replay rebuilds.
+    async fn drop_in_scope(
+        &self,
+        tx: &mut PgConnection,
+        table: Table,
+        shadow: &str,
+    ) -> anyhow::Result<()> {
+        match &self.scope.records {
+            None => {
+                if let Some(w) = &self.scope.workspace {
+                    sqlx::query(&format!("DELETE FROM {shadow} WHERE workspace_id = $1"))
+                        .bind(w.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            Some(records) => {
+                let mut columns: [Vec<&str>; 3] = Default::default();
+                for (t, (ws, provider, id)) in records {
+                    if *t == table {
+                        columns[0].push(ws.as_str());
+                        columns[1].push(provider.as_str());
+                        columns[2].push(id.as_str());
+                    }
+                }
+                sqlx::query(&format!(
+                    "DELETE FROM {shadow} s USING UNNEST($1::text[], $2::text[], $3::text[])
+                         AS k(workspace_id, provider, remote_id)
+                     WHERE s.workspace_id = k.workspace_id AND s.provider = k.provider
+                       AND s.remote_id = k.remote_id"
+                ))
+                .bind(&columns[0])
+                .bind(&columns[1])
+                .bind(&columns[2])
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next message at or before `until`, and whether it is the last one of the range
+/// (the range's end, or nothing more on the subjects); `None` past the range.
+async fn next_until(
+    messages: &mut pull::Ordered,
+    until: u64,
+) -> anyhow::Result<Option<(Message, bool)>> {
+    let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        .await
+        .context("the events stream stopped answering")?;
+    let Some(message) = next else {
+        return Ok(None);
+    };
+    let message = message?;
+    let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (seq, pending) = (info.stream_sequence, info.pending);
+    if seq > until {
+        return Ok(None);
+    }
+    Ok(Some((message, seq == until || pending == 0)))
+}
+
+/// Puts `table`'s shadow in its place (the caller holds the lock), keeping the live
+/// table's index names so later migrations find them.
+async fn swap(tx: &mut PgConnection, table: Table) -> anyhow::Result<()> {
+    let (live, shadow) = (table.name(), shadow(table));
+    let indexes = |name: String| {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT indexname::text, regexp_replace(indexdef, '^.* USING ', '')
+             FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1",
+        )
+        .bind(name)
+    };
+    let names: BTreeMap<String, String> = indexes(live.to_owned())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(name, def)| (def, name))
+        .collect();
+    let shadows = indexes(shadow.clone()).fetch_all(&mut *tx).await?;
+    sqlx::query(&format!("DROP TABLE {live}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("ALTER TABLE {shadow} RENAME TO {live}"))
+        .execute(&mut *tx)
+        .await?;
+    for (name, def) in shadows {
+        if let Some(original) = names.get(&def) {
+            sqlx::query(&format!("ALTER INDEX {name} RENAME TO {original}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
