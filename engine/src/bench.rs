@@ -34,7 +34,7 @@ const PORTAL: u64 = 777;
 /// Options of `crmsync bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// ingest, project, e2e, or all (replay and outbound come with their features).
+    /// ingest, project, replay, e2e (1k events/s), e2e-10k, outbound, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Events per scenario.
@@ -232,9 +232,19 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     running.await??;
     drop_streams(&js, &topology).await;
 
-    // Ceiling: the same rows, one field each, upserted in batches of 500.
+    let ceiling = raw_upsert_rate(&pool, &values).await?;
+    Ok(figures("project", n, seconds, Some(ceiling)))
+}
+
+/// The raw ceiling of projection: the same rows as `values`, one field each, upserted
+/// with a plain `INSERT … SELECT FROM UNNEST … ON CONFLICT` in batches of 500; events
+/// per second.
+async fn raw_upsert_rate(pool: &sqlx::PgPool, values: &[Value]) -> anyhow::Result<f64> {
+    sqlx::query("DROP TABLE IF EXISTS bench_ceiling")
+        .execute(pool)
+        .await?;
     sqlx::query("CREATE TABLE bench_ceiling (workspace_id text, provider text, remote_id text, fields jsonb, PRIMARY KEY (workspace_id, provider, remote_id))")
-        .execute(&pool)
+        .execute(pool)
         .await?;
     let started = Instant::now();
     for chunk in values.chunks(500) {
@@ -265,13 +275,198 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
         .await?;
         tx.commit().await?;
     }
-    let ceiling = n as f64 / started.elapsed().as_secs_f64();
-    Ok(figures("project", n, seconds, Some(ceiling)))
+    Ok(values.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Events already in the stream, rebuilt by `crmsync replay` into a shadow table and
+/// swapped in; beside the raw upsert ceiling of the same rows.
+#[allow(clippy::print_stderr)]
+async fn replay(base: &Settings, n: usize) -> anyhow::Result<Figures> {
+    use crate::replay::{replay, ReplayOptions, Start};
+    use crmsync_projectors::Table;
+    let settings = bench_settings(base, "bench_replay").await?;
+    fresh_database(&settings).await?;
+    let api = Engine::build(settings.clone(), Role::Api).await?;
+    let (js, pool, topology) = (
+        api.state.js.clone(),
+        api.pool().clone(),
+        api.topology.clone(),
+    );
+    drop(api);
+    let values = events(n, Utc::now().timestamp_millis());
+    for chunk in raw_events(&values)?.chunks(1600) {
+        publish_all(&js, &topology.subjects, chunk).await?;
+    }
+    let options = ReplayOptions {
+        tables: vec![Table::Contacts],
+        workspace: None,
+        start: Start::All,
+    };
+    let started = Instant::now();
+    let mut progress = |p: &crate::replay::Progress| {
+        eprintln!(
+            "bench: replay {}: {} of {} events, {:.0}/s",
+            p.phase, p.events, p.of, p.rate
+        );
+    };
+    let report = replay(&pool, &js, &topology, &options, &mut progress).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.events as usize == n,
+        "the replay read {} of {n} events",
+        report.events
+    );
+    drop_streams(&js, &topology).await;
+    let ceiling = raw_upsert_rate(&pool, &values).await?;
+    Ok(figures("replay", n, seconds, Some(ceiling)))
+}
+
+/// Call outcomes pushed to the HubSpot emulator (HubSpot's own limit of 100 requests
+/// per 10 s) through a connection allowed `CRM_SYNC_RPS` = 8 requests a second: the
+/// rate is the API requests per second the emulator saw, the ceiling the allowance.
+/// The 429s the emulator answered are printed beside (the target is none).
+#[allow(clippy::print_stderr)]
+async fn outbound(base: &Settings, n: usize) -> anyhow::Result<Figures> {
+    use crmsync_sandbox::hubspot::{Config, HubSpotSandbox};
+    const RPS: f64 = 8.0;
+    let (hs, running) = HubSpotSandbox::start(
+        Config {
+            contacts: 50,
+            index_lag: Duration::ZERO,
+            ..Config::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let mut settings = bench_settings(base, "bench_outbound").await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let (_, key) = crmsync_adapters::Vault::generate();
+    settings.port = port;
+    settings.public_url = Some(format!("http://127.0.0.1:{port}"));
+    settings.api_token = Some(Secret::new(token.clone()));
+    settings.encryption_key = Some(Secret::new(key));
+    settings.hubspot_client_id = Some("hubspot-sandbox-client".into());
+    settings.hubspot_client_secret = Some(Secret::new("hubspot-sandbox-secret".into()));
+    settings.hubspot_api_url = running.base_url.clone();
+    settings.hubspot_auth_url = running.base_url.clone();
+    settings.sync_rps = RPS;
+    settings.sync_burst = RPS;
+    settings.poll_interval = Duration::from_secs(3600);
+    fresh_database(&settings).await?;
+    let engine = Engine::build(settings.clone(), Role::All).await?;
+    let base_url = format!("http://{}", engine.local_addr());
+    let (js, pool, topology) = (
+        engine.state.js.clone(),
+        engine.pool().clone(),
+        engine.topology.clone(),
+    );
+    let metrics = engine.state.metrics.clone();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(engine.run_until_stopped(stop.clone()));
+
+    // Connect: start → the emulator's consent → the callback.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut response = http
+        .get(format!("{base_url}/crm/hubspot/start?workspace=bench"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    while response.status().is_redirection() {
+        let next = response.headers()["location"].to_str()?.to_owned();
+        response = http.get(&next).send().await?;
+    }
+    anyhow::ensure!(
+        response.status().is_success(),
+        "connecting the emulator failed"
+    );
+    let api_token = hs.credentials(&running.base_url)["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let list: Value = http
+        .get(format!(
+            "{}/crm/v3/objects/contacts?limit=50",
+            running.base_url
+        ))
+        .bearer_auth(&api_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<String> = list["results"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!ids.is_empty(), "the emulator listed no contacts");
+
+    // Quiet first, then every push at once; timed until the last is sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = hs.faults().requests(|_| true);
+    let started = Instant::now();
+    for i in 0..n {
+        let outcome = serde_json::json!({
+            "workspace": "bench", "provider": "hubspot",
+            "contact": {"crm_id": ids[i % ids.len()]},
+            "started_at": Utc::now(), "duration_secs": 60, "direction": "outbound",
+            "disposition": "connected", "summary": "bench",
+        });
+        let answer = http
+            .post(format!("{base_url}/crm/calls/bench-{i}/push-to-crm"))
+            .bearer_auth(&token)
+            .json(&outcome)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            answer.status().as_u16() == 202,
+            "a push was refused: {}",
+            answer.status()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(n as u64 * 2 + 120);
+    loop {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM crm_call_pushes WHERE state = 'sent'")
+                .fetch_one(&pool)
+                .await?;
+        if sent as usize >= n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{sent} of {n} pushes sent in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = hs.faults().requests(|_| true) - before;
+    let refused: f64 = metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("crm_requests_total{") && l.contains(r#"status="429""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!("bench: outbound: {n} pushes, {requests} API requests in {seconds:.1}s, {refused} answered 429");
+    stop.cancel();
+    serving.await??;
+    drop_streams(&js, &topology).await;
+    drop(running);
+    let mut fig = figures("outbound", requests, seconds, Some(RPS));
+    fig.events = n;
+    Ok(fig)
 }
 
 /// Webhook → visible in Postgres: one event per request at 1,000 a second; latency
 /// is the row's projection time minus the event's send time.
-async fn e2e(base: &Settings, n: usize) -> anyhow::Result<Figures> {
+async fn e2e(base: &Settings, n: usize, per_second: usize) -> anyhow::Result<Figures> {
     let settings = bench_settings(base, "bench_e2e").await?;
     fresh_database(&settings).await?;
     let engine = Engine::build(settings.clone(), Role::All).await?;
@@ -286,8 +481,11 @@ async fn e2e(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let started = Instant::now();
     let mut sends = Vec::with_capacity(n);
+    let per_tick = (per_second / 1000).max(1);
     for i in 0..n {
-        tick.tick().await;
+        if i % per_tick == 0 {
+            tick.tick().await;
+        }
         let now = Utc::now().timestamp_millis();
         let body = serde_json::to_vec(&[f.property_change(
             "contact",
@@ -327,7 +525,12 @@ async fn e2e(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     stop.cancel();
     running.await??;
     drop_streams(&js, &topology).await;
-    let mut fig = figures("e2e", n, seconds, None);
+    let name = if per_second >= 10_000 {
+        "e2e-10k"
+    } else {
+        "e2e"
+    };
+    let mut fig = figures(name, n, seconds, None);
     fig.p50_ms = p50;
     fig.p99_ms = p99;
     Ok(fig)
@@ -336,13 +539,11 @@ async fn e2e(base: &Settings, n: usize) -> anyhow::Result<Figures> {
 #[allow(clippy::print_stdout)]
 pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     let scenarios: Vec<&str> = match opts.scenario.as_str() {
-        "all" => vec!["ingest", "project", "e2e"],
-        s @ ("ingest" | "project" | "e2e") => vec![s],
-        "replay" | "outbound" => anyhow::bail!(
-            "the {} scenario comes with its feature (replay, outbound push); not built yet",
-            opts.scenario
+        "all" => vec!["ingest", "project", "replay", "e2e", "e2e-10k", "outbound"],
+        s @ ("ingest" | "project" | "replay" | "e2e" | "e2e-10k" | "outbound") => vec![s],
+        other => anyhow::bail!(
+            "--scenario must be ingest, project, replay, e2e, e2e-10k, outbound or all (got {other:?})"
         ),
-        other => anyhow::bail!("--scenario must be ingest, project, e2e or all (got {other:?})"),
     };
     if !opts.json {
         println!(
@@ -363,7 +564,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
         let f = match scenario {
             "ingest" => ingest(&settings, opts.events).await?,
             "project" => project(&settings, opts.events).await?,
-            _ => e2e(&settings, opts.events.min(10_000)).await?,
+            "replay" => replay(&settings, opts.events).await?,
+            "e2e" => e2e(&settings, opts.events.min(10_000), 1_000).await?,
+            "e2e-10k" => e2e(&settings, opts.events.min(50_000), 10_000).await?,
+            _ => outbound(&settings, (opts.events / 100).clamp(10, 200)).await?,
         };
         if opts.json {
             println!("{}", serde_json::to_string(&f)?);
