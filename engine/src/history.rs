@@ -5,7 +5,9 @@
 //! (`crm.raw.<provider>.<ws>.<object>.<id>`), so the history is one filtered read of
 //! `CRM_EVENTS`. Each event is normalised as the projector does (the same mapping) and
 //! folded under the same per-field versions, so the last `state` is the projected row's
-//! fields. Lives in the engine because it needs both the HTTP state and the
+//! fields — unless events on other subjects wrote to the record too (the winner's
+//! merge event marking a loser, a Zoho deletion naming several ids) or the app owns
+//! some of its fields (a pushed call), which this route does not show yet. Lives in the engine because it needs both the HTTP state and the
 //! projectors' mapping.
 
 use std::sync::Arc;

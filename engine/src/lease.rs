@@ -119,12 +119,15 @@ where
                     return result.and(Err(anyhow::anyhow!("{name} stopped unexpectedly")));
                 }
                 () = tokio::time::sleep(every), if !leading.is_cancelled() => {
+                    // Stamped before asking: the lease runs from the request, not the answer.
+                    let asked = Instant::now();
                     match take(&bucket, &key, &holder, ttl).await {
-                        Ok(true) => renewed = Instant::now(),
+                        Ok(true) => renewed = asked,
                         Ok(false) => leading.cancel(),
                         Err(e) => {
                             tracing::warn!(task = name, error = %e, "cannot renew the lease");
-                            if renewed.elapsed() >= ttl {
+                            // Step down before the lease can lapse, not after.
+                            if renewed.elapsed() >= ttl - every {
                                 leading.cancel();
                             }
                         }

@@ -1,26 +1,33 @@
 //! `crmsync replay`: rebuild projections from the event stream into shadow tables and
 //! swap them in atomically, while live projection goes on.
 //!
-//! 1. Each selected table gets a shadow, `<table>__replay` (`LIKE <table> INCLUDING
-//!    ALL`). Rows outside the replay's scope are copied in as they are.
+//! 1. Each selected table gets an empty shadow, `<table>__replay` (`LIKE <table>
+//!    INCLUDING ALL`).
 //! 2. The events of the selected objects are read from `CRM_EVENTS` up to its last
 //!    sequence when the replay started. They are mapped and merged exactly as the
 //!    projectors do (the same `normalise` and `upsert`, per-field versions) and
 //!    committed to the shadows in batches. `crm.result` events make pushed calls
 //!    app-born activities, as the entity-link consumer does.
-//! 3. Catch-up passes read what arrived meanwhile. Then, in one transaction, each live
-//!    table is locked, the last events are applied, the live table is dropped and the
-//!    shadow renamed into its place, with the original index names. Live projectors
-//!    wait for that lock, then write to the new table. An event they committed before
-//!    the lock was read by the catch-up; any other is applied after the swap, and
-//!    applying one twice changes nothing.
+//! 3. Catch-up passes read what arrived meanwhile (at most ten). Then, in one
+//!    transaction, each live table is locked (waiting at most 5 s, tried five times,
+//!    catching up between tries), the last events are applied, the live table is
+//!    dropped and the shadow renamed into its place, with the original index names.
+//!    Live projectors wait for that lock, then write to the new table. An event they
+//!    committed before the lock was read by the catch-up; any other is applied after
+//!    the swap, and applying one twice changes nothing. A table whose columns changed
+//!    meanwhile (a newer build migrated) is not swapped: the replay fails and can be
+//!    run again.
 //!
 //! A replay only reads the stream and writes its shadows: it publishes nothing, so it
 //! can never push to a CRM or call one. That is the fence around outbound side effects:
 //! a mapping change replayed over history calls no CRM. Only one replay runs at a time
 //! (a Postgres advisory lock).
 //!
-//! Scope:
+//! Scope: a partial replay builds only its records in the shadows and, under the
+//! lock, replaces those records' rows in the live table; the rest of the table, and
+//! whatever live projection writes to it meanwhile, is left alone. A record is in
+//! scope by the rows an event writes, not by the event's subject (a merge writes the
+//! loser's row from the winner's event).
 //! - `--workspace W` rebuilds only the records of the CRM account W.
 //! - `--from-seq N` / `--since T` rebuild only the records with events from that point
 //!   on, each from its whole history. A record's state depends on every event it has
@@ -58,6 +65,11 @@ const BATCH: usize = 2_000;
 /// Catch-up passes stop when fewer events than this arrived during the last one; the
 /// rest is applied under the lock.
 const CATCH_UP_UNDER: u64 = 1_000;
+/// Catch-up passes before taking the lock, at most.
+const CATCH_UP_PASSES: usize = 10;
+/// How long the swap waits for the live tables, and how often it tries.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+const LOCK_ATTEMPTS: usize = 5;
 /// The advisory lock key of replays ("crmsync-replay").
 pub const LOCK_KEY: i64 = 0x6372_6d73_7265_706c;
 
@@ -128,7 +140,6 @@ enum Item {
     /// A raw CRM change of a selected table's object.
     Raw {
         table: Table,
-        key: RowKey,
         rows: Vec<(RowKey, FieldSet)>,
     },
     /// A `crm.result` for a pushed call: (its record's key, the event).
@@ -205,28 +216,41 @@ impl Replayer<'_> {
         }
         self.prepare_shadows().await?;
         let mut done = self.apply_range(1, until, "replay", None).await?;
-        // Catch up with what arrived meanwhile, outside the lock, while it is a lot.
-        loop {
-            let last = self.last_sequence().await?;
-            if last.saturating_sub(done) < CATCH_UP_UNDER {
-                break;
+        for table in &self.tables {
+            sqlx::query(&format!("ANALYZE {}", shadow(*table)))
+                .execute(self.pool)
+                .await?;
+        }
+        let mut attempt = 0;
+        let mut tx = loop {
+            // Catch up with what arrived meanwhile, outside the lock, while it is a
+            // lot (a bounded number of passes: the stream may never be still).
+            for _ in 0..CATCH_UP_PASSES {
+                let last = self.last_sequence().await?;
+                if last.saturating_sub(done) < CATCH_UP_UNDER {
+                    break;
+                }
+                done = self.apply_range(done + 1, last, "catch-up", None).await?;
             }
-            done = self.apply_range(done + 1, last, "catch-up", None).await?;
-        }
-        let mut tx = self.pool.begin().await?;
-        for table in self.sorted_tables() {
-            sqlx::query(&format!(
-                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-                table.name()
-            ))
-            .execute(&mut *tx)
-            .await?;
-        }
+            match self.lock().await {
+                Ok(tx) => break tx,
+                Err(e) if attempt < LOCK_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "the live tables are busy; catching up and trying again");
+                }
+                Err(e) => return Err(e.context("the live tables could not be locked for the swap")),
+            }
+        };
         let last = self.last_sequence().await?;
         self.apply_range(done + 1, last, "swap", Some(&mut *tx))
             .await?;
         for table in self.sorted_tables() {
-            swap(&mut tx, table).await?;
+            same_columns(&mut tx, table).await?;
+            if self.partial() {
+                self.replace_in_scope(&mut tx, table).await?;
+            } else {
+                swap(&mut tx, table).await?;
+            }
         }
         tx.commit().await?;
         for table in &self.tables {
@@ -238,6 +262,30 @@ impl Replayer<'_> {
         report.events = self.events;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// A transaction holding every live table of the replay, waiting at most
+    /// `LOCK_WAIT` for them (readers and writers queue behind a waiting lock).
+    async fn lock(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            LOCK_WAIT.as_millis()
+        ))
+        .execute(&mut *tx)
+        .await?;
+        for table in self.sorted_tables() {
+            sqlx::query(&format!(
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                table.name()
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("SET LOCAL lock_timeout = 0")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// Tables in one fixed order, so that two lockers never deadlock.
@@ -358,28 +406,36 @@ impl Replayer<'_> {
             let Some(table) = Table::for_object(&subject.object) else {
                 return Item::Skip;
             };
-            let key: RowKey = (subject.workspace, subject.provider, subject.id);
-            if !self.tables.contains(&table) || !self.scope.covers(table, &key) {
+            if !self.tables.contains(&table) {
                 return Item::Skip;
             }
             let version = Version::new(event_time(&event), event.id());
-            return match table.normalise(
-                key.1,
+            let Ok(normalised) = table.normalise(
+                subject.provider,
                 subject.object.as_str(),
                 Change::of_type(event.ty()),
                 &data_bytes(&event),
                 &version,
-            ) {
-                Ok(normalised) => Item::Raw {
-                    table,
-                    rows: normalised
-                        .rows
-                        .into_iter()
-                        .map(|c| ((key.0.clone(), key.1, c.remote_id), c.fields))
-                        .collect(),
-                    key,
-                },
-                Err(_) => Item::Skip,
+            ) else {
+                return Item::Skip;
+            };
+            // One event may write several records (a merge, a Zoho deletion of many
+            // ids): the scope is decided row by row.
+            let rows: Vec<(RowKey, FieldSet)> = normalised
+                .rows
+                .into_iter()
+                .map(|c| {
+                    (
+                        (subject.workspace.clone(), subject.provider, c.remote_id),
+                        c.fields,
+                    )
+                })
+                .filter(|(key, _)| self.scope.covers(table, key))
+                .collect();
+            return if rows.is_empty() {
+                Item::Skip
+            } else {
+                Item::Raw { table, rows }
             };
         }
         // A push's result: the call's record is (account, provider, crm id).
@@ -427,7 +483,6 @@ impl Replayer<'_> {
                 Item::Raw {
                     table,
                     rows: changes,
-                    ..
                 } => {
                     let table_rows = rows.entry(table).or_default();
                     for (key, set) in changes {
@@ -443,9 +498,13 @@ impl Replayer<'_> {
         }
         // After the CRM's changes: the app's fields win whatever the order.
         for event in results {
-            crate::outbound::links::replay_result(conn, &shadow(Table::Activities), &event)
-                .await
-                .map_err(|e| anyhow::anyhow!("a push result: {e}"))?;
+            let applied =
+                crate::outbound::links::replay_result(conn, &shadow(Table::Activities), &event)
+                    .await;
+            if let Err(e) = applied {
+                // As the entity-link consumer would have dead-lettered it.
+                tracing::warn!(error = %e, event = %event.id(), "a push result skipped");
+            }
         }
         if let Some(tx) = own {
             tx.commit().await?;
@@ -499,8 +558,8 @@ impl Replayer<'_> {
         while let Some((message, last)) = next_until(&mut messages, until).await? {
             read += 1;
             match self.item(&message) {
-                Item::Raw { table, key, .. } => {
-                    records.insert((table, key));
+                Item::Raw { table, rows } => {
+                    records.extend(rows.into_iter().map(|(key, _)| (table, key)));
                 }
                 Item::Result(key, _) => {
                     records.insert((Table::Activities, key));
@@ -520,7 +579,7 @@ impl Replayer<'_> {
         Ok(records)
     }
 
-    /// Creates the shadows and copies into them the rows this replay does not rebuild.
+    /// Creates the (empty) shadows.
     async fn prepare_shadows(&self) -> anyhow::Result<()> {
         for table in &self.tables {
             let (live, shadow) = (table.name(), shadow(*table));
@@ -533,68 +592,87 @@ impl Replayer<'_> {
             ))
             .execute(&mut *tx)
             .await?;
-            if self.scope.workspace.is_some() || self.scope.records.is_some() {
-                let columns: Vec<String> = sqlx::query_scalar(
-                    "SELECT column_name::text FROM information_schema.columns
-                     WHERE table_schema = current_schema() AND table_name = $1
-                       AND is_generated = 'NEVER' ORDER BY ordinal_position",
-                )
-                .bind(live)
-                .fetch_all(&mut *tx)
-                .await?;
-                let columns = columns.join(", ");
-                sqlx::query(&format!(
-                    "INSERT INTO {shadow} ({columns}) SELECT {columns} FROM {live}"
-                ))
-                .execute(&mut *tx)
-                .await?;
-                self.drop_in_scope(&mut tx, *table, &shadow).await?;
-            }
             tx.commit().await?;
         }
         Ok(())
     }
 
-    /// Deletes from a shadow's copy the rows the replay rebuilds.
-    async fn drop_in_scope(
-        &self,
-        tx: &mut PgConnection,
-        table: Table,
-        shadow: &str,
-    ) -> anyhow::Result<()> {
-        match &self.scope.records {
-            None => {
-                if let Some(w) = &self.scope.workspace {
-                    sqlx::query(&format!("DELETE FROM {shadow} WHERE workspace_id = $1"))
-                        .bind(w.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            Some(records) => {
-                let mut columns: [Vec<&str>; 3] = Default::default();
-                for (t, (ws, provider, id)) in records {
-                    if *t == table {
-                        columns[0].push(ws.as_str());
-                        columns[1].push(provider.as_str());
-                        columns[2].push(id.as_str());
-                    }
-                }
-                sqlx::query(&format!(
-                    "DELETE FROM {shadow} s USING UNNEST($1::text[], $2::text[], $3::text[])
-                         AS k(workspace_id, provider, remote_id)
-                     WHERE s.workspace_id = k.workspace_id AND s.provider = k.provider
-                       AND s.remote_id = k.remote_id"
-                ))
-                .bind(&columns[0])
-                .bind(&columns[1])
-                .bind(&columns[2])
+    /// Whether the replay rebuilds a whole table or only some of its records.
+    fn partial(&self) -> bool {
+        self.scope.workspace.is_some() || self.scope.records.is_some()
+    }
+
+    /// A partial replay's end, under the lock: the live table's rows in scope are
+    /// replaced by the shadow's; the rest of the live table is left as it is, with
+    /// whatever live projection wrote to it meanwhile.
+    async fn replace_in_scope(&self, tx: &mut PgConnection, table: Table) -> anyhow::Result<()> {
+        let (live, shadow) = (table.name(), shadow(table));
+        let mut conditions = Vec::new();
+        if self.scope.workspace.is_some() {
+            conditions.push("l.workspace_id = $1".to_owned());
+        }
+        if let Some(records) = &self.scope.records {
+            sqlx::query(
+                "CREATE TEMP TABLE IF NOT EXISTS replay_scope
+                     (workspace_id text, provider text, remote_id text) ON COMMIT DROP",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("TRUNCATE replay_scope")
                 .execute(&mut *tx)
                 .await?;
+            let mut columns: [Vec<&str>; 3] = Default::default();
+            for (t, (ws, provider, id)) in records {
+                if *t == table {
+                    columns[0].push(ws.as_str());
+                    columns[1].push(provider.as_str());
+                    columns[2].push(id.as_str());
+                }
             }
+            sqlx::query(
+                "INSERT INTO replay_scope SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+            )
+            .bind(&columns[0])
+            .bind(&columns[1])
+            .bind(&columns[2])
+            .execute(&mut *tx)
+            .await?;
+            conditions.push(
+                "EXISTS (SELECT 1 FROM replay_scope k WHERE k.workspace_id = l.workspace_id
+                             AND k.provider = l.provider AND k.remote_id = l.remote_id)"
+                    .to_owned(),
+            );
         }
+        let delete = format!("DELETE FROM {live} l WHERE {}", conditions.join(" AND "));
+        let mut query = sqlx::query(&delete);
+        if let Some(w) = &self.scope.workspace {
+            query = query.bind(w.as_str());
+        }
+        query.execute(&mut *tx).await?;
+        let columns = writable_columns(tx, live).await?;
+        sqlx::query(&format!(
+            "INSERT INTO {live} ({columns}) SELECT {columns} FROM {shadow}"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!("DROP TABLE {shadow}"))
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
+}
+
+/// The columns of `table` that can be written (not generated), quoted, comma-separated.
+async fn writable_columns(tx: &mut PgConnection, table: &str) -> anyhow::Result<String> {
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(column_name::text) FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = $1
+           AND is_generated = 'NEVER' ORDER BY ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(columns.join(", "))
 }
 
 /// The next message at or before `until`, and whether it is the last one of the range
@@ -616,6 +694,27 @@ async fn next_until(
         return Ok(None);
     }
     Ok(Some((message, seq == until || pending == 0)))
+}
+
+/// Refuses to swap when the live table's columns changed since the shadow was made (a
+/// newer build migrated meanwhile): the swap would lose them.
+async fn same_columns(tx: &mut PgConnection, table: Table) -> anyhow::Result<()> {
+    let columns = |name: String| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT column_name::text || ' ' || data_type || ' ' || is_generated
+             FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY 1",
+        )
+        .bind(name)
+    };
+    let live = columns(table.name().to_owned()).fetch_all(&mut *tx).await?;
+    let shadow = columns(shadow(table)).fetch_all(&mut *tx).await?;
+    anyhow::ensure!(
+        live == shadow,
+        "{} changed shape during the replay (a migration ran); run the replay again",
+        table.name()
+    );
+    Ok(())
 }
 
 /// Puts `table`'s shadow in its place (the caller holds the lock), keeping the live
@@ -644,9 +743,14 @@ async fn swap(tx: &mut PgConnection, table: Table) -> anyhow::Result<()> {
         .await?;
     for (name, def) in shadows {
         if let Some(original) = names.get(&def) {
-            sqlx::query(&format!("ALTER INDEX {name} RENAME TO {original}"))
-                .execute(&mut *tx)
-                .await?;
+            let quote = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+            sqlx::query(&format!(
+                "ALTER INDEX {} RENAME TO {}",
+                quote(&name),
+                quote(original)
+            ))
+            .execute(&mut *tx)
+            .await?;
         }
     }
     Ok(())

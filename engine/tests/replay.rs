@@ -140,7 +140,7 @@ async fn a_replay_swaps_in_while_webhooks_keep_coming_and_loses_nothing() {
     engine.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_replay_rebuilds_its_scope_from_the_stream_and_leaves_the_rest() {
     let engine = TestEngine::start(&[]).await;
     let (a, want_a) = batches(41, 3, 1);
@@ -165,32 +165,45 @@ async fn a_partial_replay_rebuilds_its_scope_from_the_stream_and_leaves_the_rest
 
     // Rows tampered with behind crmsync's back: a replay rebuilds from the stream.
     let tamper = || async {
-        sqlx::query("UPDATE contacts SET fields = fields || '{\"email\": \"tampered\"}'")
-            .execute(&engine.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "UPDATE contacts SET fields = fields || '{\"email\": \"tampered\"}'
+             WHERE workspace_id IN ('41', '42')",
+        )
+        .execute(&engine.pool)
+        .await
+        .unwrap();
     };
     tamper().await;
     let only_41 = ReplayOptions {
         workspace: Some(crmsync_schema::WorkspaceId::parse("41").unwrap()),
         ..all()
     };
-    replay(
-        &engine.pool,
-        &engine.js,
-        &engine.topology,
-        &only_41,
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
+    // Portal 43 gets its first contacts while portal 41 is replayed: what live
+    // projection writes outside the replay's scope is kept.
+    let (c, want_c) = batches(43, 20, 1);
+    let (pool, js, topology) = (
+        engine.pool.clone(),
+        engine.js.clone(),
+        engine.topology.clone(),
+    );
+    let replaying =
+        tokio::spawn(async move { replay(&pool, &js, &topology, &only_41, &mut |_| {}).await });
+    let mut last = 0;
+    for batch in &c {
+        last = engine.post_events(Signature::V3, batch).await;
+    }
+    replaying.await.unwrap().unwrap();
+    engine.wait_projected(last).await;
     assert_eq!(emails(&engine.pool, 41).await, want_a, "portal 41 rebuilt");
+    let tampered = |rows: BTreeMap<String, String>| rows.values().all(|e| e == "tampered");
     assert!(
-        emails(&engine.pool, 42)
-            .await
-            .values()
-            .all(|e| e == "tampered"),
+        tampered(emails(&engine.pool, 42).await),
         "portal 42 left as it was"
+    );
+    assert_eq!(
+        emails(&engine.pool, 43).await,
+        want_c,
+        "portal 43 kept what live projection wrote"
     );
 
     tamper().await;
@@ -207,7 +220,8 @@ async fn a_partial_replay_rebuilds_its_scope_from_the_stream_and_leaves_the_rest
     )
     .await
     .unwrap();
-    assert_eq!(report.records_in_scope, Some(3));
+    // Three of portal 42's contacts, and portal 43's 300, posted after the mark.
+    assert_eq!(report.records_in_scope, Some(303));
     let now = emails(&engine.pool, 42).await;
     for (id, email) in &now {
         match id.as_str() {
@@ -219,6 +233,7 @@ async fn a_partial_replay_rebuilds_its_scope_from_the_stream_and_leaves_the_rest
         .await
         .values()
         .all(|e| e == "tampered"));
+    assert_eq!(emails(&engine.pool, 43).await, want_c);
     engine.stop().await;
 }
 
