@@ -448,11 +448,12 @@ async fn outbound(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let requests = hs.faults().requests(|_| true) - before;
-    let refused: f64 = metrics
+    let refused: u64 = metrics
         .encode()
         .lines()
         .filter(|l| l.starts_with("crm_requests_total{") && l.contains(r#"status="429""#))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|n| n as u64)
         .sum();
     eprintln!("bench: outbound: {n} pushes, {requests} API requests in {seconds:.1}s, {refused} answered 429");
     stop.cancel();
@@ -561,7 +562,8 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     }
     for scenario in scenarios {
         eprintln!("bench: {scenario} with {} events…", opts.events);
-        // Each scenario's own peak: Linux resets VmHWM on "5" (where it can).
+        // Each scenario's own peak where Linux lets a process reset VmHWM; else the
+        // figure is the peak so far.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let f = match scenario {
             "ingest" => ingest(&settings, opts.events).await?,
