@@ -20,6 +20,8 @@ struct Bucket {
 pub struct RateLimits {
     pub rps: f64,
     pub burst: f64,
+    /// HubSpot's search endpoints' own limit per connection (requests a second).
+    pub search_rps: f64,
 }
 
 impl RateLimits {

@@ -214,9 +214,15 @@ impl Engine {
                         "/crm/records/{object}/{id}/history",
                         axum::routing::get(crate::history::get),
                     )
+                    .route(
+                        "/crm/sync/status",
+                        axum::routing::get(crate::status::status),
+                    )
+                    .route("/crm/metrics", axum::routing::get(crate::status::metrics))
                     .with_state(crate::history::HistoryState {
                         app: self.state.clone(),
                         stream: self.topology.events_stream(),
+                        outbound: self.topology.outbound_stream(),
                     }),
             ),
         };

@@ -48,6 +48,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ODOO_DEFAULT_TIMEOUT", "30", "seconds an Odoo call may take"),
     var("CRM_SYNC_PAGE", "200", "records per page when polling or backfilling (1-1000)"),
     var("CRM_SYNC_RPS", "5", "requests per second per connection to a provider"),
+    var("CRM_HUBSPOT_SEARCH_RPS", "4", "HubSpot search requests a connection may make a second, on top of CRM_SYNC_RPS (HubSpot allows about 5; 0.1-10000)"),
     var("CRM_SYNC_BURST", "10", "requests a connection may make at once before CRM_SYNC_RPS paces it (its burst limit; 1-10000)"),
     var("CRM_POLL_INTERVAL_SECS", "300", "seconds between delta polls of each connection (the safety net under webhooks)"),
     var("CRM_POLL_LOOKBACK_SECS", "120", "how far before its cursor a poll looks again, for the providers' search lag"),
@@ -104,6 +105,7 @@ pub struct Settings {
     pub sync_page: u32,
     pub sync_rps: f64,
     pub sync_burst: f64,
+    pub hubspot_search_rps: f64,
     pub poll_interval: Duration,
     pub poll_lookback: Duration,
     pub link_sweep_every: u32,
@@ -203,6 +205,7 @@ impl Settings {
         crmsync_adapters::RateLimits {
             rps: self.sync_rps,
             burst: self.sync_burst,
+            search_rps: self.hubspot_search_rps,
         }
     }
 
@@ -308,6 +311,7 @@ impl Settings {
             sync_page: r.number("CRM_SYNC_PAGE", 1, 1000)?,
             sync_rps,
             sync_burst: r.number("CRM_SYNC_BURST", 1.0, 10_000.0)?,
+            hubspot_search_rps: r.number("CRM_HUBSPOT_SEARCH_RPS", 0.1, 10_000.0)?,
             poll_interval: Duration::from_secs(r.number("CRM_POLL_INTERVAL_SECS", 1, 86_400)?),
             poll_lookback: Duration::from_secs(r.number("CRM_POLL_LOOKBACK_SECS", 0, 86_400)?),
             link_sweep_every: r.number("CRM_LINK_SWEEP_EVERY", 0, 100_000)?,

@@ -28,12 +28,15 @@ use crmsync_schema::binding;
 use crmsync_schema::envelope::{data_bytes, event_time};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
-/// What the route needs beside the HTTP state.
+/// What the engine's own routes (history, sync status, metrics) need beside the HTTP
+/// state.
 #[derive(Debug, Clone)]
 pub struct HistoryState {
     pub app: Arc<AppState>,
     /// The events stream's name (`CRM_EVENTS`, prefixed).
     pub stream: String,
+    /// The outbound stream's name (`CRM_OUTBOUND`, prefixed).
+    pub outbound: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ pub mod odoo;
 pub mod outbound;
 pub mod replay;
 pub mod sandbox_cmd;
+pub mod status;
 pub mod topology;
 pub mod zoho;
 

@@ -13,13 +13,7 @@ const TOKEN: &str = "history-test-token-0123456789";
 const PORTAL: u64 = 4242;
 
 async fn get(engine: &TestEngine, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut request = engine.http.get(engine.url(path));
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::get_json(engine, path, token).await
 }
 
 #[tokio::test]

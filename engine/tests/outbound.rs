@@ -122,6 +122,8 @@ async fn engine_env(
         ("CRM_ZOHO_ACCOUNTS_URL", zoho_accounts.as_str()),
         ("CRM_POLL_INTERVAL_SECS", "1"),
         ("CRM_SYNC_RPS", "100"),
+        // The emulator allows 500 searches a second.
+        ("CRM_HUBSPOT_SEARCH_RPS", "100"),
         ("CRM_RETRY_BASE_MS", "300"),
         ("CRM_RETRY_MAX_MS", "2000"),
         ("CRM_MAX_DELIVER", "20"),

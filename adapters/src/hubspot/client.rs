@@ -85,7 +85,8 @@ pub struct HubSpotClient {
     metrics: Arc<Metrics>,
 }
 
-/// Searches a second per connection: under HubSpot's ~5/s, whatever else runs.
+/// Searches a second per connection by default (`CRM_HUBSPOT_SEARCH_RPS`): under
+/// HubSpot's ~5/s, whatever else runs.
 pub const SEARCH_RPS: f64 = 4.0;
 
 fn object_label(object: &str) -> &'static str {
@@ -119,6 +120,12 @@ impl HubSpotClient {
             retry: RetryPolicy::default(),
             metrics,
         }
+    }
+
+    /// Keeps searches to `rps` a second (one at a time).
+    pub fn with_search_rps(mut self, rps: f64) -> Self {
+        self.search_limiter = Arc::new(RateLimiter::new(rps, 1.0));
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {

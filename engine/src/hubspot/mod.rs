@@ -74,6 +74,7 @@ impl HubSpot {
                 self.limits.limiter(),
                 self.metrics.clone(),
             )
+            .with_search_rps(self.limits.search_rps)
         });
         client.set_token(token).await;
         Ok(client.clone())

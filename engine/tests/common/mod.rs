@@ -443,3 +443,15 @@ pub fn signed_request(http: &reqwest::Client, base: &str, body: &[u8]) -> reqwes
     }
     request
 }
+
+/// GET `path` on `engine`, with `token` as bearer if given: the status and the JSON
+/// body (null when it is not JSON).
+pub async fn get_json(engine: &TestEngine, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = engine.http.get(engine.url(path));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

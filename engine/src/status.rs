@@ -1,0 +1,219 @@
+//! `GET /crm/sync/status` and `GET /crm/metrics`: where the sync stands, from
+//! JetStream's consumer state, the projection checkpoints and the push table.
+//!
+//! Lives in the engine because it needs the topology's stream names beside the HTTP
+//! state.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crmsync_ingest::auth::require_bearer;
+use crmsync_ingest::ApiError;
+use crmsync_projectors::Table;
+
+use crate::history::HistoryState as EngineState;
+
+/// workspace, provider, account, status, last error, updated at.
+type ConnectionRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    /// Only this workspace's connections (consumers and streams are shared).
+    workspace: Option<String>,
+}
+
+/// One durable consumer: what it has still to do.
+async fn consumers(state: &EngineState, stream: &str) -> Result<Vec<Value>, ApiError> {
+    let stream_handle = state
+        .app
+        .js
+        .get_stream(stream)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut infos = stream_handle.consumers();
+    let checkpoints: BTreeMap<String, (i64, i64, DateTime<Utc>)> =
+        sqlx::query_as::<_, (String, i64, i64, DateTime<Utc>)>(
+            "SELECT consumer, stream_seq, events_applied, updated_at FROM projection_checkpoints",
+        )
+        .fetch_all(&state.app.pool)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|(c, s, n, t)| (c, (s, n, t)))
+        .collect();
+    let mut out = Vec::new();
+    while let Some(info) = infos.next().await {
+        let info = info.map_err(ApiError::internal)?;
+        let name = info.name.clone();
+        let role = match name.split('-').next() {
+            Some("proj") => "projection",
+            Some("hydrate") => "hydration",
+            Some("push") => "outbound",
+            Some("link") => "entity links",
+            _ => "other",
+        };
+        let behind = info.num_pending + info.num_ack_pending as u64;
+        let mut entry = json!({
+            "consumer": name,
+            "role": role,
+            "pending": info.num_pending,
+            "unacknowledged": info.num_ack_pending,
+            "redelivered": info.num_redelivered,
+            "lag_events": behind,
+        });
+        if let Some((seq, applied, at)) = checkpoints.get(&name) {
+            entry["committed_sequence"] = json!(seq);
+            entry["events_applied"] = json!(applied);
+            entry["last_commit"] = json!(at);
+            // Behind for as long as there is work and no commit since.
+            let lag = if behind > 0 {
+                (Utc::now() - *at).num_milliseconds().max(0) as f64 / 1000.0
+            } else {
+                0.0
+            };
+            entry["lag_seconds"] = json!(lag);
+        }
+        out.push(entry);
+    }
+    out.sort_by(|a, b| a["consumer"].as_str().cmp(&b["consumer"].as_str()));
+    Ok(out)
+}
+
+async fn stream_state(state: &EngineState, name: &str) -> Result<Value, ApiError> {
+    let mut stream = state
+        .app
+        .js
+        .get_stream(name)
+        .await
+        .map_err(ApiError::internal)?;
+    let info = stream.info().await.map_err(ApiError::internal)?;
+    Ok(json!({
+        "name": name,
+        "messages": info.state.messages,
+        "bytes": info.state.bytes,
+        "last_sequence": info.state.last_sequence,
+        "consumers": info.state.consumer_count,
+    }))
+}
+
+async fn pushes(state: &EngineState) -> Result<Value, ApiError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM crm_call_pushes GROUP BY state")
+            .fetch_all(&state.app.pool)
+            .await
+            .map_err(ApiError::internal)?;
+    let mut out = json!({"queued": 0, "sent": 0, "failed": 0, "dead_lettered": 0});
+    for (s, n) in rows {
+        out[s] = json!(n);
+    }
+    Ok(out)
+}
+
+/// `GET /crm/sync/status[?workspace=W]` (bearer): every consumer's backlog and last
+/// commit, the streams, the connections (of one workspace, if given) with their last
+/// error, and the pushes by state.
+pub async fn status(
+    State(state): State<EngineState>,
+    headers: HeaderMap,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_bearer(&state.app, &headers)?;
+    let workspace = match q.workspace.as_deref() {
+        Some(w) => Some(crmsync_ingest::oauth::workspace(Some(w))?),
+        None => None,
+    };
+    let mut all_consumers = consumers(&state, &state.stream).await?;
+    all_consumers.extend(consumers(&state, &state.outbound).await?);
+    let connections: Vec<ConnectionRow> = sqlx::query_as(
+        "SELECT workspace_id, provider, account_id, status, last_error, updated_at
+             FROM crm_connections WHERE $1::text IS NULL OR workspace_id = $1
+             ORDER BY workspace_id, provider",
+    )
+    .bind(&workspace)
+    .fetch_all(&state.app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let connections: Vec<Value> = connections
+        .into_iter()
+        .map(|(ws, provider, account, status, error, at)| {
+            json!({"workspace": ws, "provider": provider, "account": account,
+                   "status": status, "last_error": error, "updated_at": at})
+        })
+        .collect();
+    Ok(Json(json!({
+        "consumers": all_consumers,
+        "streams": {
+            "events": stream_state(&state, &state.stream).await?,
+            "outbound": stream_state(&state, &state.outbound).await?,
+            "dead_letters": stream_state(&state, &state.app.dlq_stream).await?,
+        },
+        "connections": connections,
+        "pushes": pushes(&state).await?,
+    })))
+}
+
+/// `GET /crm/metrics` (bearer): a JSON summary of the sync — records per table and
+/// provider (and how many are tombstones), events stored and applied, pushes by state,
+/// conflicts kept, dead letters. `/metrics` has the Prometheus series.
+pub async fn metrics(
+    State(state): State<EngineState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_bearer(&state.app, &headers)?;
+    let mut entities = serde_json::Map::new();
+    for table in [
+        Table::Contacts,
+        Table::Companies,
+        Table::Deals,
+        Table::Activities,
+    ] {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT provider, count(*), count(*) FILTER (WHERE deleted) FROM {}
+             GROUP BY provider ORDER BY provider",
+            table.name()
+        ))
+        .fetch_all(&state.app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+        let by_provider: serde_json::Map<String, Value> = rows
+            .into_iter()
+            .map(|(p, n, d)| (p, json!({"records": n, "deleted": d})))
+            .collect();
+        entities.insert(table.name().to_owned(), Value::Object(by_provider));
+    }
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT sum(events_applied)::bigint FROM projection_checkpoints")
+            .fetch_one(&state.app.pool)
+            .await
+            .map_err(ApiError::internal)?;
+    let conflicts: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_conflicts")
+        .fetch_one(&state.app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let events = stream_state(&state, &state.stream).await?;
+    let dead = stream_state(&state, &state.app.dlq_stream).await?;
+    Ok(Json(json!({
+        "entities": entities,
+        "events": {
+            "stored": events["messages"],
+            "applied_by_projections": applied.unwrap_or(0),
+        },
+        "pushes": pushes(&state).await?,
+        "conflicts": conflicts,
+        "dead_letters": dead["messages"],
+    })))
+}
