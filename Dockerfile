@@ -9,9 +9,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p crmsync-engine --bin crmsync \
+# No BuildKit cache mounts: Railway's builder refuses mounts without its own ids.
+RUN cargo build --release --locked -p crmsync-engine --bin crmsync \
     && install -D -m 0755 target/release/crmsync /out/crmsync
 
 # Runtime stage: glibc, CA certificates and nothing else; no shell, non-root.

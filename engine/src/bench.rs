@@ -322,13 +322,16 @@ async fn replay(base: &Settings, n: usize) -> anyhow::Result<Figures> {
 }
 
 /// Call outcomes pushed to the HubSpot emulator (HubSpot's own limit of 100 requests
-/// per 10 s) through a connection allowed `CRM_SYNC_RPS` = 8 requests a second: the
+/// per 10 s) through a connection allowed `CRM_SYNC_RPS` = 6 requests a second: the
 /// rate is the API requests per second the emulator saw, the ceiling the allowance.
 /// The 429s the emulator answered are printed beside (the target is none).
 #[allow(clippy::print_stderr)]
 async fn outbound(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     use crmsync_sandbox::hubspot::{Config, HubSpotSandbox};
-    const RPS: f64 = 8.0;
+    // Two requests a push (the key's search, the create): 3 searches a second, under
+    // the search limit (CRM_HUBSPOT_SEARCH_RPS, 4), so the connection's bucket sets
+    // the pace.
+    const RPS: f64 = 6.0;
     let (hs, running) = HubSpotSandbox::start(
         Config {
             contacts: 50,
@@ -515,8 +518,9 @@ async fn e2e(base: &Settings, n: usize, per_second: usize) -> anyhow::Result<Fig
     }
     let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
     let last = n as u64;
-    checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(120)).await?;
+    let done = checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(120)).await?;
     let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(done, "the projection did not catch up within 2 minutes");
     let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
          FROM (SELECT extract(epoch FROM projected_at - source_updated_at) * 1000 AS ms FROM contacts) l",

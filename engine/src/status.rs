@@ -79,18 +79,61 @@ async fn consumers(state: &EngineState, stream: &str) -> Result<Vec<Value>, ApiE
             entry["committed_sequence"] = json!(seq);
             entry["events_applied"] = json!(applied);
             entry["last_commit"] = json!(at);
-            // Behind for as long as there is work and no commit since.
-            let lag = if behind > 0 {
-                (Utc::now() - *at).num_milliseconds().max(0) as f64 / 1000.0
-            } else {
-                0.0
-            };
-            entry["lag_seconds"] = json!(lag);
         }
+        // How long the oldest event it has not settled has waited (null when that
+        // cannot be read).
+        entry["lag_seconds"] = if behind == 0 {
+            json!(0.0)
+        } else {
+            let mut filters = info.config.filter_subjects.clone();
+            if !info.config.filter_subject.is_empty() {
+                filters.push(info.config.filter_subject.clone());
+            }
+            oldest_waiting(state, stream, &filters, info.ack_floor.stream_sequence + 1)
+                .await
+                .map_or(Value::Null, |t| {
+                    json!((Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+                })
+        };
         out.push(entry);
     }
     out.sort_by(|a, b| a["consumer"].as_str().cmp(&b["consumer"].as_str()));
     Ok(out)
+}
+
+/// When the first message at or after `from` on any of `filters` was stored.
+async fn oldest_waiting(
+    state: &EngineState,
+    stream: &str,
+    filters: &[String],
+    from: u64,
+) -> Option<DateTime<Utc>> {
+    let mut oldest: Option<DateTime<Utc>> = None;
+    let filters = if filters.is_empty() {
+        vec![">".to_owned()]
+    } else {
+        filters.to_vec()
+    };
+    for filter in filters {
+        let answer: async_nats::jetstream::response::Response<Value> = state
+            .app
+            .js
+            .request(
+                format!("STREAM.MSG.GET.{stream}"),
+                &json!({"seq": from, "next_by_subj": filter}),
+            )
+            .await
+            .ok()?;
+        let async_nats::jetstream::response::Response::Ok(found) = answer else {
+            continue;
+        };
+        let time = found["message"]["time"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))?;
+        oldest = Some(oldest.map_or(time, |o| o.min(time)));
+    }
+    oldest
 }
 
 async fn stream_state(state: &EngineState, name: &str) -> Result<Value, ApiError> {

@@ -70,6 +70,32 @@ async fn status_and_metrics_say_where_the_sync_stands() {
     assert_eq!(connections[0]["last_error"], "token refresh refused");
     assert_eq!(body["pushes"]["sent"], 0);
 
+    // A consumer that reads nothing: its backlog and how long its oldest event waited.
+    let stream = engine
+        .js
+        .get_stream(engine.topology.events_stream())
+        .await
+        .unwrap();
+    let root = engine.topology.subjects.root().to_owned();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("proj-idle".into()),
+            filter_subject: format!("{root}.raw.hubspot.*.contact.*"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, body) = get(&engine, "/crm/sync/status", Some(TOKEN)).await;
+    let idle = body["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["consumer"] == "proj-idle")
+        .unwrap();
+    assert_eq!(idle["lag_events"], 4, "{idle}");
+    assert!(idle["lag_seconds"].as_f64().unwrap() >= 0.3, "{idle}");
+
     let (status, metrics) = get(&engine, "/crm/metrics", Some(TOKEN)).await;
     assert_eq!(status, 200, "{metrics}");
     assert_eq!(metrics["entities"]["contacts"]["hubspot"]["records"], 2);

@@ -148,6 +148,11 @@ impl HubSpotClient {
         body: Option<&Value>,
     ) -> Result<Value, ProviderError> {
         self.limiter.acquire().await;
+        // Every attempt, after the connection's bucket (which a 429 pauses): searches
+        // released together by a pause still go out at the search pace.
+        if operation == "search" {
+            self.search_limiter.acquire().await;
+        }
         let token = self.token.read().await.expose().clone();
         let mut request = self
             .http
@@ -364,7 +369,6 @@ impl HubSpotClient {
 
     /// One page of `POST …/search`.
     pub async fn search(&self, object: &str, request: &Value) -> Result<Page, ProviderError> {
-        self.search_limiter.acquire().await;
         let path = format!("/crm/v3/objects/{object}/search");
         let v = self
             .call(
