@@ -325,12 +325,20 @@ async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_re
         sb.set(Default::default());
     }
 
-    // A crash between the CRM's answer and the record: the state says queued again and
-    // the command comes again; the dispatcher finds the record instead of a second one.
-    sqlx::query("UPDATE crm_call_pushes SET state = 'queued' WHERE call_id = 'call-1'")
-        .execute(&engine.pool)
-        .await
-        .unwrap();
+    // A crash between the CRM's answer and the record: the state says queued again, no
+    // CRM id is known, the crashed worker's lease runs out (30 s in life, 3 s here; in
+    // life as here longer than the CRM's search lag) and the command comes again; the
+    // dispatcher finds the record instead of making a second one. (Without the lease the
+    // simulated crash could come before the CRM's search shows the first record, which
+    // no real crash can: CI once caught that.)
+    sqlx::query(
+        "UPDATE crm_call_pushes SET state = 'queued', crm_id = NULL,
+                lease_owner = gen_random_uuid(), lease_until = now() + interval '3 seconds'
+         WHERE call_id = 'call-1'",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
     let mut again = outcome(&emails[1 % emails.len()], 1);
     again["summary"] = json!("Call number 1, pushed again with other words");
     assert_eq!(
