@@ -608,8 +608,12 @@ impl Dispatcher {
     }
 
     async fn release(&self, command: &Command, owner: &str) -> Result<(), sqlx::Error> {
+        // An attempt that leaves the push queued is stamped at its end: the next one
+        // waits out the CRM's search lag from then (a create may have finished long
+        // after the attempt began, and its state write may have failed).
         sqlx::query(
-            "UPDATE crm_call_pushes SET lease_until = NULL, lease_owner = NULL
+            "UPDATE crm_call_pushes SET lease_until = NULL, lease_owner = NULL,
+                    updated_at = CASE WHEN state = 'queued' THEN now() ELSE updated_at END
              WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
                AND lease_owner = $4::uuid",
         )
