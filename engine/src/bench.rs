@@ -124,17 +124,6 @@ async fn fresh_database(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drop_streams(js: &async_nats::jetstream::Context, t: &Topology) {
-    for name in [
-        t.events_stream(),
-        t.outbound_stream(),
-        t.dlq_stream(),
-        format!("KV_{}", t.cursor_bucket()),
-    ] {
-        let _ = js.delete_stream(name).await;
-    }
-}
-
 /// Webhook batches of 100 over HTTP, 16 in flight, until JetStream acked all; beside
 /// a raw publish of the same events with the same headers.
 async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
@@ -181,7 +170,7 @@ async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     stop.cancel();
     running.await??;
-    drop_streams(&js, &topology).await;
+    topology.delete(&js).await;
 
     // Ceiling: the same events, raw, into a stream of their own.
     let raw = Topology::new(
@@ -197,7 +186,7 @@ async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
         publish_all(&js, &raw.subjects, chunk).await?;
     }
     let ceiling = n as f64 / started.elapsed().as_secs_f64();
-    drop_streams(&js, &raw).await;
+    raw.delete(&js).await;
     Ok(figures("ingest", n, seconds, Some(ceiling)))
 }
 
@@ -230,7 +219,7 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     anyhow::ensure!(done, "the projection did not finish within 10 minutes");
     stop.cancel();
     running.await??;
-    drop_streams(&js, &topology).await;
+    topology.delete(&js).await;
 
     let ceiling = raw_upsert_rate(&pool, &values).await?;
     Ok(figures("project", n, seconds, Some(ceiling)))
@@ -316,7 +305,7 @@ async fn replay(base: &Settings, n: usize) -> anyhow::Result<Figures> {
         "the replay read {} of {n} events",
         report.events
     );
-    drop_streams(&js, &topology).await;
+    topology.delete(&js).await;
     let ceiling = raw_upsert_rate(&pool, &values).await?;
     Ok(figures("replay", n, seconds, Some(ceiling)))
 }
@@ -461,7 +450,7 @@ async fn outbound(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     eprintln!("bench: outbound: {n} pushes, {requests} API requests in {seconds:.1}s, {refused} answered 429");
     stop.cancel();
     serving.await??;
-    drop_streams(&js, &topology).await;
+    topology.delete(&js).await;
     drop(running);
     let mut fig = figures("outbound", requests, seconds, Some(RPS));
     fig.events = n;
@@ -529,7 +518,7 @@ async fn e2e(base: &Settings, n: usize, per_second: usize) -> anyhow::Result<Fig
     .await?;
     stop.cancel();
     running.await??;
-    drop_streams(&js, &topology).await;
+    topology.delete(&js).await;
     let name = if per_second >= 10_000 {
         "e2e-10k"
     } else {

@@ -36,8 +36,27 @@ pub struct StatusQuery {
     workspace: Option<String>,
 }
 
-/// One durable consumer: what it has still to do.
-async fn consumers(state: &EngineState, stream: &str) -> Result<Vec<Value>, ApiError> {
+/// The projections' checkpoints by consumer: (stream sequence, events applied, when).
+type Checkpoints = BTreeMap<String, (i64, i64, DateTime<Utc>)>;
+
+async fn checkpoints(state: &EngineState) -> Result<Checkpoints, ApiError> {
+    Ok(sqlx::query_as::<_, (String, i64, i64, DateTime<Utc>)>(
+        "SELECT consumer, stream_seq, events_applied, updated_at FROM projection_checkpoints",
+    )
+    .fetch_all(&state.app.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .into_iter()
+    .map(|(c, s, n, t)| (c, (s, n, t)))
+    .collect())
+}
+
+/// Each durable consumer of `stream`: what it has still to do.
+async fn consumers(
+    state: &EngineState,
+    stream: &str,
+    checkpoints: &Checkpoints,
+) -> Result<Vec<Value>, ApiError> {
     let stream_handle = state
         .app
         .js
@@ -45,16 +64,6 @@ async fn consumers(state: &EngineState, stream: &str) -> Result<Vec<Value>, ApiE
         .await
         .map_err(ApiError::internal)?;
     let mut infos = stream_handle.consumers();
-    let checkpoints: BTreeMap<String, (i64, i64, DateTime<Utc>)> =
-        sqlx::query_as::<_, (String, i64, i64, DateTime<Utc>)>(
-            "SELECT consumer, stream_seq, events_applied, updated_at FROM projection_checkpoints",
-        )
-        .fetch_all(&state.app.pool)
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|(c, s, n, t)| (c, (s, n, t)))
-        .collect();
     let mut out = Vec::new();
     while let Some(info) = infos.next().await {
         let info = info.map_err(ApiError::internal)?;
@@ -179,8 +188,9 @@ pub async fn status(
         Some(w) => Some(crmsync_ingest::oauth::workspace(Some(w))?),
         None => None,
     };
-    let mut all_consumers = consumers(&state, &state.stream).await?;
-    all_consumers.extend(consumers(&state, &state.outbound).await?);
+    let checkpoints = checkpoints(&state).await?;
+    let mut all_consumers = consumers(&state, &state.stream, &checkpoints).await?;
+    all_consumers.extend(consumers(&state, &state.outbound, &checkpoints).await?);
     let connections: Vec<ConnectionRow> = sqlx::query_as(
         "SELECT workspace_id, provider, account_id, status, last_error, updated_at
              FROM crm_connections WHERE $1::text IS NULL OR workspace_id = $1

@@ -214,6 +214,19 @@ impl Topology {
         Ok(notes)
     }
 
+    /// Deletes the streams and the cursor bucket (benches and tests clean up with it);
+    /// what is already gone is let be.
+    pub async fn delete(&self, js: &jetstream::Context) {
+        for name in [
+            self.events_stream(),
+            self.outbound_stream(),
+            self.dlq_stream(),
+            format!("KV_{}", self.cursor_bucket()),
+        ] {
+            let _ = js.delete_stream(name).await;
+        }
+    }
+
     /// The name of one projection's durable consumer, also its checkpoint key.
     pub fn projector_name(provider: Provider, object: &ObjectType) -> String {
         format!("proj-{provider}-{object}")

@@ -1073,13 +1073,8 @@ async fn odoo_can_log_calls_as_done_activities_once_each_through_lost_answers() 
 #[tokio::test]
 async fn the_providers_say_whether_they_can_be_connected_and_what_is_missing() {
     let (_crms, engine) = start().await;
-    let anonymous = engine
-        .http
-        .get(engine.url("/crm/providers"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 401);
+    let (anonymous, _) = common::get_json(&engine, "/crm/providers", None).await;
+    assert_eq!(anonymous, 401);
     let (status, listed) = get(&engine, "/crm/providers").await;
     assert_eq!(status, 200, "{listed}");
     let names: Vec<&str> = listed["providers"]

@@ -245,7 +245,7 @@ async fn worker_processes_killed_or_stopped_mid_load_lose_and_double_nothing() {
     let logs = (last.log(), api.log());
     assert!(last.terminate().success(), "worker log:\n{}", logs.0);
     assert!(api.terminate().success(), "API log:\n{}", logs.1);
-    common::drop_topology(&js, &topology).await;
+    topology.delete(&js).await;
 }
 
 /// Counts a running task until it returns or is dropped (aborted with its replica).

@@ -201,19 +201,7 @@ impl TestEngine {
         if let Some(h) = self.handle.take() {
             h.await.expect("engine task").expect("engine stops cleanly");
         }
-        drop_topology(&self.js, &self.topology).await;
-    }
-}
-
-/// Deletes the streams and the bucket of `topology`.
-pub async fn drop_topology(js: &jetstream::Context, topology: &Topology) {
-    for name in [
-        topology.events_stream(),
-        topology.outbound_stream(),
-        topology.dlq_stream(),
-        format!("KV_{}", topology.cursor_bucket()),
-    ] {
-        let _ = js.delete_stream(name).await;
+        self.topology.delete(&self.js).await;
     }
 }
 
