@@ -18,7 +18,34 @@ pub use secret::Secret;
 pub use telemetry::Metrics;
 pub use vault::Vault;
 
-use crmsync_schema::{FieldSet, RemoteId};
+use crmsync_schema::mapping::Landing;
+use crmsync_schema::{FieldSet, Provider, RemoteId};
+
+/// Where a provider's fields of one object type land by default: what a workspace's
+/// field mapping is resolved and checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultLanding<'a> {
+    pub provider: Provider,
+    pub object: &'a str,
+}
+
+impl Landing for DefaultLanding<'_> {
+    fn landing(&self, field: &str) -> String {
+        match self.provider {
+            Provider::HubSpot => hubspot::mapping::landing(self.object, field),
+            Provider::Zoho => zoho::mapping::landing(self.object, field),
+            Provider::Odoo => odoo::mapping::landing(self.object, field),
+        }
+    }
+
+    fn default_targets(&self) -> Vec<(String, String)> {
+        match self.provider {
+            Provider::HubSpot => hubspot::mapping::default_targets(self.object),
+            Provider::Zoho => zoho::mapping::default_targets(self.object),
+            Provider::Odoo => odoo::mapping::default_targets(self.object),
+        }
+    }
+}
 
 /// A change to one projected row, normalised from a provider event.
 #[derive(Debug, Clone, PartialEq)]

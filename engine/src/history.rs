@@ -23,9 +23,11 @@ use serde_json::{json, Map, Value};
 
 use crmsync_ingest::auth::require_bearer;
 use crmsync_ingest::{ApiError, AppState};
+use crmsync_projectors::mappings::MappingSet;
 use crmsync_projectors::Table;
 use crmsync_schema::binding;
 use crmsync_schema::envelope::{data_bytes, event_time};
+use crmsync_schema::mapping::Compiled;
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 /// What the engine's own routes (history, sync status, metrics) need beside the HTTP
@@ -105,6 +107,10 @@ pub async fn get(
         )));
     }
 
+    let mappings = MappingSet::load(&state.app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let mapping = mappings.get(table, &workspace, provider);
     let mut state_now = FieldSet::default();
     let mut out = Vec::new();
     let mut next_after = None;
@@ -115,6 +121,7 @@ pub async fn get(
             &object,
             &remote_id,
             &message,
+            mapping,
             &mut state_now,
         );
         if seq <= after {
@@ -190,6 +197,7 @@ fn describe(
     object: &ObjectType,
     id: &RemoteId,
     message: &async_nats::jetstream::Message,
+    mapping: Option<&Compiled>,
     state: &mut FieldSet,
 ) -> Value {
     let event = match binding::from_message(message.headers.as_ref(), &message.payload) {
@@ -211,10 +219,11 @@ fn describe(
     ) {
         Ok(normalised) => {
             for row in normalised.rows.iter().filter(|r| &r.remote_id == id) {
-                for (field, value) in &row.fields.fields {
+                let fields = mapping.map_or_else(|| row.fields.clone(), |m| m.apply(&row.fields));
+                for (field, value) in &fields.fields {
                     set.insert(field.clone(), value.clone());
                 }
-                state.merge(&row.fields);
+                state.merge(&fields);
             }
         }
         Err(e) => error = Some(e.to_string()),

@@ -43,6 +43,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 
+use crmsync_projectors::mappings::MappingSet;
 use crmsync_projectors::tables::{self, RowKey, Table};
 use crmsync_schema::binding;
 use crmsync_schema::cloudevents::AttributesReader;
@@ -155,6 +156,8 @@ struct Replayer<'a> {
     topology: &'a Topology,
     tables: Vec<Table>,
     scope: Scope,
+    /// The field mappings as they stood when the replay began.
+    mappings: MappingSet,
     progress: &'a mut (dyn FnMut(&Progress) + Send + Sync),
     events: u64,
 }
@@ -183,6 +186,7 @@ pub async fn replay(
         .await?;
     anyhow::ensure!(locked, "another replay is running; wait for it to finish");
     let result = async {
+        let mappings = MappingSet::load(pool).await?;
         let mut replayer = Replayer {
             pool,
             js,
@@ -192,6 +196,7 @@ pub async fn replay(
                 workspace: options.workspace.clone(),
                 records: None,
             },
+            mappings,
             progress,
             events: 0,
         };
@@ -410,7 +415,7 @@ impl Replayer<'_> {
                 return Item::Skip;
             }
             let version = Version::new(event_time(&event), event.id());
-            let Ok(normalised) = table.normalise(
+            let Ok(mut normalised) = table.normalise(
                 subject.provider,
                 subject.object.as_str(),
                 Change::of_type(event.ty()),
@@ -419,6 +424,8 @@ impl Replayer<'_> {
             ) else {
                 return Item::Skip;
             };
+            self.mappings
+                .apply(table, &subject.workspace, subject.provider, &mut normalised);
             // One event may write several records (a merge, a Zoho deletion of many
             // ids): the scope is decided row by row.
             let rows: Vec<(RowKey, FieldSet)> = normalised

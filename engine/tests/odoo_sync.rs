@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use common::differences;
 use common::hubspot::API_TOKEN;
 use common::TestEngine;
-use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
-use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_adapters::odoo::client::OdooClient;
+use crmsync_adapters::Vault;
 use crmsync_sandbox::odoo::{Config, OdooSandbox, OdooVersion};
 use crmsync_sandbox::server::Running;
 use crmsync_testkit::eventually;
@@ -67,20 +67,7 @@ impl Db {
     }
 
     async fn client(&self) -> OdooClient {
-        let c = self.odoo.credentials(&self.running.base_url);
-        OdooClient::connect(
-            OdooConfig {
-                url: self.running.base_url.clone(),
-                database: c["database"].as_str().unwrap().into(),
-                login: c["login"].as_str().unwrap().into(),
-                api_key: Secret::new(c["api_key"].as_str().unwrap().into()),
-                timeout: Duration::from_secs(10),
-            },
-            Arc::new(RateLimiter::new(1000.0, 1000.0)),
-            Arc::new(Metrics::new()),
-        )
-        .await
-        .unwrap()
+        common::odoo::client(&self.odoo, &self.running.base_url).await
     }
 }
 

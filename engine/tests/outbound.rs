@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use common::hubspot::API_TOKEN;
 use common::{free_port, EngineProcess, TestEngine};
-use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
-use crmsync_adapters::{Metrics, RateLimiter, Secret, Vault};
+use crmsync_adapters::odoo::client::OdooClient;
+use crmsync_adapters::Vault;
 use crmsync_sandbox::server::Running;
 use crmsync_sandbox::{hubspot, odoo, zoho};
 use crmsync_testkit::eventually;
@@ -200,20 +200,7 @@ fn outcome(email: &str, n: usize) -> Value {
 }
 
 async fn odoo_client(crms: &Crms) -> OdooClient {
-    let c = crms.od.credentials(&crms.od_url);
-    OdooClient::connect(
-        OdooConfig {
-            url: crms.od_url.clone(),
-            database: c["database"].as_str().unwrap().into(),
-            login: c["login"].as_str().unwrap().into(),
-            api_key: Secret::new(c["api_key"].as_str().unwrap().into()),
-            timeout: Duration::from_secs(10),
-        },
-        Arc::new(RateLimiter::new(1000.0, 1000.0)),
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .unwrap()
+    common::odoo::client(&crms.od, &crms.od_url).await
 }
 
 /// How many records each CRM holds for `key`: (HubSpot, Zoho, Odoo).

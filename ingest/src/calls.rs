@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crmsync_schema::{cloudevents, ObjectType, Provider, RemoteId, WorkspaceId};
 
 use crate::auth::require_bearer;
+use crate::error::FieldError;
 use crate::oauth::WorkspaceQuery;
 use crate::publish::publish_one;
 use crate::{ApiError, AppState};
@@ -82,17 +83,11 @@ pub fn push_key(workspace: &str, call_id: &str, provider: Provider) -> String {
     format!("crmsync-{}", hex::encode(&digest[..10]))
 }
 
-#[derive(Debug, Serialize)]
-struct FieldError {
-    field: &'static str,
-    message: String,
-}
-
 fn validate(outcome: &Outcome) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let mut bad = |field: &'static str, message: &str| {
+    let mut bad = |field: &str, message: &str| {
         errors.push(FieldError {
-            field,
+            field: field.to_owned(),
             message: message.to_owned(),
         })
     };
@@ -144,19 +139,6 @@ fn validate(outcome: &Outcome) -> Vec<FieldError> {
         }
     }
     errors
-}
-
-fn invalid(errors: Vec<FieldError>) -> Response {
-    let message = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"error": {"code": "bad_request", "message": message, "fields": errors}})),
-    )
-        .into_response()
 }
 
 /// The providers a push goes to: the one named (connected), or every connected one.
@@ -221,7 +203,7 @@ async fn push_inner(
         body.map_err(|e| ApiError::BadRequest(format!("the body: {}", e.body_text())))?;
     let errors = validate(&outcome);
     if !errors.is_empty() {
-        return Ok(invalid(errors));
+        return Err(ApiError::Invalid(errors));
     }
     let targets = providers(state, &outcome).await?;
     let ws = WorkspaceId::parse(outcome.workspace.clone()).expect("validated");

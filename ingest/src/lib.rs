@@ -10,6 +10,7 @@ pub mod connections;
 pub mod dlq;
 pub mod error;
 pub mod health;
+pub mod mappings;
 pub mod oauth;
 pub mod odoo;
 pub mod providers;
@@ -27,7 +28,7 @@ use crmsync_adapters::zoho::oauth::ZohoApp;
 use crmsync_adapters::{Metrics, Secret, Vault};
 use crmsync_schema::Subjects;
 
-pub use error::ApiError;
+pub use error::{ApiError, FieldError};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -86,6 +87,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/crm/calls/{call_id}", get(calls::status))
         .route("/crm/providers", get(providers::list))
         .route("/crm/conflicts", get(conflicts::list))
+        .route("/crm/mappings", get(mappings::list))
+        .route(
+            "/crm/mappings/{provider}/{object}",
+            get(mappings::get)
+                .put(mappings::put)
+                .delete(mappings::delete),
+        )
         .route("/crm/dlq", get(dlq::list))
         .route("/crm/dlq/{id}/retry", post(dlq::retry))
         .route("/crm/dlq/{id}/discard", post(dlq::discard))

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod dlq;
+pub mod mappings;
 pub mod projector;
 pub mod tables;
 

@@ -17,6 +17,7 @@ use crmsync_adapters::Retraction;
 use crmsync_schema::envelope::{data_bytes, event_time};
 use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version, WorkspaceId};
 
+use crate::mappings::Mappings;
 use crate::tables::{self, RowKey, Table};
 use crate::{checkpoint, dlq};
 
@@ -69,6 +70,7 @@ pub struct Projector {
     pool: PgPool,
     subjects: Subjects,
     metrics: Arc<Metrics>,
+    mappings: Mappings,
     /// A leaked copy of the consumer name, for metric labels (one per projector).
     label: &'static str,
 }
@@ -148,6 +150,7 @@ impl Projector {
             pool,
             subjects,
             metrics,
+            mappings: Mappings::default(),
             label,
         }
     }
@@ -281,6 +284,13 @@ impl Projector {
             .collect();
         let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
         let mut tx = self.pool.begin().await.map_err(classify)?;
+        // Mapped in the transaction, so a mapping written before it commits applies.
+        let mappings = self.mappings.current(&mut tx).await.map_err(classify)?;
+        for ((ws, provider, _), fields) in &mut changes {
+            if let Some(compiled) = mappings.get(self.config.table, ws, *provider) {
+                *fields = compiled.apply(fields);
+            }
+        }
         if self.config.table == tables::Table::Activities {
             changes = tables::rule_activities(&mut tx, changes)
                 .await

@@ -90,6 +90,19 @@ impl FieldSet {
     }
 }
 
+/// Shuffles `items` by `seed` (a Fisher–Yates walk over an LCG), for the property
+/// tests that apply the same changes in another order.
+#[cfg(test)]
+pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut x = seed;
+    for i in (1..items.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        items.swap(i, (x >> 33) as usize % (i + 1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,11 +159,7 @@ mod tests {
             let mut forward = FieldSet::default();
             for s in &sets { forward.merge(s); }
             let mut shuffled = sets.clone();
-            let mut x = seed;
-            for i in (1..shuffled.len()).rev() {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                shuffled.swap(i, (x >> 33) as usize % (i + 1));
-            }
+            shuffle(&mut shuffled, seed);
             let mut other = FieldSet::default();
             for s in shuffled.iter().chain(sets.iter()) { other.merge(s); }
             prop_assert_eq!(forward, other);

@@ -7,12 +7,14 @@
 //! - [`fields`]: per-field versioned values, merged so that any order of the same
 //!   events gives the same state.
 //! - [`conflict`]: the conflict rules, as pure functions.
+//! - [`mapping`]: per-workspace field mappings and their transforms.
 
 pub mod binding;
 pub mod conflict;
 pub mod envelope;
 pub mod fields;
 pub mod ids;
+pub mod mapping;
 pub mod subject;
 
 pub use cloudevents;

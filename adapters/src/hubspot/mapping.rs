@@ -69,6 +69,20 @@ pub fn canonical_field<'a>(
     property.into()
 }
 
+/// Where each mapped property of `object` lands by default: `(property, field)`.
+pub fn default_targets(object: &str) -> Vec<(String, String)> {
+    fields_of(object)
+        .unwrap_or_default()
+        .iter()
+        .map(|(hs, canonical)| ((*hs).to_owned(), (*canonical).to_owned()))
+        .collect()
+}
+
+/// The field a property of `object` lands as by default.
+pub fn landing(object: &str, property: &str) -> String {
+    canonical_field(fields_of(object).unwrap_or_default(), property).into_owned()
+}
+
 /// The canonical name of a HubSpot contact property.
 pub fn contact_field(property: &str) -> std::borrow::Cow<'_, str> {
     canonical_field(CONTACT_FIELDS, property)

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crmsync_schema::fields::DELETED;
+use crmsync_schema::mapping::split_name;
 use crmsync_schema::subject::escape_token;
 use crmsync_schema::{
     Change, FieldSet, ObjectType, Provider, RawEvent, RemoteId, Version, WorkspaceId,
@@ -151,6 +152,42 @@ fn target(object: &str, field: &str) -> Option<(&'static str, Option<&'static st
     })
 }
 
+/// The model an object type is read from.
+fn model_of(object: &str) -> &'static str {
+    match object {
+        "deal" => "crm.lead",
+        "activity" => "mail.activity",
+        _ => "res.partner",
+    }
+}
+
+/// Where each mapped field of `object` lands by default: `(Odoo field, field)`; a
+/// many2one lands as its id and, where canonical, its name; a contact's `name` also
+/// as `first_name` and `last_name`.
+pub fn default_targets(object: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for field in super::fields_of(model_of(object)) {
+        match target(object, field) {
+            Some((canonical, label)) => {
+                out.push(((*field).to_owned(), canonical.to_owned()));
+                out.extend(label.map(|l| ((*field).to_owned(), l.to_owned())));
+            }
+            None if object == "contact" && *field == "name" => {
+                for c in ["name", "first_name", "last_name"] {
+                    out.push(("name".to_owned(), c.to_owned()));
+                }
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// The field an Odoo field of `object` lands as by default (a many2one: its id).
+pub fn landing(object: &str, field: &str) -> String {
+    target(object, field).map_or_else(|| field.to_owned(), |(c, _)| c.to_owned())
+}
+
 /// Normalises a snapshot of an `object` record.
 pub fn snapshot_changes(
     object: &str,
@@ -187,21 +224,10 @@ pub fn snapshot_changes(
             }
             None if object == "contact" && name == "name" => {
                 let full = plain(value);
-                let text = full.as_str().unwrap_or_default().trim();
-                let (first, last) = match text.rsplit_once(' ') {
-                    Some((first, last)) => (first.trim(), last),
-                    None => ("", text),
-                };
-                let nonempty = |s: &str| {
-                    if s.is_empty() {
-                        Value::Null
-                    } else {
-                        Value::String(s.to_owned())
-                    }
-                };
-                fields.set("name", full.clone(), version);
-                fields.set("first_name", nonempty(first), version);
-                fields.set("last_name", nonempty(last), version);
+                let (first, last) = split_name(&full);
+                fields.set("name", full, version);
+                fields.set("first_name", first, version);
+                fields.set("last_name", last, version);
             }
             None => {
                 let value = many2one(value).map_or_else(|| plain(value), |(id, _)| id);

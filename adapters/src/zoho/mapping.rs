@@ -202,6 +202,36 @@ pub fn fields_of(object: &str) -> Option<&'static [(&'static str, Target)]> {
     }
 }
 
+/// Where each mapped field of `object` lands by default: `(API name, field)`; a
+/// lookup lands as its id and its name.
+pub fn default_targets(object: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (zoho, target) in fields_of(object).unwrap_or_default() {
+        match target {
+            Field(c) => out.push(((*zoho).to_owned(), (*c).to_owned())),
+            Lookup { id, name, .. } => {
+                out.push(((*zoho).to_owned(), (*id).to_owned()));
+                out.extend(name.map(|n| ((*zoho).to_owned(), n.to_owned())));
+            }
+        }
+    }
+    out
+}
+
+/// The field an API name of `object` lands as by default (a lookup: its id).
+pub fn landing(object: &str, field: &str) -> String {
+    let table = fields_of(object).unwrap_or_default();
+    match table
+        .iter()
+        .find(|(zoho, _)| *zoho == field)
+        .map(|(_, t)| *t)
+    {
+        Some(Field(c)) => c.to_owned(),
+        Some(Lookup { id, .. }) => id.to_owned(),
+        None => canonical_name(table, field),
+    }
+}
+
 /// Fields that describe the record rather than hold data.
 const SYSTEM: &[&str] = &[
     "id",

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod hubspot;
+pub mod odoo;
 pub mod zoho;
 
 use std::collections::HashMap;
@@ -190,6 +191,16 @@ impl TestEngine {
         answer["last_sequence"].as_u64().unwrap()
     }
 
+    /// Replays in-process, with no progress output.
+    pub async fn replay(
+        &self,
+        options: &crmsync_engine::replay::ReplayOptions,
+    ) -> crmsync_engine::replay::Report {
+        crmsync_engine::replay::replay(&self.pool, &self.js, &self.topology, options, &mut |_| {})
+            .await
+            .expect("the replay runs")
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         let response = self.http.get(self.url("/metrics")).send().await.unwrap();
@@ -347,7 +358,7 @@ pub async fn projection_rows(pool: &PgPool) -> Vec<(String, Vec<Value>)> {
 /// tables must equal the live ones row for row. Retries once when events arrived
 /// meanwhile (a poller's), as then the two may rightly differ.
 pub async fn assert_replay_matches(engine: &TestEngine) {
-    use crmsync_engine::replay::{replay, ReplayOptions, Start, TABLES};
+    use crmsync_engine::replay::{ReplayOptions, Start, TABLES};
     let options = ReplayOptions {
         tables: TABLES.to_vec(),
         workspace: None,
@@ -356,15 +367,7 @@ pub async fn assert_replay_matches(engine: &TestEngine) {
     for attempt in 0..2 {
         let before = engine.events_in_stream().await;
         let live = projection_rows(&engine.pool).await;
-        let report = replay(
-            &engine.pool,
-            &engine.js,
-            &engine.topology,
-            &options,
-            &mut |_| {},
-        )
-        .await
-        .expect("the replay runs");
+        let report = engine.replay(&options).await;
         let rebuilt = projection_rows(&engine.pool).await;
         if live == rebuilt {
             assert!(report.events > 0, "the replay read events");

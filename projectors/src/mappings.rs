@@ -1,0 +1,119 @@
+//! The workspaces' field mappings (`crm_field_mappings`), as projection applies them.
+//!
+//! Projectors, replay and history all land an event's fields with the adapter's
+//! defaults and then with its workspace's mapping for that provider and object. A
+//! projector reads the table's revision once per batch and reloads the mappings when
+//! it moved, so a mapping written through the API applies to the next batch in every
+//! worker; a replay applies it to history.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgExecutor};
+use tokio::sync::RwLock;
+
+use crmsync_adapters::DefaultLanding;
+use crmsync_schema::mapping::{Compiled, Mapping};
+use crmsync_schema::{Provider, WorkspaceId};
+
+use crate::tables::{Normalised, Table};
+
+/// Where the table stands: its newest revision and its row count (a delete lowers
+/// the count).
+type Revision = (i64, i64);
+
+/// Every stored mapping, resolved against its provider's defaults.
+#[derive(Debug, Default)]
+pub struct MappingSet {
+    compiled: HashMap<(String, Provider, String), Compiled>,
+}
+
+impl MappingSet {
+    /// Reads every mapping. One that no longer parses (written by a newer build) is
+    /// skipped with a warning: the defaults apply to it.
+    pub async fn load(db: impl PgExecutor<'_>) -> sqlx::Result<Self> {
+        let rows: Vec<(String, String, String, serde_json::Value)> =
+            sqlx::query_as("SELECT workspace_id, provider, object, rules FROM crm_field_mappings")
+                .fetch_all(db)
+                .await?;
+        let mut compiled = HashMap::new();
+        for (workspace, provider, object, rules) in rows {
+            let Ok(provider) = provider.parse::<Provider>() else {
+                continue;
+            };
+            match serde_json::from_value::<Mapping>(serde_json::json!({ "rules": rules })) {
+                Ok(mapping) => {
+                    let landing = DefaultLanding {
+                        provider,
+                        object: &object,
+                    };
+                    let c = mapping.compile(&landing);
+                    compiled.insert((workspace, provider, object), c);
+                }
+                Err(e) => {
+                    tracing::warn!(%provider, %object, error = %e, "a stored field mapping does not parse; its defaults apply")
+                }
+            }
+        }
+        Ok(Self { compiled })
+    }
+
+    /// The mapping of a workspace's `provider` records in `table`, if it has one
+    /// (record tables only: links carry no fields).
+    pub fn get(
+        &self,
+        table: Table,
+        workspace: &WorkspaceId,
+        provider: Provider,
+    ) -> Option<&Compiled> {
+        if table == Table::Associations || self.compiled.is_empty() {
+            return None;
+        }
+        let key = (
+            workspace.as_str().to_owned(),
+            provider,
+            table.object().to_owned(),
+        );
+        self.compiled.get(&key)
+    }
+
+    /// Re-shapes the rows an event landed as in `table`.
+    pub fn apply(
+        &self,
+        table: Table,
+        workspace: &WorkspaceId,
+        provider: Provider,
+        normalised: &mut Normalised,
+    ) {
+        if let Some(compiled) = self.get(table, workspace, provider) {
+            for row in &mut normalised.rows {
+                row.fields = compiled.apply(&row.fields);
+            }
+        }
+    }
+}
+
+/// The current mappings of a long-running projector.
+#[derive(Debug, Default)]
+pub struct Mappings {
+    current: RwLock<(Option<Revision>, Arc<MappingSet>)>,
+}
+
+impl Mappings {
+    /// The mappings as stored now: reloaded when the table's revision moved.
+    pub async fn current(&self, db: &mut PgConnection) -> sqlx::Result<Arc<MappingSet>> {
+        let revision: Revision =
+            sqlx::query_as("SELECT coalesce(max(revision), 0), count(*) FROM crm_field_mappings")
+                .fetch_one(&mut *db)
+                .await?;
+        {
+            let current = self.current.read().await;
+            if current.0 == Some(revision) {
+                return Ok(current.1.clone());
+            }
+        }
+        let set = Arc::new(MappingSet::load(&mut *db).await?);
+        *self.current.write().await = (Some(revision), set.clone());
+        Ok(set)
+    }
+}
