@@ -1,5 +1,9 @@
 //! Conflict rules as pure functions (ARCHITECTURE.md, "Projection semantics").
 //!
+//! Contacts and companies (the CRM is the authority) and deals (a conservative
+//! merge that loses nothing) are rules over a field's edits from both sides: see
+//! [`edits`].
+//!
 //! Activities: **the app is the authority for the call outcomes it created.** When
 //! crmsync pushes an outcome, the fields it wrote (as the CRM's own mapping reads them
 //! back) are the app's; a CRM change to one of those fields is not applied but kept as
@@ -19,8 +23,10 @@ use serde_json::Value;
 
 use crate::fields::{FieldSet, Version};
 
+pub mod edits;
+
 /// Where a value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     App,
@@ -84,7 +90,7 @@ pub fn app_born_activity(app: &FieldSet, change: &FieldSet) -> Ruled {
 
 /// Equal as the CRM would show them: numbers by value (`60` and `60.0`), text
 /// trimmed (CRMs strip trailing whitespace).
-fn same_value(a: &Value, b: &Value) -> bool {
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::String(x), Value::String(y)) => x.trim() == y.trim(),
@@ -225,11 +231,7 @@ mod tests {
             };
             let forward = run(&changes);
             let mut shuffled: Vec<FieldSet> = changes.iter().chain(changes.iter()).cloned().collect();
-            let mut s = seed;
-            for i in (1..shuffled.len()).rev() {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                shuffled.swap(i, (s >> 33) as usize % (i + 1));
-            }
+            crate::fields::shuffle(&mut shuffled, seed);
             prop_assert_eq!(&forward, &run(&shuffled));
             let app = app();
             for field in app.fields.keys() {
