@@ -43,7 +43,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 
-use crmsync_projectors::mappings::MappingSet;
+use crmsync_projectors::mappings::{self, MappingSet};
 use crmsync_projectors::tables::{self, RowKey, Table};
 use crmsync_schema::binding;
 use crmsync_schema::cloudevents::AttributesReader;
@@ -156,8 +156,9 @@ struct Replayer<'a> {
     topology: &'a Topology,
     tables: Vec<Table>,
     scope: Scope,
-    /// The field mappings as they stood when the replay began.
+    /// The field mappings as they stood when the replay began, and their revision.
     mappings: MappingSet,
+    mappings_revision: i64,
     progress: &'a mut (dyn FnMut(&Progress) + Send + Sync),
     events: u64,
 }
@@ -186,6 +187,7 @@ pub async fn replay(
         .await?;
     anyhow::ensure!(locked, "another replay is running; wait for it to finish");
     let result = async {
+        let mappings_revision = mappings::revision(pool).await?;
         let mappings = MappingSet::load(pool).await?;
         let mut replayer = Replayer {
             pool,
@@ -197,6 +199,7 @@ pub async fn replay(
                 records: None,
             },
             mappings,
+            mappings_revision,
             progress,
             events: 0,
         };
@@ -246,6 +249,18 @@ impl Replayer<'_> {
                 Err(e) => return Err(e.context("the live tables could not be locked for the swap")),
             }
         };
+        // A mapping written meanwhile reached the live projectors but not this
+        // replay: swapping would revert its rows. (The share lock holds new writes
+        // until the swap commits.)
+        let now: i64 =
+            sqlx::query_scalar("SELECT revision FROM crm_field_mappings_revision FOR SHARE")
+                .fetch_one(&mut *tx)
+                .await?;
+        anyhow::ensure!(
+            now == self.mappings_revision,
+            "the field mappings changed during the replay (revision {} → {now}); run it again to apply them",
+            self.mappings_revision
+        );
         let last = self.last_sequence().await?;
         self.apply_range(done + 1, last, "swap", Some(&mut *tx))
             .await?;

@@ -155,6 +155,17 @@ fn rules_of(row: &Row) -> Mapping {
     serde_json::from_value(json!({ "rules": row.3 })).unwrap_or_default()
 }
 
+/// Bumps the mappings' revision: the row lock queues writers, so they commit in
+/// revision order and no projector misses one.
+async fn bump(tx: &mut sqlx::PgConnection) -> Result<i64, ApiError> {
+    sqlx::query_scalar(
+        "UPDATE crm_field_mappings_revision SET revision = revision + 1 RETURNING revision",
+    )
+    .fetch_one(tx)
+    .await
+    .map_err(ApiError::internal)
+}
+
 /// `GET /crm/mappings/{provider}/{object}?workspace=W`.
 pub async fn get(
     State(state): State<Arc<AppState>>,
@@ -201,22 +212,24 @@ pub async fn put(
         ));
     }
     let rules = serde_json::to_value(&mapping.rules).map_err(ApiError::internal)?;
-    let (revision, updated_at): (i64, DateTime<Utc>) = sqlx::query_as(
-        "INSERT INTO crm_field_mappings (workspace_id, provider, object, rules)
-         VALUES ($1, $2, $3, $4)
+    let mut tx = state.pool.begin().await.map_err(ApiError::internal)?;
+    let revision = bump(&mut tx).await?;
+    let updated_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO crm_field_mappings (workspace_id, provider, object, rules, revision)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (workspace_id, provider, object) DO UPDATE
-            SET rules = EXCLUDED.rules,
-                revision = nextval('crm_field_mappings_revision'),
-                updated_at = now()
-         RETURNING revision, updated_at",
+            SET rules = EXCLUDED.rules, revision = EXCLUDED.revision, updated_at = now()
+         RETURNING updated_at",
     )
     .bind(&ws)
     .bind(provider.as_str())
     .bind(object)
     .bind(&rules)
-    .fetch_one(&state.pool)
+    .bind(revision)
+    .fetch_one(&mut *tx)
     .await
     .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
     tracing::info!(%provider, object, rules = mapping.rules.len(), revision, "field mapping stored");
     let mut out = describe(provider, object, &ws, &mapping);
     out["revision"] = json!(revision);
@@ -235,16 +248,19 @@ pub async fn delete(
     let ws = crate::oauth::workspace(q.workspace.as_deref())?;
     let provider = provider_of(&provider)?;
     let object = object_of(provider, &object)?;
+    let mut tx = state.pool.begin().await.map_err(ApiError::internal)?;
+    bump(&mut tx).await?;
     let deleted = sqlx::query(
         "DELETE FROM crm_field_mappings WHERE workspace_id = $1 AND provider = $2 AND object = $3",
     )
     .bind(&ws)
     .bind(provider.as_str())
     .bind(object)
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await
     .map_err(ApiError::internal)?
     .rows_affected();
+    tx.commit().await.map_err(ApiError::internal)?;
     if deleted == 0 {
         return Err(ApiError::NotFound(format!(
             "workspace {ws} has no {provider} {object} mapping"

@@ -2,8 +2,8 @@
 //!
 //! Projectors, replay and history all land an event's fields with the adapter's
 //! defaults and then with its workspace's mapping for that provider and object. A
-//! projector reads the table's revision once per batch and reloads the mappings when
-//! it moved, so a mapping written through the API applies to the next batch in every
+//! projector reads the mappings' revision in each batch's transaction and reloads
+//! them when it moved, so a mapping written through the API applies to the next batch in every
 //! worker; a replay applies it to history.
 
 use std::collections::HashMap;
@@ -18,9 +18,15 @@ use crmsync_schema::{Provider, WorkspaceId};
 
 use crate::tables::{Normalised, Table};
 
-/// Where the table stands: its newest revision and its row count (a delete lowers
-/// the count).
-type Revision = (i64, i64);
+/// The mappings' revision (`crm_field_mappings_revision`), bumped by every write.
+pub type Revision = i64;
+
+/// The mappings' revision now.
+pub async fn revision(db: impl PgExecutor<'_>) -> sqlx::Result<Revision> {
+    sqlx::query_scalar("SELECT revision FROM crm_field_mappings_revision")
+        .fetch_one(db)
+        .await
+}
 
 /// Every stored mapping, resolved against its provider's defaults.
 #[derive(Debug, Default)]
@@ -100,12 +106,9 @@ pub struct Mappings {
 }
 
 impl Mappings {
-    /// The mappings as stored now: reloaded when the table's revision moved.
+    /// The mappings as stored now: reloaded when their revision moved.
     pub async fn current(&self, db: &mut PgConnection) -> sqlx::Result<Arc<MappingSet>> {
-        let revision: Revision =
-            sqlx::query_as("SELECT coalesce(max(revision), 0), count(*) FROM crm_field_mappings")
-                .fetch_one(&mut *db)
-                .await?;
+        let revision = revision(&mut *db).await?;
         {
             let current = self.current.read().await;
             if current.0 == Some(revision) {

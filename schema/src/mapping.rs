@@ -93,6 +93,8 @@ pub struct Rule {
     /// feed several rules: kept as `first_name` and joined into a full name too.
     pub source: Names,
     /// The canonical field it lands on (two for `split_name`); `null` drops it.
+    /// Required: leaving it out is refused rather than taken as a drop.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub target: Option<Names>,
     #[serde(default, skip_serializing_if = "is_copy")]
     pub transform: Transform,
@@ -123,6 +125,16 @@ pub trait Landing {
     /// The fields the defaults fill (canonical names), which a rule may only take as
     /// a target once it moves or drops their default source.
     fn default_targets(&self) -> Vec<(String, String)>;
+}
+
+/// Whether a JSON value holds a NUL character (Postgres' jsonb refuses them).
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 fn valid_name(name: &str) -> Result<(), &'static str> {
@@ -198,15 +210,35 @@ impl Mapping {
                     );
                 }
             }
-            if let Transform::Map { values, .. } = &rule.transform {
-                if values.is_empty() {
-                    bad(at("transform.map.values"), "must list a value".into());
+            match &rule.transform {
+                Transform::Map { values, default } => {
+                    if values.is_empty() {
+                        bad(at("transform.map.values"), "must list a value".into());
+                    }
+                    let texts = values
+                        .iter()
+                        .flat_map(|(k, v)| [Value::String(k.clone()), v.clone()])
+                        .chain(default.clone());
+                    if texts.into_iter().any(|v| has_nul(&v)) {
+                        bad(at("transform.map"), "must not hold NUL characters".into());
+                    }
                 }
+                Transform::Join { separator }
+                    if separator.contains('\0') || separator.len() > 100 =>
+                {
+                    bad(
+                        at("transform.join.separator"),
+                        "must be at most 100 bytes, without NUL".into(),
+                    );
+                }
+                _ => {}
             }
         }
-        // A target may not be where a default still lands another field.
+        // A target may not be where a default still lands another field. A rule
+        // moves its source's own landing only: a lookup's name, an Odoo contact's
+        // first and last names still land by default.
         for (source, target) in landing.default_targets() {
-            if sources.contains(&source) {
+            if sources.contains(&source) && landing.landing(&source) == target {
                 continue;
             }
             if let Some(&i) = targets.get(&target) {
@@ -326,8 +358,12 @@ pub fn transform(t: &Transform, values: &[Value]) -> Vec<Value> {
         } => {
             let mapped = text_of(&first)
                 .and_then(|k| map.get(&k).cloned())
-                .or_else(|| (!first.is_null()).then(|| default.clone()).flatten());
+                .or_else(|| text_of(&first).and(default.clone()));
             vec![mapped.unwrap_or(first)]
+        }
+        Transform::SplitName if !first.is_string() && !first.is_null() => {
+            // Not a name: kept whole in the first target.
+            vec![first, Value::Null]
         }
         Transform::SplitName => {
             let (given, family) = split_name(&first);
@@ -375,17 +411,28 @@ fn text_of(v: &Value) -> Option<String> {
     }
 }
 
+/// A number's text without its group separators (`1,234_567 8` → `12345678`).
+fn digits(s: &str) -> String {
+    s.trim()
+        .chars()
+        .filter(|c| !matches!(c, ',' | '_' | ' '))
+        .collect()
+}
+
 fn to_number(v: &Value, whole: bool) -> Value {
+    // Whole numbers stay exact (ids beyond 2^53 would not survive a float).
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => return v.clone(),
+        Value::String(s) => {
+            if let Ok(i) = digits(s).parse::<i64>() {
+                return Value::Number(Number::from(i));
+            }
+        }
+        _ => {}
+    }
     let parsed = match v {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => {
-            let cleaned: String = s
-                .trim()
-                .chars()
-                .filter(|c| !matches!(c, ',' | '_' | ' '))
-                .collect();
-            cleaned.parse::<f64>().ok().filter(|f| f.is_finite())
-        }
+        Value::String(s) => digits(s).parse::<f64>().ok().filter(|f| f.is_finite()),
         _ => None,
     };
     let Some(f) = parsed else {
@@ -417,12 +464,25 @@ fn to_bool(v: &Value) -> Value {
 /// A time read from RFC 3339, `YYYY-MM-DD[ HH:MM:SS]` (UTC) or epoch milliseconds;
 /// the flag says whether it was a bare date.
 fn to_time(v: &Value) -> Option<(DateTime<Utc>, bool)> {
-    let ms = |n: i64| Utc.timestamp_millis_opt(n).single().map(|t| (t, false));
+    // Epoch milliseconds, as HubSpot sends dates, are above 1e11 for any time since
+    // 1973; a smaller number is something else (epoch seconds, a count) and is kept.
+    let ms = |n: i64| {
+        (n >= 100_000_000_000)
+            .then(|| Utc.timestamp_millis_opt(n).single())
+            .flatten()
+            .map(|t| (t, false))
+    };
     match v {
         Value::Number(n) => n.as_i64().and_then(ms),
         Value::String(s) => {
             let s = s.trim();
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.len() >= 9 {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                if s.len() == 8 {
+                    return NaiveDate::parse_from_str(s, "%Y%m%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        .map(|t| (t.and_utc(), true));
+                }
                 return s.parse().ok().and_then(ms);
             }
             if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -459,14 +519,19 @@ mod tests {
                 "lastname" => "last_name".into(),
                 "phone" => "phone".into(),
                 "mobilephone" => "mobile_phone".into(),
+                "Account_Name" => "company_id".into(),
                 other => other.into(),
             }
         }
         fn default_targets(&self) -> Vec<(String, String)> {
-            ["firstname", "lastname", "phone", "mobilephone"]
+            let mut out: Vec<(String, String)> = ["firstname", "lastname", "phone", "mobilephone"]
                 .iter()
                 .map(|f| (f.to_string(), self.landing(f)))
-                .collect()
+                .collect();
+            // A lookup, as Zoho's: its id and its name.
+            out.push(("Account_Name".into(), "company_id".into()));
+            out.push(("Account_Name".into(), "company_name".into()));
+            out
         }
     }
 
@@ -506,6 +571,19 @@ mod tests {
             ),
             (Transform::Date, json!("2025-03-04"), json!("2025-03-04")),
             (Transform::Date, json!("next week"), json!("next week")),
+            (Transform::Date, json!("20250304"), json!("2025-03-04")),
+            (Transform::Date, json!("1735689600"), json!("1735689600")),
+            (Transform::Date, json!(42), json!(42)),
+            (
+                Transform::Number,
+                json!(9007199254740993_u64),
+                json!(9007199254740993_u64),
+            ),
+            (
+                Transform::Number,
+                json!("9007199254740993"),
+                json!(9007199254740993_i64),
+            ),
             (
                 Transform::Datetime,
                 json!("2025-03-04 10:11:12"),
@@ -552,6 +630,11 @@ mod tests {
         assert_eq!(
             transform(&Transform::SplitName, &[json!(" Ada King Lovelace ")]),
             vec![json!("Ada King"), json!("Lovelace")]
+        );
+        assert_eq!(
+            transform(&Transform::SplitName, &[json!(42)]),
+            vec![json!(42), json!(null)],
+            "not a name: kept whole"
         );
         assert_eq!(
             transform(&Transform::SplitName, &[json!("Cher")]),
@@ -639,6 +722,20 @@ mod tests {
                 json!([{"source": "mobilephone", "target": "phone"}]),
                 "rules[0].target",
             ),
+            (
+                json!([{"source": "a", "target": "x", "transform": {"map": {"values": {"a\0": "b"}}}}]),
+                "rules[0].transform.map",
+            ),
+            (
+                json!([{"source": "a", "target": "x", "transform": {"map": {"values": {"a": "b"}, "default": "\0"}}}]),
+                "rules[0].transform.map",
+            ),
+            // Moving a lookup moves its id; its name still lands by default.
+            (
+                json!([{"source": "Account_Name", "target": "account"},
+                       {"source": "Title", "target": "company_name"}]),
+                "rules[1].target",
+            ),
         ];
         for (rules, at) in cases {
             let problems = mapping(rules.clone()).problems(&Hs);
@@ -654,6 +751,7 @@ mod tests {
         ]));
         assert_eq!(swap.problems(&Hs), vec![]);
         for bad in [
+            json!({"rules": [{"source": "a"}]}),
             json!({"rules": [{"source": "a", "target": "b", "transform": "shout"}]}),
             json!({"rules": [{"source": "a", "target": "b", "extra": 1}]}),
             json!({"rules": [{"target": "b"}]}),
@@ -669,9 +767,12 @@ mod tests {
         /// a copy rule reads lands on its target.
         #[test]
         fn mapped_changes_merge_in_any_order(
+            // Each change a single property (a webhook) or several (a snapshot).
             changes in prop::collection::vec(
-                (prop::sample::select(vec!["firstname", "lastname", "hs_score", "mobilephone", "email"]),
-                 prop::sample::select(vec![json!("7"), json!("Ada"), json!(null), json!("x y")]),
+                (prop::collection::btree_map(
+                    prop::sample::select(vec!["firstname", "lastname", "hs_score", "mobilephone", "email"]),
+                    prop::sample::select(vec![json!("7"), json!("Ada"), json!(null), json!("x y")]),
+                    1..4),
                  0i64..50),
                 1..15),
             seed in any::<u64>(),
@@ -687,8 +788,12 @@ mod tests {
             let sets: Vec<FieldSet> = changes
                 .iter()
                 .enumerate()
-                .map(|(i, (f, value, ms))| {
-                    landed(&[(Hs.landing(f).as_str(), value.clone())], &v(*ms, &format!("e{i}")))
+                .map(|(i, (fields, ms))| {
+                    let landed_as: Vec<(String, Value)> =
+                        fields.iter().map(|(f, value)| (Hs.landing(f), value.clone())).collect();
+                    let refs: Vec<(&str, Value)> =
+                        landed_as.iter().map(|(f, value)| (f.as_str(), value.clone())).collect();
+                    landed(&refs, &v(*ms, &format!("e{i}")))
                 })
                 .collect();
             let fold = |order: &[FieldSet]| {
@@ -711,6 +816,20 @@ mod tests {
                 prop_assert_eq!(forward.fields.get("phone"), newest.fields.get("mobile_phone"));
             }
             prop_assert!(!forward.fields.contains_key("mobile_phone"));
+            // The display name is the join of the newest change that carried both.
+            let newest_both = sets
+                .iter()
+                .filter(|s| s.versions.contains_key("first_name") && s.versions.contains_key("last_name"))
+                .max_by_key(|s| s.versions["first_name"].clone());
+            if let Some(both) = newest_both {
+                let want = transform(
+                    &Transform::Join { separator: space() },
+                    &[both.fields["first_name"].clone(), both.fields["last_name"].clone()],
+                );
+                prop_assert_eq!(forward.fields.get("display"), Some(&want[0]));
+            } else {
+                prop_assert!(!forward.fields.contains_key("display"));
+            }
             prop_assert!(!forward.fields.contains_key("hs_score"));
         }
     }
