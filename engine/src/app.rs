@@ -43,6 +43,7 @@ pub struct Engine {
     hubspot: Option<Arc<crate::hubspot::HubSpot>>,
     zoho: Option<Arc<crate::zoho::Zoho>>,
     odoo: Option<Arc<crate::odoo::Odoo>>,
+    probes: Arc<crate::health::Probes>,
 }
 
 /// Connects to NATS, whose URL may list several servers.
@@ -97,19 +98,18 @@ impl Engine {
                 }
             }
         }
-        let hubspot = match (role, settings.hubspot_app(), settings.vault()) {
-            (Role::Api, _, _) | (_, None, _) | (_, _, None) => None,
-            (_, Some(app), Some(vault)) => Some(Arc::new(crate::hubspot::HubSpot::new(
+        let hubspot_connector = match (settings.hubspot_app(), settings.vault()) {
+            (Some(app), Some(vault)) => Some(Arc::new(crate::hubspot::HubSpot::new(
                 pool.clone(),
                 Arc::new(vault),
                 app,
                 metrics.clone(),
                 settings.rate_limits(),
             ))),
+            _ => None,
         };
-        let zoho = match (role, settings.zoho_app(), settings.vault()) {
-            (Role::Api, _, _) | (_, None, _) | (_, _, None) => None,
-            (_, Some(app), Some(vault)) => Some(Arc::new(crate::zoho::Zoho::new(
+        let zoho_connector = match (settings.zoho_app(), settings.vault()) {
+            (Some(app), Some(vault)) => Some(Arc::new(crate::zoho::Zoho::new(
                 pool.clone(),
                 Arc::new(vault),
                 app,
@@ -117,6 +117,12 @@ impl Engine {
                 settings.rate_limits(),
                 settings.zoho_concurrency,
             ))),
+            _ => None,
+        };
+        // Workers sync with the connectors; the API only probes them (`/crm/health`).
+        let (hubspot, zoho) = match role {
+            Role::Api => (None, None),
+            _ => (hubspot_connector.clone(), zoho_connector.clone()),
         };
         if zoho.is_some() && settings.public_url.is_none() {
             tracing::warn!("CRM_PUBLIC_URL is not set: Zoho cannot be told where to send notifications, so Zoho connections are kept in step by polling alone");
@@ -170,10 +176,18 @@ impl Engine {
                 .build()
                 .context("building the HTTP client")?,
         });
+        let probes = Arc::new(crate::health::Probes::new(
+            state.clone(),
+            hubspot_connector,
+            zoho_connector,
+            odoo.clone(),
+            settings.rate_limits().rps,
+        ));
         Ok(Self {
             settings,
             role,
             state,
+            probes,
             topology,
             listener,
             projectors,
@@ -223,7 +237,12 @@ impl Engine {
                         app: self.state.clone(),
                         stream: self.topology.events_stream(),
                         outbound: self.topology.outbound_stream(),
-                    }),
+                    })
+                    .merge(
+                        axum::Router::new()
+                            .route("/crm/health", axum::routing::get(crate::health::get))
+                            .with_state(self.probes.clone()),
+                    ),
             ),
         };
         let router = router.layer(axum::extract::DefaultBodyLimit::max(

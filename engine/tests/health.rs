@@ -84,3 +84,113 @@ async fn a_worker_serves_health_but_not_webhooks() {
     assert_eq!(hook.status(), 404);
     engine.stop().await;
 }
+
+/// `GET /crm/health`: each connection probed (credentials, a cheap read, HubSpot's
+/// rate-limit headers), the verdict public, the details behind the token.
+#[tokio::test]
+async fn provider_health_probes_each_connection_and_says_what_is_wrong() {
+    use common::hubspot::API_TOKEN;
+    let portal = common::hubspot::start(Default::default(), &[]).await;
+    portal.connect("acme").await;
+    let engine = &portal.engine;
+    let get = |path: &'static str, token: Option<&'static str>| async move {
+        let mut request = engine.http.get(engine.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    let (status, body) = get(
+        "/crm/health?provider=hubspot&workspace=acme",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["healthy"], true);
+    let acme = &body["connections"][0];
+    assert_eq!(acme["workspace"], "acme");
+    assert_eq!(acme["credentials"]["ok"], true, "{acme}");
+    assert_eq!(acme["api"]["ok"], true, "{acme}");
+    assert!(acme["api"]["latency_ms"].is_u64(), "{acme}");
+    assert!(
+        acme["rate_limit"]["provider"]["remaining"].is_u64(),
+        "HubSpot's headroom is shown: {acme}"
+    );
+    assert_eq!(acme["rate_limit"]["crmsync_rps"], 5.0);
+
+    // A probe answers for a while: asking again does not probe HubSpot again.
+    let (status, again) = get(
+        "/crm/health?provider=hubspot&workspace=acme",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["connections"][0]["checked_at"], acme["checked_at"]);
+
+    // Without the token: the verdict and counts, never a workspace or an account.
+    let (status, public) = get("/crm/health?provider=hubspot", None).await;
+    assert_eq!(status, 200, "{public}");
+    assert_eq!(public["connections"], 1);
+    assert_eq!(public["unhealthy"], 0);
+    let text = public.to_string();
+    assert!(!text.contains("acme") && !text.contains("beta"), "{text}");
+    let (status, _) = get("/crm/health?provider=hubspot&workspace=acme", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = get("/crm/health?provider=pipedrive", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get(
+        "/crm/health?provider=hubspot&workspace=nobody",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
+    // HubSpot failing: a connection not probed yet says so, with the reason.
+    portal.connect("beta").await;
+    portal.hs.faults().set("errors=1".parse().unwrap());
+    let (status, body) = get("/crm/health?provider=hubspot", Some(API_TOKEN)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["healthy"], false);
+    let beta = &body["connections"][1];
+    assert_eq!(beta["workspace"], "beta", "{body}");
+    assert_eq!(beta["api"]["ok"], false, "{beta}");
+    assert!(
+        beta["api"]["error"].as_str().unwrap().contains("HTTP 5"),
+        "{beta}"
+    );
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("hubspot beta:"),
+        "{body}"
+    );
+    let (status, public) = get("/crm/health", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(public["unhealthy"], 1);
+    assert_eq!(
+        public["reasons"],
+        serde_json::json!(["a hubspot connection is unhealthy"])
+    );
+    portal.hs.faults().set(Default::default());
+
+    // A connection whose refresh was refused needs connecting again: no probe.
+    sqlx::query("UPDATE crm_connections SET status = 'needs_reconnect', last_error = 'invalid_grant' WHERE workspace_id = 'acme'")
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    let (status, body) = get(
+        "/crm/health?provider=hubspot&workspace=acme",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("connected again") && reason.contains("invalid_grant"),
+        "{reason}"
+    );
+}

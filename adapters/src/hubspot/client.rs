@@ -83,6 +83,17 @@ pub struct HubSpotClient {
     search_limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    /// What HubSpot last said was left of its limits.
+    budget: Arc<std::sync::Mutex<Option<Budget>>>,
+}
+
+/// HubSpot's rate-limit headers as last seen: the 10-second window's remaining
+/// requests and size, and the day's remaining requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Budget {
+    pub remaining: Option<u64>,
+    pub max: Option<u64>,
+    pub daily_remaining: Option<u64>,
 }
 
 /// Searches a second per connection by default (`CRM_HUBSPOT_SEARCH_RPS`): under
@@ -119,7 +130,22 @@ impl HubSpotClient {
             search_limiter: Arc::new(RateLimiter::new(SEARCH_RPS, 1.0)),
             retry: RetryPolicy::default(),
             metrics,
+            budget: Arc::default(),
         }
+    }
+
+    /// One cheap read (a contact page of one), not retried: whether the token is
+    /// good and the API answers, and what is left of the rate limits.
+    pub async fn probe(&self) -> Result<Option<Budget>, ProviderError> {
+        self.once(
+            "probe",
+            "contacts",
+            reqwest::Method::GET,
+            "/crm/v3/objects/contacts?limit=1",
+            None,
+        )
+        .await?;
+        Ok(*self.budget.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Keeps searches to `rps` a second (one at a time).
@@ -244,6 +270,14 @@ impl HubSpotClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
         };
+        let budget = Budget {
+            remaining: number("x-hubspot-ratelimit-remaining"),
+            max: number("x-hubspot-ratelimit-max"),
+            daily_remaining: number("x-hubspot-ratelimit-daily-remaining"),
+        };
+        if budget.remaining.is_some() || budget.daily_remaining.is_some() {
+            *self.budget.lock().unwrap_or_else(|e| e.into_inner()) = Some(budget);
+        }
         if number("x-hubspot-ratelimit-remaining") == Some(0) {
             let window = number("x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000);
             self.limiter
