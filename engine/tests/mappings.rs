@@ -480,3 +480,74 @@ async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm()
     common::assert_replay_matches(&engine).await;
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_does_not_swap_in_rows_a_mapping_written_meanwhile_would_undo() {
+    let engine = TestEngine::start(&[("CRM_API_TOKEN", API_TOKEN)]).await;
+    let mut f = EventFactory::new(78);
+    let at = Utc::now().timestamp_millis() - 60_000;
+    let last = engine
+        .post_events(
+            Signature::V3,
+            &[f.property_change("contact", 1, at, "hs_lead_score", "12")],
+        )
+        .await;
+    engine.wait_projected(last).await;
+    let before = rows(&engine.pool, "contacts", "78").await;
+    let options = ReplayOptions {
+        tables: vec![Table::Contacts],
+        workspace: None,
+        start: Start::All,
+    };
+    // A mapping is written while the replay reads the stream.
+    let (pool, url) = (
+        engine.pool.clone(),
+        engine.url("/crm/mappings/hubspot/contacts?workspace=78"),
+    );
+    let http = engine.http.clone();
+    let mut written = false;
+    let mut progress = |_: &crmsync_engine::replay::Progress| {
+        if written {
+            return;
+        }
+        written = true;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let r = http
+                    .put(&url)
+                    .bearer_auth(API_TOKEN)
+                    .json(&json!({"rules": [{"source": "hs_lead_score", "target": "score"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            })
+        });
+    };
+    let refused = crmsync_engine::replay::replay(
+        &engine.pool,
+        &engine.js,
+        &engine.topology,
+        &options,
+        &mut progress,
+    )
+    .await
+    .expect_err("the replay stops before its swap");
+    assert!(
+        refused
+            .to_string()
+            .contains("field mappings changed during the replay"),
+        "{refused:#}"
+    );
+    assert!(written);
+    assert_eq!(
+        rows(&pool, "contacts", "78").await,
+        before,
+        "nothing was swapped"
+    );
+    // Run again, it applies the new mapping.
+    engine.replay(&options).await;
+    let after = rows(&engine.pool, "contacts", "78").await;
+    assert_eq!(after["1"].get("score"), Some(&json!("12")), "{after:?}");
+    engine.stop().await;
+}
