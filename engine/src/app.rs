@@ -233,10 +233,12 @@ impl Engine {
                         axum::routing::get(crate::status::status),
                     )
                     .route("/crm/metrics", axum::routing::get(crate::status::metrics))
+                    .route("/crm/feed", axum::routing::get(crate::feed::get))
                     .with_state(crate::history::HistoryState {
                         app: self.state.clone(),
                         stream: self.topology.events_stream(),
                         outbound: self.topology.outbound_stream(),
+                        stop: stop.clone(),
                     })
                     .merge(
                         axum::Router::new()

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cursor;
 pub mod db;
 pub mod demo;
+pub mod feed;
 pub mod health;
 pub mod history;
 pub mod hubspot;

@@ -157,6 +157,15 @@ impl Subjects {
         format!("{}.raw.{provider}.*.{object}.*", self.root)
     }
 
+    /// Every raw event of one provider in one workspace (CRM account).
+    pub fn raw_workspace_filter(&self, provider: Provider, ws: &WorkspaceId) -> String {
+        format!(
+            "{}.raw.{provider}.{}.>",
+            self.root,
+            escape_token(ws.as_str())
+        )
+    }
+
     /// Wildcards of the event stream: raw, app and result events.
     pub fn events_wildcards(&self) -> Vec<String> {
         ["raw", "app", "result"]
