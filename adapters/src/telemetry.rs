@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -47,6 +48,12 @@ pub struct VerificationLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabels {
     pub consumer: &'static str,
+}
+
+/// A durable consumer, by its name (a fixed set: projections, hydrators, pushes).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub consumer: String,
 }
 
 /// An HTTP status as a label value, from a fixed set.
@@ -93,6 +100,10 @@ pub struct Metrics {
     pub dead_lettered: Family<ConsumerLabels, Counter>,
     /// Seconds from the provider's time of a change to its projection.
     pub projection_freshness: Family<EntityLabels, Histogram>,
+    /// Events each durable consumer has yet to settle (pending + unacknowledged).
+    pub consumer_lag: Family<LagLabels, Gauge>,
+    /// Messages in the dead-letter stream.
+    pub dlq_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -156,6 +167,18 @@ impl Metrics {
             "Seconds from a change at the provider to its projection in Postgres",
             projection_freshness.clone(),
         );
+        let consumer_lag = Family::<LagLabels, Gauge>::default();
+        registry.register(
+            "crm_consumer_lag_events",
+            "Events a durable consumer has yet to settle (pending and unacknowledged)",
+            consumer_lag.clone(),
+        );
+        let dlq_depth = Gauge::default();
+        registry.register(
+            "crm_dlq_depth",
+            "Messages in the dead-letter stream",
+            dlq_depth.clone(),
+        );
         Self {
             registry,
             requests,
@@ -166,6 +189,8 @@ impl Metrics {
             events_published,
             dead_lettered,
             projection_freshness,
+            consumer_lag,
+            dlq_depth,
         }
     }
 

@@ -259,6 +259,16 @@ impl Engine {
                 .await
                 .context("HTTP server failed")
         });
+        tasks.spawn(crate::status::sample_gauges(
+            self.state.js.clone(),
+            self.state.metrics.clone(),
+            vec![
+                self.topology.events_stream(),
+                self.topology.outbound_stream(),
+            ],
+            self.topology.dlq_stream(),
+            stop.clone(),
+        ));
         for projector in self.projectors {
             let stop = stop.clone();
             tasks.spawn(async move {

@@ -270,3 +270,46 @@ pub async fn metrics(
         "dead_letters": dead["messages"],
     })))
 }
+
+/// How often the backlog gauges are sampled.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `/metrics`' backlog gauges current until `stop`: every durable consumer's
+/// lag (`crm_consumer_lag_events`) and the dead-letter stream's depth
+/// (`crm_dlq_depth`). Each process samples them, so any replica's scrape shows them.
+pub async fn sample_gauges(
+    js: async_nats::jetstream::Context,
+    metrics: std::sync::Arc<crmsync_adapters::Metrics>,
+    streams: Vec<String>,
+    dlq: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        for name in &streams {
+            let Ok(stream) = js.get_stream(name).await else {
+                continue;
+            };
+            let mut infos = stream.consumers();
+            while let Some(Ok(info)) = infos.next().await {
+                let lag = info.num_pending + info.num_ack_pending as u64;
+                metrics
+                    .consumer_lag
+                    .get_or_create(&crmsync_adapters::telemetry::LagLabels {
+                        consumer: info.name.clone(),
+                    })
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+        }
+        if let Ok(mut stream) = js.get_stream(&dlq).await {
+            if let Ok(info) = stream.info().await {
+                metrics
+                    .dlq_depth
+                    .set(i64::try_from(info.state.messages).unwrap_or(i64::MAX));
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+    }
+}

@@ -194,3 +194,77 @@ async fn provider_health_probes_each_connection_and_says_what_is_wrong() {
         "{reason}"
     );
 }
+
+/// Parses OpenMetrics text with the Prometheus client's own parser (Python's
+/// `prometheus_client`, installed by `scripts/services.sh`): the names of the
+/// families it read.
+fn parse_openmetrics(text: &str) -> Result<Vec<String>, String> {
+    use std::io::Write;
+    let python = std::env::var("CRMSYNC_METRICS_PYTHON").expect(
+        "CRMSYNC_METRICS_PYTHON names a Python with prometheus_client: run scripts/services.sh",
+    );
+    let mut child = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(' '.join(f.name for f in p(sys.stdin.read())))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn metrics_parse_as_openmetrics_and_show_consumer_lag_and_dlq_depth() {
+    use crmsync_sandbox::hubspot::webhooks::{EventFactory, Signature};
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(91);
+    let at = chrono::Utc::now().timestamp_millis() - 60_000;
+    let events: Vec<Value> = (1..=20)
+        .map(|c| f.property_change("contact", c, at, "email", &format!("c{c}@example.com")))
+        .collect();
+    let last = engine.post_events(Signature::V3, &events).await;
+    engine.wait_projected(last).await;
+    let lag = r#"crm_consumer_lag_events{consumer="proj-hubspot-contact"} 0"#;
+    let text = crmsync_testkit::eventually(std::time::Duration::from_secs(15), || async {
+        let text = engine.metrics().await;
+        text.contains(lag).then_some(text)
+    })
+    .await
+    .expect("the projector's lag is sampled");
+    assert!(text.contains("crm_dlq_depth 0"), "{text}");
+    assert!(text.contains("crm_events_published_total"), "{text}");
+    let families = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for family in [
+        "crm_consumer_lag_events",
+        "crm_dlq_depth",
+        "crm_events_published",
+        "crm_projection_freshness_seconds",
+        "crm_sync_duration_seconds",
+    ] {
+        assert!(
+            families.iter().any(|f| f == family),
+            "{family} in {families:?}"
+        );
+    }
+    // The parser does refuse what is not OpenMetrics.
+    assert!(parse_openmetrics(text.trim_end().trim_end_matches("# EOF")).is_err());
+    assert!(parse_openmetrics("crm_dlq_depth{ 1\n# EOF\n").is_err());
+    engine.stop().await;
+}
