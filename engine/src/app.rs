@@ -234,6 +234,7 @@ impl Engine {
                     )
                     .route("/crm/metrics", axum::routing::get(crate::status::metrics))
                     .route("/crm/feed", axum::routing::get(crate::feed::get))
+                    .route("/crm/sync/logs", axum::routing::get(crate::sync_log::list))
                     .with_state(crate::history::HistoryState {
                         app: self.state.clone(),
                         stream: self.topology.events_stream(),
@@ -259,6 +260,10 @@ impl Engine {
                 .await
                 .context("HTTP server failed")
         });
+        tasks.spawn(crate::sync_log::prune(
+            self.state.pool.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(crate::status::sample_gauges(
             self.state.js.clone(),
             self.state.metrics.clone(),

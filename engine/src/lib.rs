@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod replay;
 pub mod sandbox_cmd;
 pub mod status;
+pub mod sync_log;
 pub mod topology;
 pub mod zoho;
 

@@ -10,6 +10,7 @@ use crmsync_engine::config::{ConfigError, LogFormat, Settings};
 use crmsync_engine::demo::{self, DemoOptions};
 use crmsync_engine::sandbox_cmd::{self, SandboxOptions};
 use crmsync_engine::{db, logging};
+use crmsync_schema::Provider;
 
 const ABOUT: &str =
     "crmsync: an event-sourced CRM sync engine. CRM changes (webhooks, polling) are \
@@ -333,6 +334,28 @@ async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<(
     Ok(())
 }
 
+/// Writes a backfill's row in the sync log.
+async fn log_backfill(
+    engine: &Engine,
+    workspace: &str,
+    provider: Provider,
+    object: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    result: &anyhow::Result<u64>,
+) {
+    let run = crmsync_engine::sync_log::Run {
+        workspace,
+        provider,
+        object: Some(object),
+        operation: "backfill",
+        started,
+        records: *result.as_ref().unwrap_or(&0),
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        detail: serde_json::json!({}),
+    };
+    crmsync_engine::sync_log::record(engine.pool(), run).await;
+}
+
 async fn backfill_zoho(
     settings: &Settings,
     engine: &Engine,
@@ -359,7 +382,8 @@ async fn backfill_zoho(
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for (module, object) in modules {
-        total += run_backfill(
+        let started = chrono::Utc::now();
+        let result = run_backfill(
             &client,
             &engine.state.js,
             &engine.topology.subjects,
@@ -369,7 +393,17 @@ async fn backfill_zoho(
             object,
             &mut stderr,
         )
-        .await?;
+        .await;
+        log_backfill(
+            engine,
+            &opts.workspace,
+            Provider::Zoho,
+            object,
+            started,
+            &result,
+        )
+        .await;
+        total += result?;
     }
     Ok(total)
 }
@@ -409,7 +443,8 @@ async fn backfill_hubspot(
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for object in objects {
-        total += run_backfill(
+        let started = chrono::Utc::now();
+        let result = run_backfill(
             &client,
             &engine.state.js,
             &engine.topology.subjects,
@@ -418,7 +453,17 @@ async fn backfill_hubspot(
             object,
             &mut stderr,
         )
-        .await?;
+        .await;
+        log_backfill(
+            engine,
+            &opts.workspace,
+            Provider::HubSpot,
+            object,
+            started,
+            &result,
+        )
+        .await;
+        total += result?;
     }
     Ok(total)
 }

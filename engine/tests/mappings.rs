@@ -13,11 +13,10 @@ use serde_json::{json, Value};
 use common::hubspot::API_TOKEN;
 use common::TestEngine;
 use crmsync_adapters::odoo::client::OdooClient;
-use crmsync_adapters::Vault;
 use crmsync_engine::replay::{ReplayOptions, Start};
 use crmsync_projectors::Table;
 use crmsync_sandbox::hubspot::webhooks::{EventFactory, Signature};
-use crmsync_sandbox::odoo::{Config, OdooSandbox};
+use crmsync_sandbox::odoo::Config;
 use crmsync_schema::mapping::split_name;
 use crmsync_testkit::eventually;
 
@@ -287,42 +286,24 @@ async fn partners(client: &OdooClient) -> BTreeMap<String, (Value, Value, Value)
 
 #[tokio::test]
 async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm() {
-    let (odoo, running) = OdooSandbox::start(
+    let db = common::odoo::start(
         Config {
             contacts: 300,
             companies: 30,
             deals: 40,
             ..Config::default()
         },
-        "127.0.0.1:0".parse().unwrap(),
+        &[("CRM_POLL_INTERVAL_SECS", "3600"), ("CRM_SYNC_RPS", "500")],
     )
-    .await
-    .unwrap();
-    let (_, key) = Vault::generate();
-    let engine = TestEngine::start(&[
-        ("CRM_API_TOKEN", API_TOKEN),
-        ("ENCRYPTION_KEY", key.as_str()),
-        ("CRM_POLL_INTERVAL_SECS", "3600"),
-        ("CRM_SYNC_RPS", "500"),
-    ])
     .await;
-    let c = odoo.credentials(&running.base_url);
-    let connect = json!({"workspace": "acme", "url": c["base_url"], "database": c["database"],
-                         "login": c["login"], "api_key": c["api_key"]});
-    let post = |path: &'static str, body: Value| {
-        send(
-            &engine,
-            reqwest::Method::POST,
-            path,
-            Some(API_TOKEN),
-            Some(body),
-        )
-    };
-    let (status, answer) = post("/crm/odoo/connect", connect).await;
+    let (engine, odoo) = (&db.engine, &db.odoo);
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
     assert_eq!(status, 200, "{answer}");
-    let (status, polled) = post("/crm/odoo/poll", json!({"workspace": "acme"})).await;
+    let (status, polled) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+        .await;
     assert_eq!(status, 200, "{polled}");
-    let client = common::odoo::client(&odoo, &running.base_url).await;
+    let client = db.client().await;
     let want = partners(&client).await;
     let workspace: String = eventually(Duration::from_secs(30), || async {
         let ws: Option<String> = sqlx::query_scalar(
@@ -353,7 +334,7 @@ async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm()
     // under other names, the phone dropped.
     let path = format!("/crm/mappings/odoo/contacts?workspace={workspace}");
     let (status, stored) = put(
-        &engine,
+        engine,
         &path,
         json!({"rules": [
             {"source": "function", "target": "role"},
@@ -366,7 +347,9 @@ async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm()
 
     // Records changed after the mapping are projected with it.
     odoo.mutate(40);
-    let (status, polled) = post("/crm/odoo/poll", json!({"workspace": "acme"})).await;
+    let (status, polled) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+        .await;
     assert_eq!(status, 200, "{polled}");
     let want = partners(&client).await;
     let changed: Vec<String> = eventually(Duration::from_secs(30), || async {
@@ -436,7 +419,7 @@ async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm()
     // History shows the record as the mapping shapes it.
     let id = &changed[0];
     let (status, history) = send(
-        &engine,
+        engine,
         reqwest::Method::GET,
         &format!("/crm/records/contacts/{id}/history?workspace={workspace}&provider=odoo"),
         Some(API_TOKEN),
@@ -455,7 +438,7 @@ async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm()
 
     // Back to the defaults, and a replay restores the default shape: nothing was lost.
     let (status, _) = send(
-        &engine,
+        engine,
         reqwest::Method::DELETE,
         &path,
         Some(API_TOKEN),
@@ -477,8 +460,8 @@ async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm()
         calls,
         "no replay called Odoo"
     );
-    common::assert_replay_matches(&engine).await;
-    engine.stop().await;
+    common::assert_replay_matches(engine).await;
+    db.engine.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,69 +7,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use common::differences;
 use common::hubspot::API_TOKEN;
-use common::TestEngine;
 use crmsync_adapters::odoo::client::OdooClient;
-use crmsync_adapters::Vault;
-use crmsync_sandbox::odoo::{Config, OdooSandbox, OdooVersion};
-use crmsync_sandbox::server::Running;
+use crmsync_sandbox::odoo::{Config, OdooVersion};
 use crmsync_testkit::eventually;
 
-struct Db {
-    engine: TestEngine,
-    odoo: Arc<OdooSandbox>,
-    running: Running,
-}
-
-async fn start(config: Config, extra: &[(&str, &str)]) -> Db {
-    let (odoo, running) = OdooSandbox::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let (_, key) = Vault::generate();
-    let mut env = vec![
-        ("CRM_API_TOKEN", API_TOKEN),
-        ("ENCRYPTION_KEY", key.as_str()),
-        ("ODOO_DEFAULT_TIMEOUT", "10"),
-    ];
-    env.extend_from_slice(extra);
-    Db {
-        engine: TestEngine::start(&env).await,
-        odoo,
-        running,
-    }
-}
-
-impl Db {
-    fn connect_body(&self) -> Value {
-        let c = self.odoo.credentials(&self.running.base_url);
-        json!({"workspace": "acme", "url": c["base_url"], "database": c["database"],
-               "login": c["login"], "api_key": c["api_key"]})
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .engine
-            .http
-            .post(self.engine.url(path))
-            .bearer_auth(API_TOKEN)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn client(&self) -> OdooClient {
-        common::odoo::client(&self.odoo, &self.running.base_url).await
-    }
-}
+use common::odoo::start;
 
 #[tokio::test]
 async fn connecting_checks_the_key_and_says_what_is_wrong() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::hubspot::client::{HsObject, HubSpotClient};
 use crmsync_adapters::hubspot::snapshot::{links_event, object_of, properties_of, snapshot_event};
 use crmsync_ingest::publish::publish_all;
-use crmsync_schema::{Subjects, WorkspaceId};
+use crmsync_schema::{Provider, Subjects, WorkspaceId};
 
 use super::{Connected, HubSpot};
+use crate::sync_log::{self, Run};
 
 /// The objects crmsync keeps in step, by API type.
 pub const OBJECTS: [&str; 3] = ["contacts", "companies", "deals"];
@@ -232,15 +233,30 @@ pub async fn run(
         match hubspot.connected().await {
             Ok(connections) => {
                 for connection in connections {
+                    let log = |object, operation, started, records, error, detail| Run {
+                        workspace: &connection.workspace,
+                        provider: Provider::HubSpot,
+                        object,
+                        operation,
+                        started,
+                        records,
+                        error,
+                        detail,
+                    };
+                    let started = Utc::now();
                     let client = match hubspot.client(&connection.workspace).await {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::warn!(workspace = %connection.workspace, error = %e, "cannot poll");
+                            let run =
+                                log(None, "poll", started, 0, Some(format!("{e:#}")), json!({}));
+                            sync_log::record(hubspot.pool(), run).await;
                             continue;
                         }
                     };
                     for api_type in OBJECTS {
-                        match poll_once(
+                        let started = Utc::now();
+                        let polled = poll_once(
                             &client,
                             &js,
                             &subjects,
@@ -249,25 +265,54 @@ pub async fn run(
                             api_type,
                             lookback,
                         )
-                        .await
-                        {
+                        .await;
+                        let run = match &polled {
                             Ok(r) => {
-                                tracing::debug!(workspace = %connection.workspace, api_type, records = r.records, archived = r.archived, "polled")
+                                tracing::debug!(workspace = %connection.workspace, api_type, records = r.records, archived = r.archived, "polled");
+                                let detail = json!({"pages": r.pages, "archived": r.archived, "cursor_ms": r.cursor.since_ms});
+                                log(
+                                    Some(api_type),
+                                    "poll",
+                                    started,
+                                    (r.records + r.archived) as u64,
+                                    None,
+                                    detail,
+                                )
                             }
                             Err(e) => {
-                                tracing::warn!(workspace = %connection.workspace, api_type, error = %e, "poll failed")
+                                tracing::warn!(workspace = %connection.workspace, api_type, error = %e, "poll failed");
+                                log(
+                                    Some(api_type),
+                                    "poll",
+                                    started,
+                                    0,
+                                    Some(format!("{e:#}")),
+                                    json!({}),
+                                )
                             }
-                        }
+                        };
+                        sync_log::record(hubspot.pool(), run).await;
                     }
                     if sweep {
-                        match sweep_links(&client, &js, &subjects, &connection).await {
+                        let started = Utc::now();
+                        let run = match sweep_links(&client, &js, &subjects, &connection).await {
                             Ok(n) => {
-                                tracing::info!(workspace = %connection.workspace, link_sets = n, "links swept")
+                                tracing::info!(workspace = %connection.workspace, link_sets = n, "links swept");
+                                log(
+                                    None,
+                                    "sweep",
+                                    started,
+                                    n as u64,
+                                    None,
+                                    json!({"link_sets": n}),
+                                )
                             }
                             Err(e) => {
-                                tracing::warn!(workspace = %connection.workspace, error = %e, "link sweep failed")
+                                tracing::warn!(workspace = %connection.workspace, error = %e, "link sweep failed");
+                                log(None, "sweep", started, 0, Some(format!("{e:#}")), json!({}))
                             }
-                        }
+                        };
+                        sync_log::record(hubspot.pool(), run).await;
                     }
                 }
             }

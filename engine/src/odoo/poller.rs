@@ -30,9 +30,10 @@ use crmsync_adapters::odoo::client::OdooClient;
 use crmsync_adapters::odoo::mapping::{deleted_event, snapshot_event, write_date};
 use crmsync_adapters::odoo::{fields_of, MODELS};
 use crmsync_ingest::publish::publish_all;
-use crmsync_schema::{ObjectType, WorkspaceId};
+use crmsync_schema::{ObjectType, Provider, WorkspaceId};
 
 use super::{Connected, Odoo, PROVIDER};
+use crate::sync_log::{self, Run};
 
 /// Records a page holds.
 const PAGE: usize = 500;
@@ -314,6 +315,19 @@ impl Odoo {
             Ok(r) => json!({"at": started, "ok": true, "report": r, "error": null}),
             Err(e) => json!({"at": started, "ok": false, "error": format!("{e:#}")}),
         };
+        let run = Run {
+            workspace,
+            provider: Provider::Odoo,
+            object: None,
+            operation: "poll",
+            started,
+            records: result
+                .as_ref()
+                .map_or(0, |r| (r.records + r.deleted) as u64),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            detail: result.as_ref().map_or(json!({}), |r| json!(r)),
+        };
+        sync_log::record(self.pool(), run).await;
         let mut patch = json!({ "last_poll": status });
         if result.is_ok() {
             patch["last_success"] = json!(started);

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::zoho::client::{PageAt, ZohoClient};
@@ -27,9 +27,10 @@ use crmsync_adapters::zoho::snapshot::{deleted_event, snapshot_event};
 use crmsync_adapters::zoho::MODULES;
 use crmsync_adapters::ProviderError;
 use crmsync_ingest::publish::publish_all;
-use crmsync_schema::{ObjectType, Subjects, WorkspaceId};
+use crmsync_schema::{ObjectType, Provider, Subjects, WorkspaceId};
 
 use super::{Connected, Zoho};
+use crate::sync_log::{self, Run};
 
 /// Records a page-token scan reads before it starts again from its newest
 /// modification (Zoho's tokens stop at 100,000).
@@ -274,19 +275,53 @@ async fn poll_connection(
     connection: &Connected,
     lookback: Duration,
 ) {
+    let log = |object, started, records, error, detail| Run {
+        workspace: &connection.workspace,
+        provider: Provider::Zoho,
+        object,
+        operation: "poll",
+        started,
+        records,
+        error,
+        detail,
+    };
+    let started = Utc::now();
     let client = match zoho.client(&connection.workspace).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(workspace = %connection.workspace, error = %e, "cannot poll Zoho");
+            let run = log(None, started, 0, Some(format!("{e:#}")), json!({}));
+            sync_log::record(zoho.pool(), run).await;
             return;
         }
     };
     for (module, object) in MODULES {
-        match poll_once(
+        let started = Utc::now();
+        let polled = poll_once(
             &client, js, subjects, cursors, connection, module, object, lookback,
         )
-        .await
-        {
+        .await;
+        let run = match &polled {
+            Ok(r) => {
+                let detail = json!({"module": module, "pages": r.pages, "deleted": r.deleted});
+                log(
+                    Some(object),
+                    started,
+                    (r.records + r.deleted) as u64,
+                    None,
+                    detail,
+                )
+            }
+            Err(e) => log(
+                Some(object),
+                started,
+                0,
+                Some(format!("{e:#}")),
+                json!({"module": module}),
+            ),
+        };
+        sync_log::record(zoho.pool(), run).await;
+        match polled {
             Ok(r) => {
                 tracing::debug!(workspace = %connection.workspace, module, records = r.records, deleted = r.deleted, "polled")
             }
