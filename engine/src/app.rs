@@ -239,6 +239,7 @@ impl Engine {
                         app: self.state.clone(),
                         stream: self.topology.events_stream(),
                         outbound: self.topology.outbound_stream(),
+                        cursors: self.topology.cursor_bucket(),
                         stop: stop.clone(),
                     })
                     .merge(

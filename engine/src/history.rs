@@ -39,6 +39,8 @@ pub struct HistoryState {
     pub stream: String,
     /// The outbound stream's name (`CRM_OUTBOUND`, prefixed).
     pub outbound: String,
+    /// The cursor bucket's name (poll cursors, backfill resume points).
+    pub cursors: String,
     /// Cancelled when the engine stops: long-lived answers (the feed) end then.
     pub stop: tokio_util::sync::CancellationToken,
 }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crmsync_ingest::auth::require_bearer;
 use crmsync_ingest::ApiError;
 use crmsync_projectors::Table;
+use crmsync_schema::Provider;
 
 use crate::history::HistoryState as EngineState;
 
@@ -175,6 +176,107 @@ async fn pushes(state: &EngineState) -> Result<Value, ApiError> {
     Ok(out)
 }
 
+/// Where a connection's sync of each object stands: its poll cursor as stored, its
+/// last poll (from the sync log) and last success, and its backfill (a stored resume
+/// point means one is under way or was interrupted; the last finished one from the
+/// log).
+async fn objects(
+    state: &EngineState,
+    kv: &async_nats::jetstream::kv::Store,
+    workspace: &str,
+    provider: Provider,
+    account: &str,
+) -> Result<Vec<Value>, ApiError> {
+    // (the log's object, the cursor key, the backfill resume key)
+    let keys: Vec<(String, String, Option<String>)> = match provider {
+        Provider::HubSpot => crate::hubspot::poller::OBJECTS
+            .iter()
+            .map(|api| {
+                (
+                    crate::sync_log::object_name(api).to_owned(),
+                    crate::hubspot::poller::cursor_key(workspace, account, api),
+                    Some(crate::hubspot::backfill::resume_key(
+                        workspace, account, api,
+                    )),
+                )
+            })
+            .collect(),
+        Provider::Zoho => crmsync_adapters::zoho::MODULES
+            .iter()
+            .map(|(module, object)| {
+                (
+                    (*object).to_owned(),
+                    crate::zoho::poller::cursor_key(workspace, account, module),
+                    Some(crate::zoho::backfill::resume_key(
+                        workspace, account, module,
+                    )),
+                )
+            })
+            .collect(),
+        Provider::Odoo => crmsync_adapters::odoo::MODELS
+            .iter()
+            .map(|model| {
+                (
+                    (*model).to_owned(),
+                    crate::odoo::poller::cursor_key(workspace, account, model),
+                    None,
+                )
+            })
+            .collect(),
+    };
+    let read = |key: String| async move {
+        kv.get(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+    };
+    let mut out = Vec::new();
+    for (object, cursor_key, resume_key) in keys {
+        // Odoo polls every model at once: its log rows name no object.
+        let logged = (provider != Provider::Odoo).then_some(object.as_str());
+        let last = |operation: &'static str, status: Option<&'static str>| {
+            sqlx::query_as::<_, (String, i64, DateTime<Utc>, Option<String>)>(
+                "SELECT status, records, finished_at, message FROM crm_sync_logs
+                 WHERE workspace_id = $1 AND provider = $2 AND object IS NOT DISTINCT FROM $3
+                   AND operation = $4 AND ($5::text IS NULL OR status = $5)
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(workspace)
+            .bind(provider.as_str())
+            .bind(logged)
+            .bind(operation)
+            .bind(status)
+            .fetch_optional(&state.app.pool)
+        };
+        let shown = |row: Option<(String, i64, DateTime<Utc>, Option<String>)>| {
+            row.map(|(status, records, at, message)| {
+                json!({"status": status, "records": records, "at": at, "message": message})
+            })
+        };
+        let last_poll = shown(last("poll", None).await.map_err(ApiError::internal)?);
+        let last_success = last("poll", Some("ok"))
+            .await
+            .map_err(ApiError::internal)?
+            .map(|r| r.2);
+        let backfill = match resume_key {
+            Some(key) => json!({
+                "resume_point": read(key).await,
+                "last": shown(last("backfill", None).await.map_err(ApiError::internal)?),
+            }),
+            None => Value::Null,
+        };
+        out.push(json!({
+            "object": object,
+            "cursor": read(cursor_key).await,
+            "last_poll": last_poll,
+            "last_success": last_success,
+            "backfill": backfill,
+        }));
+    }
+    Ok(out)
+}
+
 /// `GET /crm/sync/status[?workspace=W]` (bearer): every consumer's backlog and last
 /// commit, the streams, the connections (of one workspace, if given) with their last
 /// error, and the pushes by state.
@@ -200,13 +302,25 @@ pub async fn status(
     .fetch_all(&state.app.pool)
     .await
     .map_err(ApiError::internal)?;
-    let connections: Vec<Value> = connections
-        .into_iter()
-        .map(|(ws, provider, account, status, error, at)| {
+    let kv = state
+        .app
+        .js
+        .get_key_value(&state.cursors)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut out = Vec::new();
+    for (ws, provider, account, status, error, at) in connections {
+        let objects = match (provider.parse::<Provider>(), &account) {
+            (Ok(p), Some(account)) => objects(&state, &kv, &ws, p, account).await?,
+            _ => Vec::new(),
+        };
+        out.push(
             json!({"workspace": ws, "provider": provider, "account": account,
-                   "status": status, "last_error": error, "updated_at": at})
-        })
-        .collect();
+                        "status": status, "last_error": error, "updated_at": at,
+                        "objects": objects}),
+        );
+    }
+    let connections = out;
     Ok(Json(json!({
         "consumers": all_consumers,
         "streams": {

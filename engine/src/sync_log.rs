@@ -42,6 +42,18 @@ pub struct Run<'a> {
     pub detail: Value,
 }
 
+/// An object's name as the log keeps it: singular (`contact`), whatever the
+/// provider's API calls it (`contacts`).
+pub fn object_name(raw: &str) -> &str {
+    match raw {
+        "contacts" => "contact",
+        "companies" => "company",
+        "deals" => "deal",
+        "activities" => "activity",
+        other => other,
+    }
+}
+
 /// Logs a run; a failure to log is only a warning.
 pub async fn record(pool: &PgPool, run: Run<'_>) {
     let message = run
@@ -55,7 +67,7 @@ pub async fn record(pool: &PgPool, run: Run<'_>) {
     )
     .bind(run.workspace)
     .bind(run.provider.as_str())
-    .bind(run.object)
+    .bind(run.object.map(object_name))
     .bind(run.operation)
     .bind(if run.error.is_some() { "error" } else { "ok" })
     .bind(i64::try_from(run.records).unwrap_or(i64::MAX))
@@ -156,7 +168,7 @@ pub async fn list(
     )
     .bind(q.workspace.as_deref())
     .bind(q.provider.as_deref())
-    .bind(q.object.as_deref())
+    .bind(q.object.as_deref().map(object_name))
     .bind(q.operation.as_deref())
     .bind(q.status.as_deref())
     .bind(q.before)

@@ -81,6 +81,12 @@ async fn polls_are_logged_with_their_outcome_and_the_log_is_filtered_and_paged()
     let before = page["next_before"].as_i64().expect("another page");
     let (_, rest) = logs(engine, &format!("?workspace=acme&limit=2&before={before}")).await;
     assert_eq!(rest["logs"].as_array().unwrap().len(), 1, "{rest}");
+    let (_, state) =
+        common::get_json(engine, "/crm/sync/status?workspace=acme", Some(API_TOKEN)).await;
+    let partners = &state["connections"][0]["objects"][0];
+    assert_eq!(partners["object"], "res.partner", "{state}");
+    assert!(partners["cursor"].is_object(), "{partners}");
+    assert_eq!(partners["last_poll"]["status"], "ok", "{partners}");
     let (_, none) = logs(engine, "?workspace=nobody").await;
     assert_eq!(none["logs"], json!([]));
 
@@ -117,6 +123,26 @@ async fn the_hubspot_poller_logs_each_object_it_polls() {
     })
     .await
     .expect("a poll of each object is logged");
-    assert_eq!(objects, ["companies", "contacts", "deals"]);
+    assert_eq!(objects, ["company", "contact", "deal"]);
+
+    // The status shows each object's cursor, last poll and backfill.
+    let (status, answer) = common::get_json(
+        &portal.engine,
+        "/crm/sync/status?workspace=acme",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let objects = answer["connections"][0]["objects"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(objects.len(), 3, "{answer}");
+    for o in &objects {
+        assert!(o["cursor"]["since_ms"].is_i64(), "{o}");
+        assert_eq!(o["last_poll"]["status"], "ok", "{o}");
+        assert!(o["last_success"].is_string(), "{o}");
+        assert_eq!(o["backfill"]["resume_point"], Value::Null, "{o}");
+    }
     portal.engine.stop().await;
 }
