@@ -235,6 +235,8 @@ impl Engine {
                     .route("/crm/metrics", axum::routing::get(crate::status::metrics))
                     .route("/crm/feed", axum::routing::get(crate::feed::get))
                     .route("/crm/sync/logs", axum::routing::get(crate::sync_log::list))
+                    .route("/crm/sync/stop", axum::routing::post(crate::pause::stop))
+                    .route("/crm/sync/start", axum::routing::post(crate::pause::start))
                     .with_state(crate::history::HistoryState {
                         app: self.state.clone(),
                         stream: self.topology.events_stream(),

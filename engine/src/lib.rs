@@ -15,6 +15,7 @@ pub mod lease;
 pub mod logging;
 pub mod odoo;
 pub mod outbound;
+pub mod pause;
 pub mod replay;
 pub mod sandbox_cmd;
 pub mod status;

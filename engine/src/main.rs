@@ -334,6 +334,22 @@ async fn backfill(settings: Settings, opts: BackfillOptions) -> anyhow::Result<(
     Ok(())
 }
 
+/// A backfill calls the CRM: not while the workspace's sync of the object is stopped.
+async fn refuse_if_stopped(
+    engine: &Engine,
+    workspace: &str,
+    provider: Provider,
+    object: &str,
+) -> anyhow::Result<()> {
+    let stopped =
+        crmsync_engine::pause::is_paused(engine.pool(), workspace, provider, object).await;
+    anyhow::ensure!(
+        !stopped,
+        "the sync of {workspace}'s {provider} {object} is stopped; POST /crm/sync/start first"
+    );
+    Ok(())
+}
+
 /// Writes a backfill's row in the sync log.
 async fn log_backfill(
     engine: &Engine,
@@ -382,6 +398,7 @@ async fn backfill_zoho(
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for (module, object) in modules {
+        refuse_if_stopped(engine, &opts.workspace, Provider::Zoho, object).await?;
         let started = chrono::Utc::now();
         let result = run_backfill(
             &client,
@@ -443,6 +460,7 @@ async fn backfill_hubspot(
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for object in objects {
+        refuse_if_stopped(engine, &opts.workspace, Provider::HubSpot, object).await?;
         let started = chrono::Utc::now();
         let result = run_backfill(
             &client,

@@ -266,8 +266,16 @@ async fn objects(
             }),
             None => Value::Null,
         };
+        // Odoo polls its models together: any stopped object stops them all.
+        let asked = if provider == Provider::Odoo {
+            "?"
+        } else {
+            object.as_str()
+        };
+        let stopped = crate::pause::is_paused(&state.app.pool, workspace, provider, asked).await;
         out.push(json!({
             "object": object,
+            "stopped": stopped,
             "cursor": read(cursor_key).await,
             "last_poll": last_poll,
             "last_success": last_success,
@@ -314,10 +322,14 @@ pub async fn status(
             (Ok(p), Some(account)) => objects(&state, &kv, &ws, p, account).await?,
             _ => Vec::new(),
         };
+        let stopped = match provider.parse::<Provider>() {
+            Ok(p) => crate::pause::is_paused(&state.app.pool, &ws, p, "*").await,
+            Err(_) => false,
+        };
         out.push(
             json!({"workspace": ws, "provider": provider, "account": account,
                         "status": status, "last_error": error, "updated_at": at,
-                        "objects": objects}),
+                        "stopped": stopped, "objects": objects}),
         );
     }
     let connections = out;

@@ -16,7 +16,6 @@ use crmsync_adapters::odoo::client::OdooClient;
 use crmsync_engine::replay::{ReplayOptions, Start};
 use crmsync_projectors::Table;
 use crmsync_sandbox::hubspot::webhooks::{EventFactory, Signature};
-use crmsync_sandbox::odoo::Config;
 use crmsync_schema::mapping::split_name;
 use crmsync_testkit::eventually;
 
@@ -286,23 +285,8 @@ async fn partners(client: &OdooClient) -> BTreeMap<String, (Value, Value, Value)
 
 #[tokio::test]
 async fn a_mapping_change_and_a_replay_reshape_history_without_calling_the_crm() {
-    let db = common::odoo::start(
-        Config {
-            contacts: 300,
-            companies: 30,
-            deals: 40,
-            ..Config::default()
-        },
-        &[("CRM_POLL_INTERVAL_SECS", "3600"), ("CRM_SYNC_RPS", "500")],
-    )
-    .await;
+    let (db, _) = common::odoo::connected(300, 30, 40).await;
     let (engine, odoo) = (&db.engine, &db.odoo);
-    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
-    assert_eq!(status, 200, "{answer}");
-    let (status, polled) = db
-        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
-        .await;
-    assert_eq!(status, 200, "{polled}");
     let client = db.client().await;
     let want = partners(&client).await;
     let workspace: String = eventually(Duration::from_secs(30), || async {

@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 
 use common::hubspot::API_TOKEN;
 use common::TestEngine;
-use crmsync_sandbox::odoo::Config;
 use crmsync_testkit::eventually;
 
 async fn logs(engine: &TestEngine, query: &str) -> (u16, Value) {
@@ -18,25 +17,9 @@ async fn logs(engine: &TestEngine, query: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn polls_are_logged_with_their_outcome_and_the_log_is_filtered_and_paged() {
-    let db = common::odoo::start(
-        Config {
-            contacts: 40,
-            companies: 5,
-            deals: 10,
-            ..Config::default()
-        },
-        &[("CRM_POLL_INTERVAL_SECS", "3600"), ("CRM_SYNC_RPS", "500")],
-    )
-    .await;
+    let (db, polled) = common::odoo::connected(40, 5, 10).await;
     let engine = &db.engine;
-    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
-    assert_eq!(status, 200, "{answer}");
     let database = db.connect_body()["database"].clone();
-
-    let (status, polled) = db
-        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
-        .await;
-    assert_eq!(status, 200, "{polled}");
     // The database is renamed away under the connection: that poll fails.
     let settings = |database: &str| {
         sqlx::query(

@@ -20,6 +20,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request contradicts the state it would act on.
+    #[error("{0}")]
+    Conflict(String),
     /// A request refused field by field: 400 with every problem listed.
     #[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
@@ -53,6 +56,7 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         }
     }
 

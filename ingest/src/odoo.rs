@@ -23,6 +23,11 @@ use crate::{connections, ApiError, AppState};
 
 const PROVIDER: &str = "odoo";
 
+/// A poll refused because the workspace's sync is stopped (`POST /crm/sync/stop`).
+#[derive(Debug, thiserror::Error)]
+#[error("the workspace's Odoo sync is stopped; POST /crm/sync/start to poll it")]
+pub struct SyncStopped;
+
 /// What the engine lends the API to poll a connection now.
 pub trait PollNow: Send + Sync + std::fmt::Debug {
     fn poll_now<'a>(
@@ -190,7 +195,10 @@ pub async fn poll(
     let report = poller
         .poll_now(&ws)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the poll failed: {e:#}")))?;
+        .map_err(|e| match e.downcast_ref::<SyncStopped>() {
+            Some(stopped) => ApiError::Conflict(stopped.to_string()),
+            None => ApiError::Unavailable(format!("the poll failed: {e:#}")),
+        })?;
     Ok(Json(
         json!({"workspace": ws, "polled": true, "report": report}),
     ))

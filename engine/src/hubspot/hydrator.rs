@@ -52,6 +52,17 @@ impl Source for HubSpot {
         else {
             return Err(Outcome::Skip("the portal has no active connection".into()));
         };
+        if crate::pause::is_paused(
+            self.pool(),
+            &workspace,
+            crmsync_schema::Provider::HubSpot,
+            object,
+        )
+        .await
+        {
+            // The first poll after the start reads it: its cursor has not moved.
+            return Err(Outcome::Skip("the sync is stopped".into()));
+        }
         let client = self.client(&workspace).await.map_err(client_outcome)?;
         let api_type = api_type_of(object).expect("filtered in wanted()");
         let records = client

@@ -22,6 +22,7 @@ use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{Provider, Subjects, WorkspaceId};
 
 use super::{Connected, HubSpot};
+use crate::pause;
 use crate::sync_log::{self, Run};
 
 /// The objects crmsync keeps in step, by API type.
@@ -243,6 +244,10 @@ pub async fn run(
                         error,
                         detail,
                     };
+                    let pool = hubspot.pool();
+                    if pause::is_paused(pool, &connection.workspace, Provider::HubSpot, "*").await {
+                        continue;
+                    }
                     let started = Utc::now();
                     let client = match hubspot.client(&connection.workspace).await {
                         Ok(c) => c,
@@ -255,6 +260,16 @@ pub async fn run(
                         }
                     };
                     for api_type in OBJECTS {
+                        if pause::is_paused(
+                            pool,
+                            &connection.workspace,
+                            Provider::HubSpot,
+                            api_type,
+                        )
+                        .await
+                        {
+                            continue;
+                        }
                         let started = Utc::now();
                         let polled = poll_once(
                             &client,
@@ -293,7 +308,10 @@ pub async fn run(
                         };
                         sync_log::record(hubspot.pool(), run).await;
                     }
-                    if sweep {
+                    // The sweep reads every object's links: not while any is stopped.
+                    let stopped =
+                        pause::is_paused(pool, &connection.workspace, Provider::HubSpot, "?").await;
+                    if sweep && !stopped {
                         let started = Utc::now();
                         let run = match sweep_links(&client, &js, &subjects, &connection).await {
                             Ok(n) => {

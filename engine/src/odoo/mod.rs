@@ -20,7 +20,7 @@ use crmsync_adapters::oauth::{OAuthError, TokenSet};
 use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
 use crmsync_adapters::{Metrics, RateLimits, Secret, Vault};
 use crmsync_ingest::connections::{self, Refresh};
-use crmsync_schema::Subjects;
+use crmsync_schema::{Provider, Subjects};
 
 pub const PROVIDER: &str = "odoo";
 
@@ -178,6 +178,9 @@ impl crmsync_ingest::odoo::PollNow for Odoo {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Value>> + Send + 'a>>
     {
         Box::pin(async move {
+            if crate::pause::is_paused(self.pool(), workspace, Provider::Odoo, "?").await {
+                return Err(crmsync_ingest::odoo::SyncStopped.into());
+            }
             let report = self.poll(workspace, true).await?;
             Ok(serde_json::to_value(report)?)
         })

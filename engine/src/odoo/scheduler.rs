@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crmsync_schema::Provider;
+
 use super::{Connected, Odoo};
 
 /// Polls between two delete sweeps.
@@ -60,6 +62,13 @@ pub async fn run(
             Ok(connections) => {
                 for connection in connections {
                     if due(&connection, default_interval, Utc::now()).is_none() {
+                        continue;
+                    }
+                    // One poll reads every model: any stopped object stops it.
+                    let pool = odoo.pool();
+                    if crate::pause::is_paused(pool, &connection.workspace, Provider::Odoo, "?")
+                        .await
+                    {
                         continue;
                     }
                     let ttl = odoo.timeout * 20 + Duration::from_secs(60);

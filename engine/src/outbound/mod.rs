@@ -58,6 +58,8 @@ const SEARCH_LAG: Duration = Duration::from_secs(3);
 const MIN_DEFERRAL: Duration = Duration::from_millis(250);
 /// The furthest a command is deferred at once.
 const MAX_DEFERRAL: Duration = Duration::from_secs(600);
+/// How soon a command of a stopped sync is looked at again.
+const PAUSED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Why a push did not happen.
 #[derive(Debug)]
@@ -741,6 +743,13 @@ impl Dispatcher {
                 return;
             }
         };
+        if crate::pause::is_paused(&self.pool, &command.workspace, command.provider, "activity")
+            .await
+        {
+            // Stopped: the command waits with JetStream (no MaxDeliver here).
+            let _ = msg.ack_with(AckKind::Nak(Some(PAUSED_RECHECK))).await;
+            return;
+        }
         let workspace = command.workspace.clone();
         if let Some(w) = turns.hold(&workspace, Waiting { msg, command }) {
             let interval = Duration::from_secs_f64(REQUESTS_PER_PUSH / self.limits.rps.max(0.001));

@@ -49,6 +49,17 @@ impl Source for Zoho {
         else {
             return Err(Outcome::Skip("the org has no active connection".into()));
         };
+        if crate::pause::is_paused(
+            self.pool(),
+            &workspace,
+            crmsync_schema::Provider::Zoho,
+            object,
+        )
+        .await
+        {
+            // The first poll after the start reads it: its cursor has not moved.
+            return Err(Outcome::Skip("the sync is stopped".into()));
+        }
         let client = self.client(&workspace).await.map_err(client_outcome)?;
         let module = module_of(object).expect("filtered in wanted()");
         let read_at = Utc::now();

@@ -30,6 +30,7 @@ use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{ObjectType, Provider, Subjects, WorkspaceId};
 
 use super::{Connected, Zoho};
+use crate::pause;
 use crate::sync_log::{self, Run};
 
 /// Records a page-token scan reads before it starts again from its newest
@@ -285,6 +286,9 @@ async fn poll_connection(
         error,
         detail,
     };
+    if pause::is_paused(zoho.pool(), &connection.workspace, Provider::Zoho, "*").await {
+        return;
+    }
     let started = Utc::now();
     let client = match zoho.client(&connection.workspace).await {
         Ok(c) => c,
@@ -296,6 +300,9 @@ async fn poll_connection(
         }
     };
     for (module, object) in MODULES {
+        if pause::is_paused(zoho.pool(), &connection.workspace, Provider::Zoho, object).await {
+            continue;
+        }
         let started = Utc::now();
         let polled = poll_once(
             &client, js, subjects, cursors, connection, module, object, lookback,

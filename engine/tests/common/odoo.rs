@@ -40,6 +40,30 @@ pub async fn start(config: Config, extra: &[(&str, &str)]) -> Db {
     }
 }
 
+/// The emulator with `config` (contacts, companies, deals as given), an engine that
+/// polls only when asked, workspace `acme` connected and polled once: the poll's
+/// answer beside.
+pub async fn connected(contacts: usize, companies: usize, deals: usize) -> (Db, Value) {
+    let config = Config {
+        contacts,
+        companies,
+        deals,
+        ..Config::default()
+    };
+    let db = start(
+        config,
+        &[("CRM_POLL_INTERVAL_SECS", "3600"), ("CRM_SYNC_RPS", "500")],
+    )
+    .await;
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, polled) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    (db, polled)
+}
+
 impl Db {
     /// `POST /crm/odoo/connect`'s body for workspace `acme`.
     pub fn connect_body(&self) -> Value {
