@@ -95,13 +95,13 @@ make_venv() {
   fi
 }
 
-# A Python with the Prometheus client's exposition parser, which the metrics test
-# holds /metrics to.
-metrics_python() {
+# A Python with the checkers some tests hold crmsync's output to: the Prometheus
+# client's OpenMetrics parser (/metrics) and an OpenAPI validator (/openapi.json).
+dev_python() {
   make_venv
-  if ! "$dev/venv/bin/python" -c 'import prometheus_client' 2>/dev/null; then
-    say "installing prometheus-client from PyPI into .dev/venv"
-    "$dev/venv/bin/pip" install -q 'prometheus-client>=0.20' >&2
+  if ! "$dev/venv/bin/python" -c 'import prometheus_client, openapi_spec_validator' 2>/dev/null; then
+    say "installing prometheus-client and openapi-spec-validator from PyPI into .dev/venv"
+    "$dev/venv/bin/pip" install -q 'prometheus-client>=0.20' 'openapi-spec-validator>=0.7' >&2
   fi
   echo "$dev/venv/bin/python"
 }
@@ -154,4 +154,4 @@ fi
 echo "export DATABASE_URL='$database_url'"
 echo "export NATS_URL='$nats_url'"
 echo "export CRMSYNC_NATS_SERVER='$(nats_server_bin)'"
-echo "export CRMSYNC_METRICS_PYTHON='$(metrics_python)'"
+echo "export CRMSYNC_PYTHON='$(dev_python)'"

@@ -222,33 +222,16 @@ impl Engine {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let router = match self.role {
             Role::Worker => crmsync_ingest::worker_router(self.state.clone()),
-            _ => crmsync_ingest::router(self.state.clone()).merge(
-                axum::Router::new()
-                    .route(
-                        "/crm/records/{object}/{id}/history",
-                        axum::routing::get(crate::history::get),
-                    )
-                    .route(
-                        "/crm/sync/status",
-                        axum::routing::get(crate::status::status),
-                    )
-                    .route("/crm/metrics", axum::routing::get(crate::status::metrics))
-                    .route("/crm/feed", axum::routing::get(crate::feed::get))
-                    .route("/crm/sync/logs", axum::routing::get(crate::sync_log::list))
-                    .route("/crm/sync/stop", axum::routing::post(crate::pause::stop))
-                    .route("/crm/sync/start", axum::routing::post(crate::pause::start))
-                    .with_state(crate::history::HistoryState {
-                        app: self.state.clone(),
-                        stream: self.topology.events_stream(),
-                        outbound: self.topology.outbound_stream(),
-                        cursors: self.topology.cursor_bucket(),
-                        stop: stop.clone(),
-                    })
-                    .merge(
-                        axum::Router::new()
-                            .route("/crm/health", axum::routing::get(crate::health::get))
-                            .with_state(self.probes.clone()),
-                    ),
+            _ => crate::routes::api_router(
+                self.state.clone(),
+                crate::history::HistoryState {
+                    app: self.state.clone(),
+                    stream: self.topology.events_stream(),
+                    outbound: self.topology.outbound_stream(),
+                    cursors: self.topology.cursor_bucket(),
+                    stop: stop.clone(),
+                },
+                self.probes.clone(),
             ),
         };
         let router = router.layer(axum::extract::DefaultBodyLimit::max(

@@ -17,6 +17,7 @@ pub mod odoo;
 pub mod outbound;
 pub mod pause;
 pub mod replay;
+pub mod routes;
 pub mod sandbox_cmd;
 pub mod status;
 pub mod sync_log;

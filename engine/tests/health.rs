@@ -196,38 +196,10 @@ async fn provider_health_probes_each_connection_and_says_what_is_wrong() {
 }
 
 /// Parses OpenMetrics text with the Prometheus client's own parser (Python's
-/// `prometheus_client`, installed by `scripts/services.sh`): the names of the
-/// families it read.
+/// `prometheus_client`): the names of the families it read.
 fn parse_openmetrics(text: &str) -> Result<Vec<String>, String> {
-    use std::io::Write;
-    let python = std::env::var("CRMSYNC_METRICS_PYTHON").expect(
-        "CRMSYNC_METRICS_PYTHON names a Python with prometheus_client: run scripts/services.sh",
-    );
-    let mut child = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(' '.join(f.name for f in p(sys.stdin.read())))",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    const PARSE: &str = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(' '.join(f.name for f in p(sys.stdin.read())))";
+    common::python(PARSE, text).map(|out| out.split_whitespace().map(str::to_owned).collect())
 }
 
 #[tokio::test]

@@ -6,17 +6,21 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 
+use crate::openapi::{public, Documented};
 use crate::AppState;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn routes() -> Documented<Arc<AppState>> {
+    Documented::default()
+        .get("/healthz", public("The process is alive"), healthz)
+        .get(
+            "/readyz",
+            public("NATS connected, Postgres reachable, migrations applied; 503 with the failing check"),
+            readyz,
+        )
+        .get("/metrics", public("Prometheus series (OpenMetrics text)"), metrics)
 }
 
 pub async fn healthz() -> impl IntoResponse {

@@ -446,3 +446,31 @@ pub async fn get_json(engine: &TestEngine, path: &str, token: Option<&str>) -> (
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// Runs a Python `script` on `input` with the tests' Python (`CRMSYNC_PYTHON`, from
+/// `scripts/services.sh`, with `prometheus_client` and `openapi-spec-validator`): its
+/// output, or its error.
+pub fn python(script: &str, input: &str) -> Result<String, String> {
+    use std::io::Write;
+    let python = std::env::var("CRMSYNC_PYTHON")
+        .expect("CRMSYNC_PYTHON names the tests' Python: run scripts/services.sh");
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
