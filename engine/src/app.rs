@@ -98,32 +98,37 @@ impl Engine {
                 }
             }
         }
-        let hubspot_connector = match (settings.hubspot_app(), settings.vault()) {
-            (Some(app), Some(vault)) => Some(Arc::new(crate::hubspot::HubSpot::new(
-                pool.clone(),
-                Arc::new(vault),
-                app,
-                metrics.clone(),
-                settings.rate_limits(),
-            ))),
-            _ => None,
+        let connectors = || {
+            let hubspot = match (settings.hubspot_app(), settings.vault()) {
+                (Some(app), Some(vault)) => Some(Arc::new(crate::hubspot::HubSpot::new(
+                    pool.clone(),
+                    Arc::new(vault),
+                    app,
+                    metrics.clone(),
+                    settings.rate_limits(),
+                ))),
+                _ => None,
+            };
+            let zoho = match (settings.zoho_app(), settings.vault()) {
+                (Some(app), Some(vault)) => Some(Arc::new(crate::zoho::Zoho::new(
+                    pool.clone(),
+                    Arc::new(vault),
+                    app,
+                    metrics.clone(),
+                    settings.rate_limits(),
+                    settings.zoho_concurrency,
+                ))),
+                _ => None,
+            };
+            (hubspot, zoho)
         };
-        let zoho_connector = match (settings.zoho_app(), settings.vault()) {
-            (Some(app), Some(vault)) => Some(Arc::new(crate::zoho::Zoho::new(
-                pool.clone(),
-                Arc::new(vault),
-                app,
-                metrics.clone(),
-                settings.rate_limits(),
-                settings.zoho_concurrency,
-            ))),
-            _ => None,
-        };
-        // Workers sync with the connectors; the API only probes them (`/crm/health`).
+        // Workers sync with their connectors. `/crm/health` probes with its own, so a
+        // sync's rate-limit pause never reads as an unanswered probe.
         let (hubspot, zoho) = match role {
             Role::Api => (None, None),
-            _ => (hubspot_connector.clone(), zoho_connector.clone()),
+            _ => connectors(),
         };
+        let (hubspot_connector, zoho_connector) = connectors();
         if zoho.is_some() && settings.public_url.is_none() {
             tracing::warn!("CRM_PUBLIC_URL is not set: Zoho cannot be told where to send notifications, so Zoho connections are kept in step by polling alone");
         }

@@ -2,7 +2,8 @@
 //! changes, as server-sent events.
 //!
 //! Each CRM change to a record of the workspace becomes one `change` event once the
-//! projection has committed it: its stream sequence as the SSE `id`, the record's
+//! projection has settled it (its projector's ack floor reached it: committed by
+//! whichever worker had it): its stream sequence as the SSE `id`, the record's
 //! provider, object and id, and the projected row as it now stands. The feed reads
 //! `CRM_EVENTS` itself, so a client that reconnects with `Last-Event-ID` (or
 //! `?after=`) resumes right after the last change it saw and misses none; without
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crmsync_ingest::auth::require_bearer;
 use crmsync_ingest::ApiError;
-use crmsync_projectors::{checkpoint, Table};
+use crmsync_projectors::Table;
 use crmsync_schema::{Provider, WorkspaceId};
 
 use crate::history::HistoryState;
@@ -53,11 +54,13 @@ async fn accounts(
             .fetch_all(&state.app.pool)
             .await
             .map_err(ApiError::internal)?;
+    let connected = !rows.is_empty();
     let mut out: Vec<(Provider, WorkspaceId)> = rows
         .into_iter()
         .filter_map(|(p, account)| Some((p.parse().ok()?, WorkspaceId::parse(account?).ok()?)))
         .collect();
-    if out.is_empty() {
+    // Not an app workspace with connections: a CRM account itself.
+    if !connected {
         let ws = WorkspaceId::parse(workspace)
             .map_err(|e| ApiError::BadRequest(format!("workspace: {e}")))?;
         out = Provider::ALL.iter().map(|p| (*p, ws.clone())).collect();
@@ -86,6 +89,11 @@ pub async fn get(
     };
     let after = last_event_id.or(q.after);
     let accounts = accounts(&state, &workspace).await?;
+    if accounts.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "workspace {workspace}'s connections name no CRM account yet"
+        )));
+    }
     let filters: Vec<String> = accounts
         .iter()
         .map(|(p, ws)| state.app.subjects.raw_workspace_filter(*p, ws))
@@ -101,7 +109,9 @@ pub async fn get(
             filter_subjects: filters,
             deliver_policy: match after {
                 Some(seq) => DeliverPolicy::ByStartSequence {
-                    start_sequence: seq + 1,
+                    start_sequence: seq.checked_add(1).ok_or_else(|| {
+                        ApiError::BadRequest("the resume point is past any sequence".into())
+                    })?,
                 },
                 None => DeliverPolicy::New,
             },
@@ -116,6 +126,45 @@ pub async fn get(
         rx.recv().await.map(|event| (Ok(event), rx))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Waits until the projector `consumer` has settled stream sequence `seq`: its ack
+/// floor reached it, so it and everything before it was committed (or dead-lettered)
+/// by whichever worker had it. `Some(false)` when [`PROJECTION_WAIT`] passes first,
+/// `None` when the client went away or the engine stops.
+async fn settled(
+    state: &HistoryState,
+    consumer: &str,
+    seq: u64,
+    tx: &mpsc::Sender<Event>,
+) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
+    let mut handle: Option<async_nats::jetstream::consumer::PullConsumer> = None;
+    loop {
+        if handle.is_none() {
+            handle = state
+                .app
+                .js
+                .get_consumer_from_stream(consumer, &state.stream)
+                .await
+                .ok();
+        }
+        if let Some(c) = handle.as_mut() {
+            if let Ok(info) = c.info().await {
+                if info.ack_floor.stream_sequence >= seq {
+                    return Some(true);
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Some(false);
+        }
+        tokio::select! {
+            () = tx.closed() => return None,
+            () = state.stop.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_millis(25)) => {}
+        }
+    }
 }
 
 /// Sends each change once projected, until the client goes away.
@@ -151,9 +200,9 @@ async fn follow(state: HistoryState, mut messages: pull::Ordered, tx: mpsc::Send
             continue;
         };
         let consumer = Topology::projector_name(subject.provider, &subject.object);
-        let projected = checkpoint::wait_for(&state.app.pool, &consumer, seq, PROJECTION_WAIT)
-            .await
-            .unwrap_or(false);
+        let Some(projected) = settled(&state, &consumer, seq, &tx).await else {
+            return;
+        };
         let row: Option<Value> =
             match sqlx::query_scalar(&format!(
                 "SELECT to_jsonb(t) - 'field_versions' FROM {} t

@@ -36,6 +36,9 @@ pub const PROBE_TTL: Duration = Duration::from_secs(30);
 /// A probe that takes longer has failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One connection's last probe and when it was made.
+type Slot = Arc<Mutex<Option<(Instant, Probe)>>>;
+
 /// What the probes need: a connector per provider this engine can reach.
 pub struct Probes {
     pub app: Arc<AppState>,
@@ -44,7 +47,9 @@ pub struct Probes {
     pub odoo: Option<Arc<Odoo>>,
     /// `CRM_SYNC_RPS`, the pace crmsync keeps per connection.
     pub rps: f64,
-    cache: Mutex<HashMap<(String, Provider), (Instant, Probe)>>,
+    /// Each connection's last probe, behind its own lock: concurrent callers wait
+    /// for one probe of it, and other connections are not held up.
+    cache: std::sync::Mutex<HashMap<(String, Provider), Slot>>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -67,7 +72,7 @@ impl Probes {
             zoho,
             odoo,
             rps,
-            cache: Mutex::default(),
+            cache: std::sync::Mutex::default(),
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct HealthQuery {
 /// One connection's probe.
 #[derive(Debug, Clone)]
 struct Probe {
+    /// The workspace's sync is stopped: not probed (no CRM call), not unhealthy.
+    stopped: bool,
     credentials: Result<(), String>,
     api: Result<u64, String>,
     budget: Option<Value>,
@@ -126,28 +133,21 @@ pub async fn get(
             provider.map_or("CRM", Provider::as_str)
         )));
     }
+    // Every connection is probed at once (each probe bounded by PROBE_TIMEOUT).
+    let probed = futures::future::join_all(rows.into_iter().filter_map(|row| {
+        let provider = row.1.parse::<Provider>().ok()?;
+        let probes = probes.clone();
+        Some(async move {
+            let probe = probes
+                .check(&row.0, provider, &row.3, row.4.as_deref())
+                .await;
+            (row, provider, probe)
+        })
+    }))
+    .await;
     let mut connections = Vec::new();
     let mut reasons = Vec::new();
-    for row in rows {
-        let (workspace, provider, account, status, last_error) = row;
-        let Ok(provider) = provider.parse::<Provider>() else {
-            continue;
-        };
-        let probe = if status == "active" {
-            probes.probe(&workspace, provider).await
-        } else {
-            Probe {
-                credentials: Err(format!(
-                    "the connection needs to be connected again: {}",
-                    last_error
-                        .as_deref()
-                        .unwrap_or("its credentials were refused")
-                )),
-                api: Err("not tried without credentials".into()),
-                budget: None,
-                checked_at: Utc::now(),
-            }
-        };
+    for ((workspace, _, account, status, last_error), provider, probe) in probed {
         let healthy = probe.credentials.is_ok() && probe.api.is_ok();
         if !healthy {
             let why = probe
@@ -163,9 +163,10 @@ pub async fn get(
                 format!("a {provider} connection is unhealthy")
             });
         }
-        let last_sync = match &account {
-            Some(account) => last_projected(&probes.app.pool, account, provider).await?,
-            None => None,
+        // Only callers who see the details pay for reading it.
+        let last_sync = match (&account, detailed) {
+            (Some(account), true) => last_projected(&probes.app.pool, account, provider).await?,
+            _ => None,
         };
         connections.push(json!({
             "workspace": workspace,
@@ -174,12 +175,17 @@ pub async fn get(
             "status": status,
             "healthy": healthy,
             "credentials": verdict(&probe.credentials.as_ref().map(|_| json!({}))),
-            "api": verdict(&probe.api.as_ref().map(|ms| json!({"latency_ms": ms}))),
+            "api": if probe.stopped {
+                json!({"skipped": "the sync is stopped: no call to the CRM"})
+            } else {
+                verdict(&probe.api.as_ref().map(|ms| json!({"latency_ms": ms})))
+            },
             "rate_limit": {
                 "crmsync_rps": probes.rps,
                 "provider": probe.budget,
             },
             "last_sync": last_sync,
+            "stopped": probe.stopped,
             "last_error": last_error,
             "checked_at": probe.checked_at,
         }));
@@ -240,19 +246,53 @@ async fn last_projected(
 }
 
 impl Probes {
-    async fn probe(&self, workspace: &str, provider: Provider) -> Probe {
-        let key = (workspace.to_owned(), provider);
-        let mut cache = self.cache.lock().await;
-        if let Some((at, probe)) = cache.get(&key) {
+    /// A connection's health: not probed when its credentials were refused or its
+    /// sync is stopped, else its probe (kept for [`PROBE_TTL`]).
+    async fn check(
+        &self,
+        workspace: &str,
+        provider: Provider,
+        status: &str,
+        last_error: Option<&str>,
+    ) -> Probe {
+        if status != "active" {
+            return Probe {
+                stopped: false,
+                credentials: Err(format!(
+                    "the connection needs to be connected again: {}",
+                    last_error.unwrap_or("its credentials were refused")
+                )),
+                api: Err("not tried without credentials".into()),
+                budget: None,
+                checked_at: Utc::now(),
+            };
+        }
+        if crate::pause::is_paused(&self.app.pool, workspace, provider, "*").await {
+            return Probe {
+                stopped: true,
+                credentials: Ok(()),
+                api: Ok(0),
+                budget: None,
+                checked_at: Utc::now(),
+            };
+        }
+        let slot = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((workspace.to_owned(), provider))
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some((at, probe)) = slot.as_ref() {
             if at.elapsed() < PROBE_TTL {
                 return probe.clone();
             }
         }
-        // One probe at a time: the lock is held across it, so concurrent calls wait
-        // for its answer rather than calling the CRM again.
         let probe = match tokio::time::timeout(PROBE_TIMEOUT, self.run(workspace, provider)).await {
             Ok(probe) => probe,
             Err(_) => Probe {
+                stopped: false,
                 credentials: Ok(()),
                 api: Err(format!(
                     "{provider} did not answer within {} s",
@@ -262,13 +302,14 @@ impl Probes {
                 checked_at: Utc::now(),
             },
         };
-        cache.insert(key, (Instant::now(), probe.clone()));
+        *slot = Some((Instant::now(), probe.clone()));
         probe
     }
 
     async fn run(&self, workspace: &str, provider: Provider) -> Probe {
         let checked_at = Utc::now();
         let unconfigured = |what: &str| Probe {
+            stopped: false,
             credentials: Err(format!("this engine cannot reach {provider}: {what}")),
             api: Err("not tried".into()),
             budget: None,
@@ -319,6 +360,7 @@ impl Probes {
         };
         match answer {
             Ok(budget) => Probe {
+                stopped: false,
                 credentials: Ok(()),
                 api: Ok(started.elapsed().as_millis() as u64),
                 budget,
@@ -331,6 +373,7 @@ impl Probes {
 
 fn credentials_failed(e: impl std::fmt::Display, checked_at: DateTime<Utc>) -> Probe {
     Probe {
+        stopped: false,
         credentials: Err(e.to_string()),
         api: Err("not tried without credentials".into()),
         budget: None,
@@ -349,6 +392,7 @@ fn api_failed(e: crmsync_adapters::ProviderError, checked_at: DateTime<Utc>) -> 
         _ => Ok(()),
     };
     Probe {
+        stopped: false,
         credentials,
         api: Err(why),
         budget: None,

@@ -36,6 +36,9 @@ pub enum Outcome {
     Skip(String),
     /// A failure worth another try.
     Retry(String),
+    /// Not now, and nothing else will read it: held back for a minute at a time
+    /// (a stopped sync of an object no poll covers).
+    Later(String),
 }
 
 /// What a provider gives the hydrator.
@@ -151,6 +154,14 @@ async fn hydrate<S: Source>(
                 tracing::info!(provider = %S::PROVIDER, account, object, reason, "not hydrated");
                 for m in &msgs {
                     let _ = m.ack().await;
+                }
+            }
+            Err(Outcome::Later(reason)) => {
+                tracing::debug!(provider = %S::PROVIDER, account, object, reason, "hydration held back");
+                for m in &msgs {
+                    let _ = m
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(60))))
+                        .await;
                 }
             }
             Err(Outcome::Retry(reason)) => {

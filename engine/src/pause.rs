@@ -142,6 +142,22 @@ pub async fn start(
     .execute(&state.app.pool)
     .await
     .map_err(ApiError::internal)?;
+    // A broader stop still covers the scope: say so rather than answer "started".
+    let covering: Vec<(String, String)> = sqlx::query_as(
+        "SELECT provider, object FROM crm_sync_pauses
+         WHERE workspace_id = $1 AND provider IN ($2, '*') AND object IN ($3, '*')",
+    )
+    .bind(&workspace)
+    .bind(&provider)
+    .bind(&object)
+    .fetch_all(&state.app.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    if let Some((p, o)) = covering.first() {
+        return Err(ApiError::Conflict(format!(
+            "a broader stop remains (provider {p}, object {o}); start that scope instead"
+        )));
+    }
     tracing::info!(provider, object, "sync started");
     Ok(Json(stopped(&state.app.pool, &workspace).await?))
 }

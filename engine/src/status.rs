@@ -410,22 +410,40 @@ pub async fn sample_gauges(
     dlq: String,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut known = std::collections::BTreeSet::new();
     loop {
+        let mut seen = std::collections::BTreeSet::new();
         for name in &streams {
             let Ok(stream) = js.get_stream(name).await else {
                 continue;
             };
             let mut infos = stream.consumers();
             while let Some(Ok(info)) = infos.next().await {
+                // Durable consumers only: feeds' and replays' come and go with
+                // server-made names, and would leave a series each.
+                if info.config.durable_name.is_none() {
+                    continue;
+                }
                 let lag = info.num_pending + info.num_ack_pending as u64;
+                let labels = crmsync_adapters::telemetry::LagLabels {
+                    consumer: info.name.clone(),
+                };
+                seen.insert(info.name.clone());
                 metrics
                     .consumer_lag
-                    .get_or_create(&crmsync_adapters::telemetry::LagLabels {
-                        consumer: info.name.clone(),
-                    })
+                    .get_or_create(&labels)
                     .set(i64::try_from(lag).unwrap_or(i64::MAX));
             }
         }
+        // A consumer that is gone leaves no stale series.
+        for gone in known.difference(&seen) {
+            metrics
+                .consumer_lag
+                .remove(&crmsync_adapters::telemetry::LagLabels {
+                    consumer: gone.clone(),
+                });
+        }
+        known = seen;
         if let Ok(mut stream) = js.get_stream(&dlq).await {
             if let Ok(info) = stream.info().await {
                 metrics

@@ -81,14 +81,31 @@ async fn a_stopped_sync_calls_nothing_and_a_start_catches_up_with_nothing_lost()
         push_state(&engine.pool, "held").await,
         Some(("queued".to_owned(), 0))
     );
+    let (status, health) = common::get_json(
+        engine,
+        "/crm/health?provider=odoo&workspace=acme",
+        Some(API_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "a stopped sync is not unhealthy: {health}");
+    assert_eq!(health["connections"][0]["stopped"], true, "{health}");
     assert_eq!(
         db.odoo.faults().requests(|_| true),
         calls,
-        "no call to Odoo"
+        "no call to Odoo, not even a probe"
     );
     let (_, state) =
         common::get_json(engine, "/crm/sync/status?workspace=acme", Some(API_TOKEN)).await;
     assert_eq!(state["connections"][0]["stopped"], true, "{state}");
+
+    // A narrower start leaves the workspace's stop in place, and says so.
+    let (status, answer) = db
+        .post(
+            "/crm/sync/start",
+            &json!({"workspace": "acme", "provider": "odoo", "object": "contacts"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
 
     // Started: the push goes out, polls run again.
     let (status, started) = db

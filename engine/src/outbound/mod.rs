@@ -58,7 +58,8 @@ const SEARCH_LAG: Duration = Duration::from_secs(3);
 const MIN_DEFERRAL: Duration = Duration::from_millis(250);
 /// The furthest a command is deferred at once.
 const MAX_DEFERRAL: Duration = Duration::from_secs(600);
-/// How soon a command of a stopped sync is looked at again.
+/// How soon a command of a stopped sync is looked at again, times its deliveries
+/// (up to a minute).
 const PAUSED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Why a push did not happen.
@@ -746,8 +747,11 @@ impl Dispatcher {
         if crate::pause::is_paused(&self.pool, &command.workspace, command.provider, "activity")
             .await
         {
-            // Stopped: the command waits with JetStream (no MaxDeliver here).
-            let _ = msg.ack_with(AckKind::Nak(Some(PAUSED_RECHECK))).await;
+            // Stopped: the command waits with JetStream (no MaxDeliver here), looked at
+            // less often the longer it waits.
+            let times = msg.info().map_or(1, |i| i.delivered.max(1)) as u32;
+            let wait = (PAUSED_RECHECK * times).min(Duration::from_secs(60));
+            let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
             return;
         }
         let workspace = command.workspace.clone();

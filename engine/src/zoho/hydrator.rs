@@ -57,8 +57,13 @@ impl Source for Zoho {
         )
         .await
         {
-            // The first poll after the start reads it: its cursor has not moved.
-            return Err(Outcome::Skip("the sync is stopped".into()));
+            // The first poll after the start reads a polled module (its cursor has not
+            // moved); Calls are not polled, so their notices wait for the start.
+            return Err(if object == "activity" {
+                Outcome::Later("the sync is stopped".into())
+            } else {
+                Outcome::Skip("the sync is stopped".into())
+            });
         }
         let client = self.client(&workspace).await.map_err(client_outcome)?;
         let module = module_of(object).expect("filtered in wanted()");
