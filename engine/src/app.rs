@@ -67,12 +67,7 @@ impl Engine {
         db::migrate(&pool).await?;
         let nats = connect_nats(&settings.nats_url).await?;
         let js = jetstream::new(nats.clone());
-        let topology = Topology::new(
-            settings.nats_prefix.as_deref(),
-            settings.stream_replicas,
-            settings.dedupe_window,
-            settings.delivery_policy(),
-        )?;
+        let topology = Topology::of(&settings)?;
         for note in topology
             .ensure(&js)
             .await

@@ -75,6 +75,16 @@ impl DeliveryPolicy {
 }
 
 impl Topology {
+    /// The topology `settings` name (prefix, replicas, dedupe window, delivery).
+    pub fn of(settings: &crate::Settings) -> Result<Self, crmsync_schema::subject::SubjectError> {
+        Self::new(
+            settings.nats_prefix.as_deref(),
+            settings.stream_replicas,
+            settings.dedupe_window,
+            settings.delivery_policy(),
+        )
+    }
+
     pub fn new(
         prefix: Option<&str>,
         replicas: usize,

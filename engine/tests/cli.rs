@@ -116,6 +116,16 @@ async fn migrate_creates_the_database_and_the_demo_prints_projected_rows() {
     assert!(stdout.contains("Mathematician"), "{stdout}");
     let deleted = stdout.lines().find(|l| l.starts_with("503")).unwrap();
     assert!(deleted.ends_with("true"), "{deleted}");
+    // Then the three emulators: connected, read, and a call pushed to each.
+    assert!(
+        stdout.contains("Connected: hubspot, zoho, odoo."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pushes/sent=3"), "{stdout}");
+    assert!(
+        stdout.contains("Call demo-call-1 is in all three CRMs."),
+        "{stdout}"
+    );
 }
 
 #[test]

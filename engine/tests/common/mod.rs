@@ -218,14 +218,7 @@ impl TestEngine {
 
 /// The topology of the engines on `env` (for its stream and bucket names).
 pub fn topology_of(env: &HashMap<String, String>) -> Topology {
-    let settings = settings_from(env);
-    Topology::new(
-        settings.nats_prefix.as_deref(),
-        settings.stream_replicas,
-        settings.dedupe_window,
-        settings.delivery_policy(),
-    )
-    .unwrap()
+    Topology::of(&settings_from(env)).unwrap()
 }
 
 impl Drop for TestEngine {
