@@ -126,6 +126,17 @@ nats_server_bin() {
   echo "$bin"
 }
 
+# Headless Chromium and its WebDriver, for the dashboard test: Debian's packages.
+chromedriver_bin() {
+  if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+    [[ $(id -u) == 0 ]] || die "the dashboard test needs chromium and chromium-driver; install them (apt-get install chromium chromium-driver)"
+    say "installing Debian's chromium and chromium-driver"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
+  fi
+  command -v chromedriver
+}
+
 # -------------------------------------------------------------------- NATS
 nats_url=${NATS_URL:-nats://127.0.0.1:4222}
 nats=$(host_port "$nats_url" 4222)
@@ -155,3 +166,5 @@ echo "export DATABASE_URL='$database_url'"
 echo "export NATS_URL='$nats_url'"
 echo "export CRMSYNC_NATS_SERVER='$(nats_server_bin)'"
 echo "export CRMSYNC_PYTHON='$(dev_python)'"
+echo "export CRMSYNC_CHROMEDRIVER='$(chromedriver_bin)'"
+echo "export CRMSYNC_CHROMIUM='$(command -v chromium)'"

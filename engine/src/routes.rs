@@ -70,6 +70,12 @@ fn engine_routes() -> Documented<HistoryState> {
         )
 }
 
+/// The dashboard: one page, no build step; it calls the API with the token it is
+/// given (kept in the tab's session storage).
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
+}
+
 async fn openapi(State(doc): State<Arc<Value>>) -> Json<Value> {
     Json(doc.as_ref().clone())
 }
@@ -84,11 +90,13 @@ pub fn api_router(app: Arc<AppState>, history: HistoryState, probes: Arc<Probes>
             .errors(&[404]),
         crate::health::get,
     );
-    let spec = Documented::<Arc<Value>>::default().get(
-        "/openapi.json",
-        public("This OpenAPI document"),
-        openapi,
-    );
+    let spec = Documented::<Arc<Value>>::default()
+        .get("/openapi.json", public("This OpenAPI document"), openapi)
+        .get(
+            "/dashboard",
+            public("The dashboard (HTML; its calls need the bearer token)"),
+            dashboard,
+        );
     let ingest = crmsync_ingest::routes();
     let engine = engine_routes();
     let described: Vec<_> = [

@@ -44,10 +44,18 @@ async fn polls_are_logged_with_their_outcome_and_the_log_is_filtered_and_paged()
     assert_eq!(status, 200, "{all}");
     let rows = all["logs"].as_array().unwrap();
     let statuses: Vec<&str> = rows.iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["ok", "error", "ok"], "newest first: {all}");
-    let first = &rows[2];
+    // Newest first: the last poll, the failed one, and before them the first poll
+    // (the scheduler may have polled the new connection at once, beside it).
+    assert_eq!(statuses[..2], ["ok", "error"], "newest first: {all}");
+    assert!(
+        statuses.len() >= 3 && statuses[2..].iter().all(|s| *s == "ok"),
+        "{all}"
+    );
+    let first = rows[2..]
+        .iter()
+        .find(|r| r["records"] == polled["report"]["records"])
+        .unwrap_or_else(|| panic!("the first poll, with its records: {all}"));
     assert_eq!(first["operation"], "poll");
-    assert_eq!(first["records"], polled["report"]["records"], "{first}");
     assert!(first["duration_ms"].is_i64(), "{first}");
     assert!(first["message"].is_null());
     let failed = &rows[1];
@@ -63,7 +71,11 @@ async fn polls_are_logged_with_their_outcome_and_the_log_is_filtered_and_paged()
     assert_eq!(page["logs"].as_array().unwrap().len(), 2);
     let before = page["next_before"].as_i64().expect("another page");
     let (_, rest) = logs(engine, &format!("?workspace=acme&limit=2&before={before}")).await;
-    assert_eq!(rest["logs"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(
+        rest["logs"].as_array().unwrap().len(),
+        rows.len() - 2,
+        "{rest}"
+    );
     let (_, state) =
         common::get_json(engine, "/crm/sync/status?workspace=acme", Some(API_TOKEN)).await;
     let partners = &state["connections"][0]["objects"][0];
