@@ -12,10 +12,11 @@
 //! bearer token. A comment is sent every 15 s to keep proxies from closing the
 //! connection.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy, PullConsumer};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -131,25 +132,28 @@ pub async fn get(
 /// Waits until the projector `consumer` has settled stream sequence `seq`: its ack
 /// floor reached it, so it and everything before it was committed (or dead-lettered)
 /// by whichever worker had it. `Some(false)` when [`PROJECTION_WAIT`] passes first,
-/// `None` when the client went away or the engine stops.
+/// `None` when the client went away or the engine stops. The consumers' handles are
+/// kept in `handles` for the feed's next changes.
 async fn settled(
     state: &HistoryState,
+    handles: &mut HashMap<String, PullConsumer>,
     consumer: &str,
     seq: u64,
     tx: &mpsc::Sender<Event>,
 ) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
-    let mut handle: Option<async_nats::jetstream::consumer::PullConsumer> = None;
     loop {
-        if handle.is_none() {
-            handle = state
+        if !handles.contains_key(consumer) {
+            let found = state
                 .app
                 .js
                 .get_consumer_from_stream(consumer, &state.stream)
-                .await
-                .ok();
+                .await;
+            if let Ok(c) = found {
+                handles.insert(consumer.to_owned(), c);
+            }
         }
-        if let Some(c) = handle.as_mut() {
+        if let Some(c) = handles.get_mut(consumer) {
             if let Ok(info) = c.info().await {
                 if info.ack_floor.stream_sequence >= seq {
                     return Some(true);
@@ -169,6 +173,7 @@ async fn settled(
 
 /// Sends each change once projected, until the client goes away.
 async fn follow(state: HistoryState, mut messages: pull::Ordered, tx: mpsc::Sender<Event>) {
+    let mut handles = HashMap::new();
     loop {
         let message = tokio::select! {
             () = tx.closed() => return,
@@ -200,7 +205,7 @@ async fn follow(state: HistoryState, mut messages: pull::Ordered, tx: mpsc::Send
             continue;
         };
         let consumer = Topology::projector_name(subject.provider, &subject.object);
-        let Some(projected) = settled(&state, &consumer, seq, &tx).await else {
+        let Some(projected) = settled(&state, &mut handles, &consumer, seq, &tx).await else {
             return;
         };
         let row: Option<Value> =

@@ -59,14 +59,7 @@ pub struct HistoryQuery {
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn object_of(raw: &str) -> Result<(ObjectType, Table), ApiError> {
-    let singular = match raw {
-        "contacts" => "contact",
-        "companies" => "company",
-        "deals" => "deal",
-        "activities" => "activity",
-        other => other,
-    };
-    ObjectType::parse(singular)
+    ObjectType::parse(crmsync_schema::ids::singular(raw))
         .ok()
         .and_then(|o| Table::for_object(&o).map(|t| (o, t)))
         .ok_or_else(|| {

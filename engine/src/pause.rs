@@ -20,10 +20,10 @@ use sqlx::PgPool;
 
 use crmsync_ingest::auth::require_bearer;
 use crmsync_ingest::ApiError;
+use crmsync_schema::ids::singular as object_name;
 use crmsync_schema::Provider;
 
 use crate::history::HistoryState;
-use crate::sync_log::object_name;
 
 /// The objects a sync can be stopped for.
 pub const OBJECTS: [&str; 4] = ["contact", "company", "deal", "activity"];

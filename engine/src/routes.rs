@@ -107,9 +107,9 @@ pub fn api_router(app: Arc<AppState>, history: HistoryState, probes: Arc<Probes>
     ]
     .concat();
     let doc = Arc::new(document(&described, env!("CARGO_PKG_VERSION")));
-    let (ingest, _) = ingest.with_state(app);
-    let (engine, _) = engine.with_state(history);
-    let (health, _) = health.with_state(probes);
-    let (spec, _) = spec.with_state(doc);
-    ingest.merge(engine).merge(health).merge(spec)
+    ingest
+        .with_state(app)
+        .merge(engine.with_state(history))
+        .merge(health.with_state(probes))
+        .merge(spec.with_state(doc))
 }

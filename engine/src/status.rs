@@ -193,7 +193,7 @@ async fn objects(
             .iter()
             .map(|api| {
                 (
-                    crate::sync_log::object_name(api).to_owned(),
+                    crmsync_schema::ids::singular(api).to_owned(),
                     crate::hubspot::poller::cursor_key(workspace, account, api),
                     Some(crate::hubspot::backfill::resume_key(
                         workspace, account, api,

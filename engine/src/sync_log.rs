@@ -16,6 +16,7 @@ use sqlx::PgPool;
 
 use crmsync_ingest::auth::require_bearer;
 use crmsync_ingest::ApiError;
+use crmsync_schema::ids::singular;
 use crmsync_schema::Provider;
 
 use crate::history::HistoryState;
@@ -42,18 +43,6 @@ pub struct Run<'a> {
     pub detail: Value,
 }
 
-/// An object's name as the log keeps it: singular (`contact`), whatever the
-/// provider's API calls it (`contacts`).
-pub fn object_name(raw: &str) -> &str {
-    match raw {
-        "contacts" => "contact",
-        "companies" => "company",
-        "deals" => "deal",
-        "activities" => "activity",
-        other => other,
-    }
-}
-
 /// Logs a run; a failure to log is only a warning.
 pub async fn record(pool: &PgPool, run: Run<'_>) {
     let message = run
@@ -67,7 +56,7 @@ pub async fn record(pool: &PgPool, run: Run<'_>) {
     )
     .bind(run.workspace)
     .bind(run.provider.as_str())
-    .bind(run.object.map(object_name))
+    .bind(run.object.map(singular))
     .bind(run.operation)
     .bind(if run.error.is_some() { "error" } else { "ok" })
     .bind(i64::try_from(run.records).unwrap_or(i64::MAX))
@@ -168,7 +157,7 @@ pub async fn list(
     )
     .bind(q.workspace.as_deref())
     .bind(q.provider.as_deref())
-    .bind(q.object.as_deref().map(object_name))
+    .bind(q.object.as_deref().map(singular))
     .bind(q.operation.as_deref())
     .bind(q.status.as_deref())
     .bind(q.before)

@@ -173,16 +173,7 @@ async fn shared_contacts(engine: &TestEngine) -> Vec<String> {
 }
 
 async fn post(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {
-    let r = engine
-        .http
-        .post(engine.url(path))
-        .bearer_auth(API_TOKEN)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    common::post_json(engine, path, body).await
 }
 
 fn outcome(email: &str, n: usize) -> Value {

@@ -233,10 +233,10 @@ pub fn routes() -> Documented<Arc<AppState>> {
 
 /// Every route of the API role.
 pub fn router(state: Arc<AppState>) -> Router {
-    routes().with_state(state).0
+    routes().with_state(state)
 }
 
 /// The routes a worker serves: health and metrics only.
 pub fn worker_router(state: Arc<AppState>) -> Router {
-    health::routes().with_state(state).0
+    health::routes().with_state(state)
 }

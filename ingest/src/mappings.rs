@@ -38,11 +38,11 @@ pub struct MappingQuery {
 
 /// An object type, by its singular or its table's name.
 fn parse_object(raw: &str) -> Result<&'static str, ApiError> {
-    match raw {
-        "contact" | "contacts" => Ok("contact"),
-        "company" | "companies" => Ok("company"),
-        "deal" | "deals" => Ok("deal"),
-        "activity" | "activities" => Ok("activity"),
+    match crmsync_schema::ids::singular(raw) {
+        "contact" => Ok("contact"),
+        "company" => Ok("company"),
+        "deal" => Ok("deal"),
+        "activity" => Ok("activity"),
         _ => Err(ApiError::BadRequest(format!(
             "object `{raw}` is not one of contacts, companies, deals, activities"
         ))),

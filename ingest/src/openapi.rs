@@ -157,12 +157,12 @@ impl<S: Clone + Send + Sync + 'static> Documented<S> {
         &self.described
     }
 
-    /// The router, with `state`, and the descriptions.
-    pub fn with_state<S2>(self, state: S) -> (Router<S2>, Vec<Described>)
+    /// The router, with `state` (read the descriptions first: [`Self::described`]).
+    pub fn with_state<S2>(self, state: S) -> Router<S2>
     where
         S2: Clone + Send + Sync + 'static,
     {
-        (self.router.with_state(state), self.described)
+        self.router.with_state(state)
     }
 }
 

@@ -143,6 +143,18 @@ text_id!(
 #[serde(transparent)]
 pub struct ObjectType(String);
 
+/// An object type's name from its plural, as a table or a provider's API names it
+/// (`contacts` → `contact`); any other name as it is.
+pub fn singular(name: &str) -> &str {
+    match name {
+        "contacts" => "contact",
+        "companies" => "company",
+        "deals" => "deal",
+        "activities" => "activity",
+        other => other,
+    }
+}
+
 impl ObjectType {
     pub const MAX_LEN: usize = 64;
 

@@ -293,10 +293,6 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// A change as the adapter landed it, re-shaped by the rules.
     pub fn apply(&self, landed: &FieldSet) -> FieldSet {
         if self.rules.is_empty() {

@@ -440,6 +440,21 @@ pub async fn get_json(engine: &TestEngine, path: &str, token: Option<&str>) -> (
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// POSTs `body` to `engine` with the tests' bearer token: the status and the JSON
+/// answer (null when there is none).
+pub async fn post_json(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {
+    let response = engine
+        .http
+        .post(engine.url(path))
+        .bearer_auth(hubspot::API_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// Runs a Python `script` on `input` with the tests' Python (`CRMSYNC_PYTHON`, from
 /// `scripts/services.sh`, with `prometheus_client` and `openapi-spec-validator`): its
 /// output, or its error.

@@ -74,17 +74,7 @@ impl Db {
 
     /// POSTs `body` with the bearer token: the status and the JSON answer.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .engine
-            .http
-            .post(self.engine.url(path))
-            .bearer_auth(API_TOKEN)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        super::post_json(&self.engine, path, body).await
     }
 
     pub async fn client(&self) -> OdooClient {
