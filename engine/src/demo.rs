@@ -315,8 +315,14 @@ pub async fn run(base: Settings, opts: DemoOptions, stop: CancellationToken) -> 
     .await?;
     println!("Connected: hubspot, zoho, odoo. The pollers read everything, then keep up with the emulators' changes.");
     let mut drivers = Vec::new();
+    // A token the user set is theirs: named, never echoed. A made-up one is shown.
+    let token = if std::env::var("CRM_API_TOKEN").is_ok_and(|v| !v.is_empty()) {
+        "$CRM_API_TOKEN".to_owned()
+    } else {
+        token
+    };
     println!(
-        "\nAPI token: {token}\n  status:  curl -H 'Authorization: Bearer {token}' {local}/crm/sync/status\n  feed:    curl -N -H 'Authorization: Bearer {token}' '{local}/crm/feed?workspace={WORKSPACE}'\n  OpenAPI: {local}/openapi.json   metrics: {local}/metrics\n"
+        "\nAPI token: {token}\n  status:  curl -H \"Authorization: Bearer {token}\" {local}/crm/sync/status\n  feed:    curl -N -H \"Authorization: Bearer {token}\" '{local}/crm/feed?workspace={WORKSPACE}'\n  OpenAPI: {local}/openapi.json   metrics: {local}/metrics\n"
     );
     let mut pushed = false;
     let started = std::time::Instant::now();

@@ -123,6 +123,10 @@ async fn migrate_creates_the_database_and_the_demo_prints_projected_rows() {
     );
     assert!(stdout.contains("pushes/sent=3"), "{stdout}");
     assert!(
+        stdout.contains("API token: demo-"),
+        "a made-up token is shown: {stdout}"
+    );
+    assert!(
         stdout.contains("Call demo-call-1 is in all three CRMs."),
         "{stdout}"
     );
