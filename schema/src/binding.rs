@@ -14,7 +14,7 @@ use cloudevents::message::{
     BinaryDeserializer, BinarySerializer, Encoding, Error as MessageError, MessageAttributeValue,
     MessageDeserializer, StructuredDeserializer, StructuredSerializer,
 };
-use cloudevents::Event;
+use cloudevents::{AttributesReader, Data, Event};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 const PREFIX: &str = "ce-";
@@ -33,6 +33,8 @@ pub enum BindingError {
     BadHeader { name: String, reason: &'static str },
     #[error("invalid CloudEvent: {0}")]
     Invalid(#[from] MessageError),
+    #[error("attribute name `{0}` is not lower-case ASCII letters and digits")]
+    BadAttributeName(String),
 }
 
 /// Percent-encodes a header value as the binding requires.
@@ -74,7 +76,16 @@ pub struct NatsMessage {
 }
 
 /// Encodes `event` in binary mode.
-pub fn to_binary(event: Event) -> Result<NatsMessage, BindingError> {
+///
+/// JSON data without a `datacontenttype` (as the JSON event format allows, where it
+/// implies `application/json`) is sent with `content-type: application/json`, so
+/// that a binary-mode reader still knows it is JSON.
+pub fn to_binary(mut event: Event) -> Result<NatsMessage, BindingError> {
+    if event.datacontenttype().is_none() && matches!(event.data(), Some(Data::Json(_))) {
+        if let (_, _, Some(data)) = event.take_data() {
+            event.set_data("application/json", data);
+        }
+    }
     Ok(BinaryDeserializer::deserialize_binary(
         event,
         NatsMessage::default(),
@@ -84,14 +95,37 @@ pub fn to_binary(event: Event) -> Result<NatsMessage, BindingError> {
 /// Decodes a CloudEvent from a NATS message in either content mode.
 pub fn from_message(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event, BindingError> {
     let reader = Reader::new(headers, payload)?;
-    match reader.encoding() {
-        Encoding::UNKNOWN => Err(BindingError::NotACloudEvent),
-        _ => Ok(MessageDeserializer::into_event(reader)?),
+    let event = match reader.encoding() {
+        Encoding::UNKNOWN => return Err(BindingError::NotACloudEvent),
+        _ => MessageDeserializer::into_event(reader)?,
+    };
+    // The spec's rule for every attribute name; structured mode would otherwise let
+    // any JSON key through, which no binary-mode header could carry.
+    if let Some((bad, _)) = event
+        .iter_extensions()
+        .find(|(name, _)| !valid_attribute_name(name))
+    {
+        return Err(BindingError::BadAttributeName(
+            bad.chars().take(64).collect(),
+        ));
     }
+    Ok(event)
+}
+
+/// `a`-`z` and `0`-`9`, as CloudEvents requires of attribute names.
+fn valid_attribute_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 impl NatsMessage {
     fn header(mut self, name: &str, value: &str) -> Result<Self, MessageError> {
+        let name: async_nats::header::HeaderName =
+            name.parse().map_err(|e| MessageError::Other {
+                source: format!("attribute `{name}` cannot be a NATS header: {e}").into(),
+            })?;
         self.headers
             .insert(name, encode_header_value(value).as_str());
         Ok(self)

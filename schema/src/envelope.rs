@@ -12,7 +12,7 @@
 //! | `time` | the provider's own time of the change |
 //! | `datacontenttype` | `application/json` |
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 
 use crate::ids::{ObjectType, Provider, RemoteId, WorkspaceId};
@@ -125,6 +125,13 @@ impl RawEvent {
         event.set_data("application/json", self.data.clone());
         event
     }
+}
+
+/// Whether `t` can be an event's time: RFC 3339 (and so the CloudEvents `time`
+/// attribute) writes years 0000 to 9999 only, so an event stamped later could be
+/// stored but never read back.
+pub fn representable(t: DateTime<Utc>) -> bool {
+    (0..=9999).contains(&t.year())
 }
 
 /// The event's data as bytes, whatever form the SDK holds it in.

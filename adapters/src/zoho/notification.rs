@@ -86,6 +86,9 @@ impl Notification {
                 .map_err(|_| NotificationError::Invalid("server_time"))?,
             _ => Utc::now(),
         };
+        if !crmsync_schema::envelope::representable(server_time) {
+            return Err(NotificationError::Invalid("server_time"));
+        }
         Ok(Self {
             channel_id,
             token,
