@@ -58,9 +58,11 @@ pub struct Scope {
 }
 
 /// The scope's (workspace, provider or `*`, object or `*`), checked.
-fn scope(body: Result<Json<Scope>, JsonRejection>) -> Result<(String, String, String), ApiError> {
-    let Json(scope) =
-        body.map_err(|e| ApiError::BadRequest(format!("the body: {}", e.body_text())))?;
+fn scope(
+    body: Result<Json<Scope>, JsonRejection>,
+    limit: usize,
+) -> Result<(String, String, String), ApiError> {
+    let Json(scope) = body.map_err(|e| ApiError::json_body(e, limit))?;
     let workspace = crmsync_ingest::oauth::workspace(Some(&scope.workspace))?;
     let provider = match scope.provider.as_deref() {
         None | Some("*") | Some("all") => "*".to_owned(),
@@ -108,7 +110,7 @@ pub async fn stop(
     body: Result<Json<Scope>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state.app, &headers)?;
-    let (workspace, provider, object) = scope(body)?;
+    let (workspace, provider, object) = scope(body, state.app.max_body_bytes)?;
     sqlx::query(
         "INSERT INTO crm_sync_pauses (workspace_id, provider, object) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",
@@ -131,7 +133,7 @@ pub async fn start(
     body: Result<Json<Scope>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state.app, &headers)?;
-    let (workspace, provider, object) = scope(body)?;
+    let (workspace, provider, object) = scope(body, state.app.max_body_bytes)?;
     sqlx::query(
         "DELETE FROM crm_sync_pauses
          WHERE workspace_id = $1 AND ($2 = '*' OR provider = $2) AND ($3 = '*' OR object = $3)",

@@ -199,8 +199,7 @@ async fn push_inner(
         .ok()
         .filter(|_| call_id.len() <= 200)
         .ok_or_else(|| ApiError::BadRequest("call_id must be 1-200 characters".into()))?;
-    let Json(outcome) =
-        body.map_err(|e| ApiError::BadRequest(format!("the body: {}", e.body_text())))?;
+    let Json(outcome) = body.map_err(|e| ApiError::json_body(e, state.max_body_bytes))?;
     let errors = validate(&outcome);
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));

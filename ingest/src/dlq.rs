@@ -83,14 +83,25 @@ pub async fn list(
     ))
 }
 
+/// A DLQ message's id: its stream sequence.
+fn sequence(id: &str) -> Result<u64, ApiError> {
+    id.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        let shown: String = id.chars().take(40).collect();
+        ApiError::BadRequest(format!(
+            "`{shown}` is not a DLQ message id (a positive sequence number, as GET /crm/dlq lists)"
+        ))
+    })
+}
+
 /// `POST /crm/dlq/{id}/retry`: back to its original subject (a fresh dedupe id, so
 /// the stream takes it again), then out of the DLQ; a push's state becomes queued.
 pub async fn retry(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
+    let id = sequence(&id)?;
     let stream = stream(&state).await?;
     let msg = stream
         .get_raw_message(id)
@@ -155,9 +166,10 @@ pub async fn retry(
 pub async fn discard(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
+    let id = sequence(&id)?;
     let stream = stream(&state).await?;
     if stream.get_raw_message(id).await.is_err() {
         return Err(ApiError::NotFound(format!("no message {id} in the DLQ")));

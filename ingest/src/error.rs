@@ -1,6 +1,7 @@
 //! One error type for every HTTP answer that is not a success: clear to the caller,
 //! never leaking internals.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,7 +13,7 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("the body is larger than the {limit} bytes accepted")]
+    #[error("the body is larger than the {limit} bytes accepted (CRM_WEBHOOK_MAX_BYTES)")]
     TooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -28,6 +29,24 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
 }
 
+/// A body that may be left out (its fields can come in the query): none when the
+/// request has no body, an error when it has one that is not JSON or is broken.
+pub fn optional_body<T>(
+    state: &crate::AppState,
+    headers: &axum::http::HeaderMap,
+    body: Result<axum::Json<T>, JsonRejection>,
+) -> Result<Option<T>, ApiError> {
+    let empty = !headers.contains_key(axum::http::header::CONTENT_TYPE)
+        && headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_none_or(|n| n.as_bytes() == b"0");
+    match body {
+        Ok(axum::Json(b)) => Ok(Some(b)),
+        Err(JsonRejection::MissingJsonContentType(_)) if empty => Ok(None),
+        Err(e) => Err(ApiError::json_body(e, state.max_body_bytes)),
+    }
+}
+
 /// One field of a request and what is wrong with it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FieldError {
@@ -36,6 +55,18 @@ pub struct FieldError {
 }
 
 impl ApiError {
+    /// Why a JSON body was refused: 413 when it is over `limit` bytes, 415 when it is
+    /// not declared as JSON, else 400 with serde's reason (which names the place).
+    pub fn json_body(rejection: JsonRejection, limit: usize) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with content-type: application/json".into(),
+            ),
+            _ => ApiError::BadRequest(format!("the body: {}", rejection.body_text())),
+        }
+    }
+
     /// An internal failure: logged in full, answered as 503 without details.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");

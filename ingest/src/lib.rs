@@ -106,6 +106,12 @@ pub fn routes() -> Documented<Arc<AppState>> {
                 .errors(&[413, 415]),
             webhooks::zoho::receive,
         )
+        .post(
+            "/crm/webhooks/{provider}",
+            public("Any other provider: 404 naming the webhook routes there are")
+                .errors(&[404]),
+            webhooks::unknown,
+        )
         .get(
             "/crm/zoho/start",
             bearer("Starts connecting Zoho: 302 to its consent page").required("workspace", WS).ok(302),

@@ -197,8 +197,7 @@ pub async fn put(
     let ws = crate::oauth::workspace(q.workspace.as_deref())?;
     let provider = provider_of(&provider)?;
     let object = object_of(provider, &object)?;
-    let Json(mapping) =
-        body.map_err(|e| ApiError::BadRequest(format!("the body: {}", e.body_text())))?;
+    let Json(mapping) = body.map_err(|e| ApiError::json_body(e, state.max_body_bytes))?;
     let problems = mapping.problems(&DefaultLanding { provider, object });
     if !problems.is_empty() {
         return Err(ApiError::Invalid(

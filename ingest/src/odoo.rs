@@ -18,6 +18,7 @@ use crmsync_adapters::odoo::client::{ConnectError, OdooClient, OdooConfig};
 use crmsync_adapters::{RateLimiter, Secret};
 
 use crate::auth::require_bearer;
+use crate::error::optional_body;
 use crate::oauth::{workspace, WorkspaceQuery};
 use crate::{connections, ApiError, AppState};
 
@@ -48,9 +49,9 @@ pub struct ConnectBody {
     log_activity: bool,
 }
 
-fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+fn body_of<T>(state: &AppState, body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not the JSON expected: {e}")))
+        .map_err(|e| ApiError::json_body(e, state.max_body_bytes))
 }
 
 /// The Odoo account id: `database@host[:port]`.
@@ -69,7 +70,7 @@ pub async fn connect(
     body: Result<Json<ConnectBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
-    let body = body_of(body)?;
+    let body = body_of(&state, body)?;
     let mut missing = Vec::new();
     let mut field = |name: &'static str, v: Option<String>| {
         let v = v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
@@ -160,10 +161,12 @@ pub struct WorkspaceBody {
 }
 
 fn workspace_from(
+    state: &AppState,
+    headers: &HeaderMap,
     q: &WorkspaceQuery,
     body: Result<Json<WorkspaceBody>, JsonRejection>,
 ) -> Result<(String, Option<u64>), ApiError> {
-    let body = body.ok().map(|Json(b)| b);
+    let body = optional_body(state, headers, body)?;
     let from_body = body.as_ref().and_then(|b| b.workspace.clone());
     let ws = workspace(from_body.as_deref().or(q.workspace.as_deref()))?;
     Ok((ws, body.and_then(|b| b.interval_secs)))
@@ -187,7 +190,7 @@ pub async fn poll(
     body: Result<Json<WorkspaceBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
-    let (ws, _) = workspace_from(&q, body)?;
+    let (ws, _) = workspace_from(&state, &headers, &q, body)?;
     require_connection(&state, &ws).await?;
     let poller = state.odoo.as_ref().ok_or_else(|| {
         ApiError::Unavailable("Odoo polling is not configured: set ENCRYPTION_KEY".into())
@@ -248,7 +251,7 @@ pub async fn scheduler_start(
     body: Result<Json<WorkspaceBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
-    let (ws, interval) = workspace_from(&q, body)?;
+    let (ws, interval) = workspace_from(&state, &headers, &q, body)?;
     Ok(Json(set_scheduler(&state, &ws, true, interval).await?))
 }
 
@@ -260,7 +263,7 @@ pub async fn scheduler_stop(
     body: Result<Json<WorkspaceBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
-    let (ws, _) = workspace_from(&q, body)?;
+    let (ws, _) = workspace_from(&state, &headers, &q, body)?;
     Ok(Json(set_scheduler(&state, &ws, false, None).await?))
 }
 

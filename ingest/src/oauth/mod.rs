@@ -109,7 +109,7 @@ pub async fn disconnect(
     label: &str,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(state, headers)?;
-    let from_body = body.ok().and_then(|Json(b)| b.workspace);
+    let from_body = crate::error::optional_body(state, headers, body)?.and_then(|b| b.workspace);
     let ws = workspace(from_body.as_deref().or(q.workspace.as_deref()))?;
     if crate::connections::remove(&state.pool, &ws, provider)
         .await

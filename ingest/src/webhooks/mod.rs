@@ -21,6 +21,16 @@ pub fn body_of(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Byte
     })
 }
 
+/// `POST /crm/webhooks/{provider}` for any provider but HubSpot and Zoho: 404 that
+/// says where webhooks go, rather than the router's empty one.
+pub async fn unknown(axum::extract::Path(provider): axum::extract::Path<String>) -> ApiError {
+    let shown: String = provider.chars().take(64).collect();
+    ApiError::NotFound(format!(
+        "no webhooks are received for `{shown}`: HubSpot posts to /crm/webhooks/hubspot, \
+         Zoho to /crm/webhooks/zoho, and Odoo is polled"
+    ))
+}
+
 /// Counts a webhook delivery by its answer.
 pub fn count_delivery(metrics: &Metrics, provider: &'static str, status: StatusCode) {
     metrics

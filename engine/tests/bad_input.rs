@@ -1,0 +1,250 @@
+//! The bad-input catalogue, control API and webhook routes: every broken request
+//! gets a clear error and changes nothing. The rest of the catalogue is beside the
+//! feature it concerns: HubSpot signatures, timestamps, replays and bodies in
+//! `webhook.rs`; OAuth states in `connect.rs` and `zoho_sync.rs`; configuration in
+//! `cli.rs`; ids in `crmsync-schema`; parsers under `fuzz/` (with its corpus run by
+//! `crmsync-fuzzing`).
+
+mod common;
+
+use serde_json::{json, Value};
+
+use common::hubspot::API_TOKEN;
+use common::TestEngine;
+use crmsync_sandbox::odoo::Config;
+
+/// Sends `body` as given: the status and the JSON answer.
+async fn send(
+    engine: &TestEngine,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method.parse().unwrap(), engine.url(path))
+        .bearer_auth(API_TOKEN)
+        .body(body);
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let answer = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{method} {path}: {status} answered with no JSON: {text:?}"));
+    (status, answer)
+}
+
+/// Everything a request could have changed: stored events and commands, and the
+/// rows of every table a control route writes.
+async fn footprint(engine: &TestEngine) -> Vec<(String, i64)> {
+    let mut counts = vec![];
+    for stream in [
+        engine.topology.events_stream(),
+        engine.topology.outbound_stream(),
+    ] {
+        let mut s = engine.js.get_stream(&stream).await.unwrap();
+        counts.push((stream, s.info().await.unwrap().state.messages as i64));
+    }
+    for table in [
+        "crm_connections",
+        "crm_call_pushes",
+        "crm_field_mappings",
+        "crm_sync_pauses",
+        "crm_sync_logs",
+        "contacts",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+        counts.push((table.to_owned(), n));
+    }
+    counts
+}
+
+/// What a body is, its content type, the body, and the status and words expected.
+type Body = (
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
+#[tokio::test]
+async fn broken_control_api_bodies_get_clear_errors_and_change_nothing() {
+    let db = common::odoo::start(
+        Config {
+            contacts: 5,
+            ..Config::default()
+        },
+        &[
+            ("CRM_WEBHOOK_MAX_BYTES", "4096"),
+            ("CRM_POLL_INTERVAL_SECS", "3600"),
+        ],
+    )
+    .await;
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let before = footprint(&db.engine).await;
+
+    let oversized =
+        serde_json::to_vec(&json!({"workspace": "acme", "notes": "x".repeat(5000)})).unwrap();
+    let json = Some("application/json");
+    let bodies: Vec<Body> = vec![
+        (
+            "cut short",
+            json,
+            b"{\"workspace\": ".to_vec(),
+            400,
+            "the body",
+        ),
+        (
+            "invalid UTF-8",
+            json,
+            b"{\"\xff\xfe\": \"acme\"}".to_vec(),
+            400,
+            "invalid unicode",
+        ),
+        ("not an object", json, b"[1, 2]".to_vec(), 400, "the body"),
+        (
+            "oversized",
+            json,
+            oversized,
+            413,
+            "larger than the 4096 bytes",
+        ),
+        (
+            "text",
+            Some("text/plain"),
+            br#"{"workspace": "acme"}"#.to_vec(),
+            415,
+            "application/json",
+        ),
+        (
+            "no content type",
+            None,
+            br#"{"workspace": "acme", "provider": "odoo"}"#.to_vec(),
+            415,
+            "application/json",
+        ),
+    ];
+    let routes = [
+        ("POST", "/crm/calls/call-1/push-to-crm"),
+        ("PUT", "/crm/mappings/odoo/contacts?workspace=acme"),
+        ("POST", "/crm/sync/stop"),
+        ("POST", "/crm/sync/start"),
+        ("POST", "/crm/odoo/connect"),
+        ("POST", "/crm/odoo/poll"),
+        ("POST", "/crm/odoo/scheduler/start"),
+    ];
+    for (method, path) in routes {
+        for (what, content_type, body, status, message) in &bodies {
+            let (got, answer) = send(&db.engine, method, path, *content_type, body.clone()).await;
+            assert_eq!(got, *status, "{method} {path}, {what}: {answer}");
+            let text = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(text.contains(message), "{method} {path}, {what}: {text}");
+        }
+    }
+    assert_eq!(
+        footprint(&db.engine).await,
+        before,
+        "a refused request left a trace"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_workspaces_and_ids_are_refused_clearly() {
+    let db = common::odoo::start(Config::default(), &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let before = footprint(&db.engine).await;
+    let engine = &db.engine;
+    let cases: Vec<(&str, String, Value, u16, &str)> = vec![
+        (
+            "POST",
+            "/crm/webhooks/pipedrive".into(),
+            json!([]),
+            404,
+            "pipedrive",
+        ),
+        (
+            "POST",
+            "/crm/calls/call-1/push-to-crm".into(),
+            json!({"workspace": "nobody", "provider": "odoo", "contact": {"email": "a@example.com"},
+                   "started_at": "2026-11-28T10:00:00Z", "duration_secs": 5,
+                   "direction": "outbound", "disposition": "connected"}),
+            404,
+            "nobody",
+        ),
+        (
+            "POST",
+            "/crm/odoo/poll".into(),
+            json!({"workspace": "nobody"}),
+            404,
+            "nobody",
+        ),
+        (
+            "POST",
+            "/crm/odoo/poll".into(),
+            json!({"workspace": "a.b.>"}),
+            404,
+            "a.b.>",
+        ),
+        (
+            "PUT",
+            "/crm/mappings/pipedrive/contacts?workspace=acme".into(),
+            json!({"rules": []}),
+            400,
+            "pipedrive",
+        ),
+        (
+            "PUT",
+            "/crm/mappings/odoo/contacts'%3B%20DROP%20TABLE%20contacts%3B--?workspace=acme".into(),
+            json!({"rules": []}),
+            400,
+            "DROP TABLE",
+        ),
+        (
+            "POST",
+            format!("/crm/calls/{}/push-to-crm", "x".repeat(300)),
+            json!({}),
+            400,
+            "call_id",
+        ),
+        (
+            "POST",
+            "/crm/dlq/not-a-number/retry".into(),
+            json!({}),
+            400,
+            "not a DLQ message id",
+        ),
+    ];
+    for (method, path, body, status, message) in cases {
+        let (got, answer) = send(
+            engine,
+            method,
+            &path,
+            Some("application/json"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{method} {path}: {text}");
+    }
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('contacts')::text")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(table.as_deref(), Some("contacts"));
+    assert_eq!(
+        footprint(engine).await,
+        before,
+        "a refused request left a trace"
+    );
+}
