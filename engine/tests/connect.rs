@@ -226,3 +226,74 @@ async fn rotate_key_reencrypts_every_secret_to_the_new_identity() {
         "the old key alone no longer opens it"
     );
 }
+
+/// A state signed with the right key is still refused when it has expired (by its
+/// own clock or the server's record), was issued for another provider, or was never
+/// issued; none of them reaches the code exchange or stores a connection.
+#[tokio::test]
+async fn expired_misdirected_and_unissued_states_are_refused_before_any_exchange() {
+    use crmsync_ingest::oauth::state::{self, Claims};
+
+    let s = start(Config::default(), &[]).await;
+    let key = s.vault().signing_key();
+    let now = chrono::Utc::now().timestamp();
+    let callback = |token: &str| {
+        s.engine.url(&format!(
+            "/crm/hubspot/callback?code=abc&state={}",
+            url_escape(token)
+        ))
+    };
+    let claims = |nonce: &str, provider: &str, expires: i64| Claims {
+        nonce: nonce.into(),
+        workspace: "acme".into(),
+        provider: provider.into(),
+        expires,
+    };
+    let cases = [
+        (claims("n-expired", "hubspot", now - 1), "has expired"),
+        (claims("n-zoho", "zoho", now + 600), "another provider"),
+        (
+            claims("n-never-issued", "hubspot", now + 600),
+            "already used",
+        ),
+    ];
+    for (claims, message) in &cases {
+        let r = s
+            .no_redirects
+            .get(callback(&state::sign(&key, claims)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{message}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(message), "{message}: {body}");
+    }
+
+    // Issued, then past its time in the server's record (the token's own expiry
+    // still ahead): refused, and it cannot be used afterwards either.
+    let issued = s.authorize("acme").await;
+    let moved = sqlx::query(
+        "UPDATE crm_oauth_states SET expires_at = now() - interval '1 second'
+         WHERE workspace_id = 'acme' AND provider = 'hubspot' AND used_at IS NULL",
+    )
+    .execute(&s.engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
+    let r = s.no_redirects.get(&issued).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("start the connection again"));
+
+    assert!(connections::get(&s.engine.pool, "acme", "hubspot")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+fn url_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
