@@ -443,9 +443,23 @@ pub async fn get_json(engine: &TestEngine, path: &str, token: Option<&str>) -> (
 /// POSTs `body` to `engine` with the tests' bearer token: the status and the JSON
 /// answer (null when there is none).
 pub async fn post_json(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {
+    send_json(engine, reqwest::Method::POST, path, body).await
+}
+
+/// PUTs `body` as [`post_json`] POSTs it.
+pub async fn put_json(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {
+    send_json(engine, reqwest::Method::PUT, path, body).await
+}
+
+async fn send_json(
+    engine: &TestEngine,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
     let response = engine
         .http
-        .post(engine.url(path))
+        .request(method, engine.url(path))
         .bearer_auth(hubspot::API_TOKEN)
         .json(body)
         .send()
