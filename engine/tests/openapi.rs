@@ -71,7 +71,10 @@ async fn the_openapi_document_is_valid_and_lists_every_route_served() {
             // with a wrong one, before reading anything else of the request.
             if op.get("security").is_some() {
                 assert_eq!(status, 401, "{method} {path} answered without the token");
-                let wrong = request(Some("control-token-for-testz")).send().await.unwrap();
+                let wrong = request(Some("control-token-for-testz"))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(wrong.status(), 401, "{method} {path} took a wrong token");
             } else {
                 open.push(format!("{} {path}", method.to_uppercase()));

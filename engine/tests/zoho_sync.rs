@@ -16,7 +16,7 @@ use common::hubspot::API_TOKEN;
 use common::zoho::start;
 use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_adapters::zoho::MODULES;
-use crmsync_adapters::{Metrics, RateLimiter};
+use crmsync_adapters::{Metrics, RateLimiter, Vault};
 use crmsync_engine::zoho::backfill::backfill;
 use crmsync_ingest::connections;
 use crmsync_sandbox::zoho::{Config, DataCentre, ZohoSandbox};
@@ -207,17 +207,43 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
     };
     let json_type = [("content-type", "application/json".to_owned())];
     let channel = first.0.as_str();
+    // The channel's own token, one byte off.
+    let sealed: Vec<u8> = sqlx::query_scalar(
+        "SELECT secrets FROM crm_connections WHERE workspace_id = 'acme' AND provider = 'zoho'",
+    )
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    let opened: Value =
+        serde_json::from_slice(&Vault::parse(&org.key).unwrap().open(&sealed).unwrap()).unwrap();
+    let mut off_by_one = opened["channel_token"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    *off_by_one.last_mut().unwrap() ^= 1;
+    let off_by_one = String::from_utf8(off_by_one).unwrap();
+    let mut oversized = callback(channel, &off_by_one).into_bytes();
+    oversized.extend(std::iter::repeat_n(b' ', 1 << 20));
     for (body, status) in [
-        (callback(channel, "wrong-token"), 401),
-        (callback(channel, ""), 401),
-        (callback("12345", "wrong-token"), 401),
-        ("{not json".to_owned(), 400),
-        (json!({"channel_id": channel}).to_string(), 400),
+        (callback(channel, "wrong-token").into_bytes(), 401),
+        (callback(channel, "").into_bytes(), 401),
+        (callback(channel, &off_by_one).into_bytes(), 401),
+        (callback("12345", "wrong-token").into_bytes(), 401),
+        (b"{not json".to_vec(), 400),
+        (b"{\"channel_id\": \"\xff\xfe\"}".to_vec(), 400),
+        (json!({"channel_id": channel}).to_string().into_bytes(), 400),
+        (oversized, 413),
     ] {
         let r = engine
-            .post_with("/crm/webhooks/zoho", &json_type, body.as_bytes())
+            .post_with("/crm/webhooks/zoho", &json_type, &body)
             .await;
-        assert_eq!(r.status(), status, "{body}");
+        assert_eq!(
+            r.status(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
     }
     let r = engine
         .post_with(
@@ -231,7 +257,7 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
     let metrics = engine.metrics().await;
     assert!(
         metrics.contains(
-            r#"crm_webhook_verification_failures_total{provider="zoho",reason="mismatch"} 2"#
+            r#"crm_webhook_verification_failures_total{provider="zoho",reason="mismatch"} 3"#
         ),
         "{metrics}"
     );
