@@ -248,3 +248,59 @@ async fn unknown_routes_workspaces_and_ids_are_refused_clearly() {
         "a refused request left a trace"
     );
 }
+
+/// A property value of 700 KB, and ids and property names written to break
+/// subjects, SQL and JSON paths, are stored and projected as they came: each id on
+/// one subject token, each name a plain key, every table still there.
+#[tokio::test]
+async fn huge_values_and_hostile_ids_and_names_are_kept_verbatim() {
+    use crmsync_sandbox::hubspot::webhooks::{EventFactory, Signature};
+
+    let engine = TestEngine::start(&[]).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    let mut f = EventFactory::new(62515);
+    let huge = "é".repeat(350_000);
+    let hostile_id = "7.>.* x'; DROP TABLE contacts;--";
+    let hostile_name = "x'); DELETE FROM contacts; -- $.a[0] {{}}";
+    let mut named = f.property_change("contact", 8, at, hostile_name, "kept");
+    named["objectId"] = json!(hostile_id);
+    let events = vec![
+        f.property_change("contact", 7, at, "notes", &huge),
+        named,
+        f.creation("contact", 9, at),
+    ];
+    let last = engine.post_events(Signature::V3, &events).await;
+    engine.wait_projected(last).await;
+
+    let stream = engine
+        .js
+        .get_stream(engine.topology.events_stream())
+        .await
+        .unwrap();
+    let hostile = stream.get_raw_message(last - 1).await.unwrap();
+    let subject = hostile.subject.as_str();
+    assert!(
+        subject.ends_with(".contact.7%2E%3E%2E%2A%20x%27%3B%20DROP%20TABLE%20contacts%3B--"),
+        "{subject}"
+    );
+    let fields = |id: &'static str| {
+        let pool = engine.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Value>(
+                "SELECT fields FROM contacts WHERE workspace_id = '62515' AND remote_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(fields("7").await["notes"].as_str(), Some(huge.as_str()));
+    assert_eq!(fields(hostile_id).await[hostile_name], "kept");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts WHERE workspace_id = '62515'")
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    engine.stop().await;
+}
