@@ -19,3 +19,11 @@ pub mod hubspot;
 pub mod odoo;
 pub mod server;
 pub mod zoho;
+
+/// Whether `given` is the secret `expected`, compared in constant time: the
+/// emulators ship in `crmsync sandbox` and `crmsync demo`, and check secrets as the
+/// real services do.
+pub fn secret_eq(given: Option<&str>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())))
+}

@@ -132,7 +132,7 @@ pub async fn token_endpoint(
     Form(f): Form<TokenForm>,
 ) -> Response {
     if f.client_id.as_deref() != Some(hs.config.client_id.as_str())
-        || f.client_secret.as_deref() != Some(hs.config.client_secret.as_str())
+        || !crate::secret_eq(f.client_secret.as_deref(), &hs.config.client_secret)
     {
         return error(
             "BAD_CLIENT_ID",

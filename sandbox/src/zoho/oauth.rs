@@ -382,7 +382,7 @@ fn exchange(
     if client_id != sb.config.client_id {
         return Err(OAuthError::InvalidClient);
     }
-    if get("client_secret") != Some(sb.config.client_secret.as_str()) {
+    if !crate::secret_eq(get("client_secret"), &sb.config.client_secret) {
         return Err(OAuthError::InvalidClientSecret);
     }
     let mut tokens = sb.tokens();
