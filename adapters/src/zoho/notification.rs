@@ -22,6 +22,8 @@ pub struct Notification {
     pub operation: String,
     pub ids: Vec<String>,
     pub server_time: DateTime<Utc>,
+    /// Whether Zoho stated `server_time` (else it is the time of receipt).
+    stamped: bool,
     body: Map<String, Value>,
 }
 
@@ -76,6 +78,7 @@ impl Notification {
             Some(_) => return Err(NotificationError::Invalid("ids")),
             None => return Err(NotificationError::Missing("ids")),
         };
+        let stamped = body.contains_key("server_time");
         let server_time = match body.get("server_time") {
             Some(Value::Number(n)) => n
                 .as_i64()
@@ -96,6 +99,7 @@ impl Notification {
             operation,
             ids,
             server_time,
+            stamped,
             body,
         })
     }
@@ -121,7 +125,16 @@ impl Notification {
     /// One raw event per record, without the token.
     pub fn events(&self, org: &WorkspaceId) -> Result<Vec<RawEvent>, NotificationError> {
         let object = self.object()?;
-        let ms = self.server_time.timestamp_millis();
+        // What makes two deliveries of one callback collide: Zoho's time, or without
+        // it a digest of the callback (never the time of receipt, which would store
+        // a replayed callback again).
+        let stamp = if self.stamped {
+            self.server_time.timestamp_millis().to_string()
+        } else {
+            use sha2::Digest as _;
+            let bytes = serde_json::to_vec(&self.body).expect("a JSON object serialises");
+            format!("d{}", hex::encode(&sha2::Sha256::digest(bytes)[..8]))
+        };
         let mut events = Vec::with_capacity(self.ids.len());
         for id in &self.ids {
             let mut body = self.body.clone();
@@ -132,7 +145,7 @@ impl Notification {
             if let Some(Value::Array(values)) = body.get_mut("affected_values") {
                 values.retain(|a| a.get("record_id").and_then(text).as_deref() == Some(id));
             }
-            let version = format!("notify-{}-{ms}-{}", self.channel_id, self.operation);
+            let version = format!("notify-{}-{stamp}-{}", self.channel_id, self.operation);
             events.push(RawEvent {
                 provider: Provider::Zoho,
                 workspace: org.clone(),
@@ -153,6 +166,24 @@ impl Notification {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_callback_without_server_time_is_deduplicated_by_its_contents() {
+        let org = WorkspaceId::parse("org").unwrap();
+        let mut body = callback();
+        body.as_object_mut().unwrap().remove("server_time");
+        let version = |b: &Value| {
+            let n = Notification::parse(&serde_json::to_vec(b).unwrap()).unwrap();
+            n.events(&org).unwrap()[0].dedupe_key()
+        };
+        assert_eq!(version(&body), version(&body), "a replay collides");
+        let mut other = body.clone();
+        other["operation"] = json!("delete");
+        assert_ne!(version(&body), version(&other));
+        other = body.clone();
+        other["affected_fields"] = json!([{"1": ["Email"]}]);
+        assert_ne!(version(&body), version(&other), "another change does not");
+    }
 
     fn callback() -> Value {
         json!({
