@@ -1,9 +1,18 @@
-//! The bad-input catalogue, control API and webhook routes: every broken request
-//! gets a clear error and changes nothing. The rest of the catalogue is beside the
-//! feature it concerns: HubSpot signatures, timestamps, replays and bodies in
-//! `webhook.rs`; OAuth states in `connect.rs` and `zoho_sync.rs`; configuration in
-//! `cli.rs`; ids in `crmsync-schema`; parsers under `fuzz/` (with its corpus run by
-//! `crmsync-fuzzing`).
+//! The bad-input catalogue. Each input gets a clear error and changes nothing; where
+//! a case is tested:
+//!
+//! | input | test |
+//! |---|---|
+//! | malformed, cut-short, non-object and invalid UTF-8 JSON; oversized bodies; wrong or missing content type (control API) | here, every route |
+//! | the same on the webhooks | `webhook.rs` (HubSpot), `zoho_sync.rs` (Zoho) |
+//! | signatures wrong by one byte; stale and future timestamps | `webhook.rs`, `fuzz/` (`hubspot_webhook`), `adapters` unit tests |
+//! | a Zoho channel token one byte off, an unknown channel | `zoho_sync.rs` |
+//! | replayed webhooks | `webhook.rs` (HubSpot retries stored once), `adapters` (Zoho, with and without `server_time`) |
+//! | unknown providers, workspaces, calls and DLQ ids | here; `mappings.rs`, `sync_control.rs`, `cli.rs` |
+//! | forged, expired, misdirected, unissued and reused OAuth state | `connect.rs`, `zoho_sync.rs` |
+//! | ids and field names built to break subjects, SQL and JSON paths; huge values | here; `fuzz/` (`subject_token`); `crmsync-schema` |
+//! | any bytes to the parsers | `fuzz/`, corpus checked by `crmsync-fuzzing` |
+//! | bad configuration | `cli.rs`, `engine/src/config.rs` |
 
 mod common;
 
