@@ -13,6 +13,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds=${1:-20}
 shift || true
+# libFuzzer takes 0 as "no limit": only a positive number of seconds.
+if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "fuzz: SECONDS must be a positive whole number, not '$seconds'" >&2
+  exit 2
+fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(hubspot_webhook zoho_notification subject_token cloudevent_binary)

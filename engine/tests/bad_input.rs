@@ -166,6 +166,24 @@ async fn broken_control_api_bodies_get_clear_errors_and_change_nothing() {
         before,
         "a refused request left a trace"
     );
+
+    // A body that may be left out is taken as absent when empty, whatever the
+    // headers say (clients that always send a content type, `curl -d ''`).
+    for content_type in [
+        Some("application/json"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let (status, answer) = send(
+            &db.engine,
+            "POST",
+            "/crm/odoo/poll?workspace=acme",
+            content_type,
+            vec![],
+        )
+        .await;
+        assert_eq!(status, 200, "{content_type:?}: {answer}");
+    }
 }
 
 #[tokio::test]

@@ -116,7 +116,18 @@ impl PgServer {
         let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
             .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
             .unwrap_or_default();
-        found.sort();
+        // By version number: 16 after 9.6.
+        found.sort_by_key(|b| {
+            let version = b
+                .parent()
+                .and_then(|v| v.file_name())
+                .map(|v| v.to_string_lossy().into_owned());
+            version
+                .unwrap_or_default()
+                .split('.')
+                .map(|n| n.parse::<u32>().unwrap_or(0))
+                .collect::<Vec<_>>()
+        });
         found.pop().filter(|b| b.join("initdb").exists()).expect(
             "no Postgres server binaries: set CRMSYNC_PG_BIN to the directory of initdb and pg_ctl",
         )
@@ -265,10 +276,15 @@ async fn send_until(base: String, stop: Arc<AtomicBool>, per_batch: u64) -> (BTr
             .map(|id| factory.creation("contact", *id, at))
             .collect();
         let body = serde_json::to_vec(&events).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             match signed_request(&http, &base, &body).send().await {
                 Ok(r) if r.status() == 200 => break,
-                _ => {
+                answer => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "batch {batch} not accepted within 2 minutes: {answer:?}"
+                    );
                     refused += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -379,12 +395,28 @@ async fn postgres_killed_during_projection_loses_and_doubles_nothing() {
     let sender = tokio::spawn(send_until(engine.url(""), stop.clone(), 100));
     let projected = contacts_reach(&engine.pool, 1000, Duration::from_secs(30)).await;
     assert!(projected.is_some(), "projection started");
+    let first_start: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT pg_postmaster_start_time()")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
     pg.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.up();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let (accepted, _) = sender.await.unwrap();
+    // The server did go (a new postmaster), and projection went on after it.
+    let started_again: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT pg_postmaster_start_time()")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    assert!(started_again > first_start, "Postgres was not restarted");
+    assert!(
+        accepted.len() as i64 > projected.unwrap_or_default(),
+        "events came after the restart"
+    );
     eprintln!(
         "{} events accepted, {} projected before the kill",
         accepted.len(),

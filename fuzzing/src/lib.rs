@@ -234,9 +234,9 @@ pub fn hubspot_webhook(data: &[u8]) {
     }
 }
 
-/// An event's JSON without `attemptNumber`, or its bytes when serde_json cannot hold
-/// it as a value.
-fn without_attempt(data: &[u8]) -> Result<serde_json::Value, Vec<u8>> {
+/// An event's JSON without `attemptNumber`; when serde_json cannot hold it as a
+/// value, its members' texts (or its bytes, when it is no object).
+fn without_attempt(data: &[u8]) -> Result<serde_json::Value, Vec<(String, String)>> {
     match serde_json::from_slice::<serde_json::Value>(data) {
         Ok(mut value) => {
             if let Some(map) = value.as_object_mut() {
@@ -244,7 +244,16 @@ fn without_attempt(data: &[u8]) -> Result<serde_json::Value, Vec<u8>> {
             }
             Ok(value)
         }
-        Err(_) => Err(data.to_vec()),
+        Err(_) => Err(
+            match serde_json::from_slice::<std::collections::BTreeMap<String, &RawValue>>(data) {
+                Ok(members) => members
+                    .into_iter()
+                    .filter(|(k, _)| k != "attemptNumber")
+                    .map(|(k, v)| (k, v.get().to_owned()))
+                    .collect(),
+                Err(_) => vec![(String::new(), String::from_utf8_lossy(data).into_owned())],
+            },
+        ),
     }
 }
 

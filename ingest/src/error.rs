@@ -29,22 +29,35 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
 }
 
-/// A body that may be left out (its fields can come in the query): none when the
-/// request has no body, an error when it has one that is not JSON or is broken.
-pub fn optional_body<T>(
+/// A request body that may be left out, read whole (up to the body limit).
+pub type OptionalBody = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+/// A JSON body that may be left out (its fields can come in the query): none when
+/// the request has no body (whatever its headers say), else the body, which must be
+/// declared and parse as JSON.
+pub fn optional_body<T: serde::de::DeserializeOwned>(
     state: &crate::AppState,
     headers: &axum::http::HeaderMap,
-    body: Result<axum::Json<T>, JsonRejection>,
+    body: OptionalBody,
 ) -> Result<Option<T>, ApiError> {
-    let empty = !headers.contains_key(axum::http::header::CONTENT_TYPE)
-        && headers
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_none_or(|n| n.as_bytes() == b"0");
-    match body {
-        Ok(axum::Json(b)) => Ok(Some(b)),
-        Err(JsonRejection::MissingJsonContentType(_)) if empty => Ok(None),
-        Err(e) => Err(ApiError::json_body(e, state.max_body_bytes)),
+    let bytes = crate::webhooks::body_of(body, state.max_body_bytes)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
     }
+    let declared = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+    if !declared {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be JSON, sent with content-type: application/json".into(),
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("the body: {e}")))
 }
 
 /// One field of a request and what is wrong with it.

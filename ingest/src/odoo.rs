@@ -18,7 +18,7 @@ use crmsync_adapters::odoo::client::{ConnectError, OdooClient, OdooConfig};
 use crmsync_adapters::{RateLimiter, Secret};
 
 use crate::auth::require_bearer;
-use crate::error::optional_body;
+use crate::error::{optional_body, OptionalBody};
 use crate::oauth::{workspace, WorkspaceQuery};
 use crate::{connections, ApiError, AppState};
 
@@ -164,9 +164,9 @@ fn workspace_from(
     state: &AppState,
     headers: &HeaderMap,
     q: &WorkspaceQuery,
-    body: Result<Json<WorkspaceBody>, JsonRejection>,
+    body: OptionalBody,
 ) -> Result<(String, Option<u64>), ApiError> {
-    let body = optional_body(state, headers, body)?;
+    let body: Option<WorkspaceBody> = optional_body(state, headers, body)?;
     let from_body = body.as_ref().and_then(|b| b.workspace.clone());
     let ws = workspace(from_body.as_deref().or(q.workspace.as_deref()))?;
     Ok((ws, body.and_then(|b| b.interval_secs)))
@@ -187,7 +187,7 @@ pub async fn poll(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<WorkspaceQuery>,
-    body: Result<Json<WorkspaceBody>, JsonRejection>,
+    body: OptionalBody,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
     let (ws, _) = workspace_from(&state, &headers, &q, body)?;
@@ -248,7 +248,7 @@ pub async fn scheduler_start(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<WorkspaceQuery>,
-    body: Result<Json<WorkspaceBody>, JsonRejection>,
+    body: OptionalBody,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
     let (ws, interval) = workspace_from(&state, &headers, &q, body)?;
@@ -260,7 +260,7 @@ pub async fn scheduler_stop(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<WorkspaceQuery>,
-    body: Result<Json<WorkspaceBody>, JsonRejection>,
+    body: OptionalBody,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(&state, &headers)?;
     let (ws, _) = workspace_from(&state, &headers, &q, body)?;

@@ -205,6 +205,10 @@ pub fn document(described: &[Described], version: &str) -> Value {
         if !d.op.query.is_empty() || d.op.body.is_some() {
             errors.push(400);
         }
+        if d.op.body.is_some() {
+            // Over the body limit; not declared as JSON.
+            errors.extend([413, 415]);
+        }
         errors.push(503);
         errors.sort_unstable();
         errors.dedup();

@@ -9,6 +9,8 @@
 //!
 //! Every comparison is constant-time.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
@@ -371,9 +373,16 @@ fn digest(raw: &RawValue) -> String {
             }
             serde_json::to_vec(&value).unwrap_or_default()
         }
-        // Valid JSON that serde_json cannot hold as a value (a number beyond f64):
-        // its own bytes, so that two such events never share an id (found by fuzzing).
-        Err(_) => raw.get().as_bytes().to_vec(),
+        // Valid JSON that serde_json cannot hold as a value (a number beyond f64),
+        // found by fuzzing: its members verbatim, still without `attemptNumber`, so
+        // that retries share an id and two such events never do.
+        Err(_) => match serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(raw.get()) {
+            Ok(mut members) => {
+                members.remove("attemptNumber");
+                serde_json::to_vec(&members).unwrap_or_default()
+            }
+            Err(_) => raw.get().as_bytes().to_vec(),
+        },
     };
     hex::encode(&Sha256::digest(&canonical)[..8])
 }
@@ -595,6 +604,21 @@ mod tests {
         let id = |b: &[u8]| parse_batch(b).unwrap()[0].to_raw_event(0).unwrap().event_id;
         assert_eq!(id(BODY), id(retry.as_bytes()));
         assert_ne!(id(BODY), id(other.as_bytes()));
+    }
+
+    #[test]
+    fn elements_beyond_f64_are_told_apart_but_their_retries_are_not() {
+        let id = |b: &str| {
+            receive_batch(b.as_bytes()).unwrap().events[0]
+                .event_id
+                .clone()
+        };
+        let first = r#"[{"portalId": 1, "n": 1e999, "attemptNumber": 0}]"#;
+        assert_eq!(
+            id(first),
+            id(&first.replace("\"attemptNumber\": 0", "\"attemptNumber\": 3"))
+        );
+        assert_ne!(id(first), id(&first.replace("1e999", "2e999")));
     }
 
     #[test]

@@ -78,7 +78,11 @@ impl Notification {
             Some(_) => return Err(NotificationError::Invalid("ids")),
             None => return Err(NotificationError::Missing("ids")),
         };
-        let stamped = body.contains_key("server_time");
+        // A time Zoho stated (a null or other non-time is as good as none).
+        let stamped = matches!(
+            body.get("server_time"),
+            Some(Value::Number(_) | Value::String(_))
+        );
         let server_time = match body.get("server_time") {
             Some(Value::Number(n)) => n
                 .as_i64()
@@ -172,11 +176,18 @@ mod tests {
         let org = WorkspaceId::parse("org").unwrap();
         let mut body = callback();
         body.as_object_mut().unwrap().remove("server_time");
+        let mut null = body.clone();
+        null["server_time"] = Value::Null;
         let version = |b: &Value| {
             let n = Notification::parse(&serde_json::to_vec(b).unwrap()).unwrap();
             n.events(&org).unwrap()[0].dedupe_key()
         };
         assert_eq!(version(&body), version(&body), "a replay collides");
+        assert_eq!(
+            version(&null),
+            version(&null),
+            "so does one with a null time"
+        );
         let mut other = body.clone();
         other["operation"] = json!("delete");
         assert_ne!(version(&body), version(&other));

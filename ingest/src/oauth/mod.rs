@@ -8,7 +8,6 @@ pub mod zoho;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -104,12 +103,13 @@ pub async fn disconnect(
     state: &AppState,
     headers: &HeaderMap,
     q: WorkspaceQuery,
-    body: Result<Json<DisconnectBody>, JsonRejection>,
+    body: crate::error::OptionalBody,
     provider: &str,
     label: &str,
 ) -> Result<Json<Value>, ApiError> {
     require_bearer(state, headers)?;
-    let from_body = crate::error::optional_body(state, headers, body)?.and_then(|b| b.workspace);
+    let from_body = crate::error::optional_body::<DisconnectBody>(state, headers, body)?
+        .and_then(|b| b.workspace);
     let ws = workspace(from_body.as_deref().or(q.workspace.as_deref()))?;
     if crate::connections::remove(&state.pool, &ws, provider)
         .await

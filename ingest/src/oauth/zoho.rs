@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{rejection::JsonRejection, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
@@ -21,9 +21,7 @@ use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_adapters::zoho::oauth::{api_domain, ZohoApp};
 use crmsync_adapters::{RateLimiter, Vault};
 
-use super::{
-    begin, claims_of, oauth_error, redirect_uri, workspace, DisconnectBody, WorkspaceQuery,
-};
+use super::{begin, claims_of, oauth_error, redirect_uri, workspace, WorkspaceQuery};
 use crate::auth::require_bearer;
 use crate::connections;
 use crate::{ApiError, AppState};
@@ -156,7 +154,7 @@ pub async fn disconnect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<WorkspaceQuery>,
-    body: Result<Json<DisconnectBody>, JsonRejection>,
+    body: crate::error::OptionalBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     super::disconnect(&state, &headers, q, body, PROVIDER, "Zoho").await
 }
