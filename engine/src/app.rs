@@ -428,6 +428,7 @@ async fn projector(
         .with_context(|| format!("creating consumer {name}"))?;
     let mut pc = ProjectorConfig::new(provider, table, name, topology.events_stream());
     pc.batch = settings.batch_size;
+    pc.linger = settings.batch_linger;
     pc.max_deliver = settings.max_deliver;
     pc.ack_wait = settings.retry_base;
     Ok(Projector::new(

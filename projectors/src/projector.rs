@@ -34,6 +34,10 @@ pub struct ProjectorConfig {
     pub stream: String,
     /// Messages fetched and committed together, at most.
     pub batch: usize,
+    /// How long a batch short of `batch`, taken from a backlog, waits for more
+    /// messages before it is committed (live traffic, a few messages at a time, does
+    /// not wait).
+    pub linger: Duration,
     /// The consumer's MaxDeliver: at this delivery a failing message is dead-lettered.
     /// Earlier failures are left unacknowledged, so the consumer's BackOff schedule
     /// spaces the retries.
@@ -55,6 +59,7 @@ impl ProjectorConfig {
             consumer: consumer.into(),
             stream: stream.into(),
             batch: 500,
+            linger: Duration::from_millis(5),
             max_deliver: 10,
             ack_wait: Duration::from_secs(30),
         }
@@ -208,17 +213,50 @@ impl Projector {
                 tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
                 return;
             };
-            let mut batch = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                match item {
-                    Ok(msg) => batch.push(msg),
-                    Err(e) => {
-                        tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer")
+            let mut batch = Vec::with_capacity(self.config.batch);
+            self.take(&mut batch, chunk);
+            // Linger: each commit costs a few round trips and a WAL flush, so while
+            // there is a backlog a batch short of its size waits a little for more.
+            // The pull consumer hands over what it has buffered (about 128 messages)
+            // and a backlog refills it within a millisecond; without the wait a
+            // 20,000-event backlog was committed in batches of 77 on average. A
+            // backlog shows as a chunk of many messages; live traffic comes a few at
+            // a time and is committed at once, so its latency is not lengthened.
+            let backlog = batch.len() >= (self.config.batch / 4).clamp(1, 64);
+            let mut ended = false;
+            if backlog && batch.len() < self.config.batch && !self.config.linger.is_zero() {
+                let until = tokio::time::Instant::now() + self.config.linger;
+                // One message at a time from the stream under the chunks (which keep
+                // nothing between polls), so the batch never passes its size.
+                while batch.len() < self.config.batch {
+                    match tokio::time::timeout_at(until, chunks.get_mut().next()).await {
+                        Ok(Some(more)) => self.take(&mut batch, vec![more]),
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Err(_) => break,
                     }
                 }
             }
             if !batch.is_empty() {
                 self.process(batch, stop).await;
+            }
+            if ended {
+                tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
+                return;
+            }
+        }
+    }
+
+    /// Adds the messages of `chunk` to `batch`; errors of the pull are logged.
+    fn take(&self, batch: &mut Vec<Message>, chunk: Vec<Result<Message, pull::MessagesError>>) {
+        for item in chunk {
+            match item {
+                Ok(msg) => batch.push(msg),
+                Err(e) => {
+                    tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer")
+                }
             }
         }
     }
@@ -325,6 +363,7 @@ impl Projector {
     async fn process(&self, batch: Vec<Message>, stop: &CancellationToken) {
         let started = Instant::now();
         let decoded: Vec<Decoded> = batch.into_iter().map(|m| self.decode(m)).collect();
+        let decoding = started.elapsed();
         let (good, mut bad): (Vec<&Decoded>, Vec<(&Decoded, String)>) = {
             let mut good = Vec::new();
             let mut bad = Vec::new();
@@ -337,6 +376,7 @@ impl Projector {
             (good, bad)
         };
         let mut committed: Vec<&Decoded> = Vec::new();
+        let committing = Instant::now();
         match self.commit_holding(&good, stop).await {
             Ok(()) => committed = good,
             Err(Held::Stopped) => return,
@@ -352,11 +392,21 @@ impl Projector {
                 }
             }
         }
+        let committing = committing.elapsed();
+        let acking = Instant::now();
         for d in &committed {
             if let Err(e) = d.msg.ack().await {
                 tracing::debug!(error = %e, "ack not sent; the message will be redelivered and skipped");
             }
         }
+        tracing::debug!(
+            consumer = %self.config.consumer,
+            events = committed.len(),
+            decode_us = decoding.as_micros() as u64,
+            commit_us = committing.as_micros() as u64,
+            ack_us = acking.elapsed().as_micros() as u64,
+            "batch committed"
+        );
         self.record(&committed, started);
         for (d, reason) in bad {
             self.fail(d, &reason).await;
