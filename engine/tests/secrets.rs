@@ -42,7 +42,9 @@ async fn a_full_run_logs_none_of_the_secrets_it_used_nor_the_emails_it_synced() 
     let (_, key) = Vault::generate();
     let api_token = format!("api-token-{}", uuid::Uuid::new_v4().simple());
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmsync"));
+    // Bounded: a demo that never finishes fails the test rather than hanging it.
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--signal=KILL", "180", env!("CARGO_BIN_EXE_crmsync")]);
     for (var, _) in std::env::vars() {
         if var.starts_with("CRM_") || var == "PORT" || var == "ENCRYPTION_KEY" {
             cmd.env_remove(var);
