@@ -240,7 +240,7 @@ async fn expired_misdirected_and_unissued_states_are_refused_before_any_exchange
     let callback = |token: &str| {
         s.engine.url(&format!(
             "/crm/hubspot/callback?code=abc&state={}",
-            url_escape(token)
+            common::url_escape(token)
         ))
     };
     let claims = |nonce: &str, provider: &str, expires: i64| Claims {
@@ -294,8 +294,4 @@ async fn expired_misdirected_and_unissued_states_are_refused_before_any_exchange
         .await
         .unwrap()
         .is_none());
-}
-
-fn url_escape(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::hubspot::API_TOKEN;
-use common::{get_json, post_json, TestEngine};
+use common::{get_json, post_json, url_escape, TestEngine};
 use crmsync_engine::replay::{ReplayOptions, Start};
 use crmsync_projectors::Table;
 use crmsync_sandbox::odoo::{Config, OdooSandbox};
@@ -255,8 +255,4 @@ async fn one_workspace_never_reads_or_writes_anothers_data() {
         post_json(&engine, "/crm/odoo/poll", &json!({"workspace": acme.name})).await;
     assert_eq!(status, 200, "{answer}");
     engine.stop().await;
-}
-
-fn url_escape(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

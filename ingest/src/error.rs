@@ -44,13 +44,8 @@ pub fn optional_body<T: serde::de::DeserializeOwned>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let declared = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-        .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
-    if !declared {
+    // Unlike a webhook's, a control-API body must say it is JSON.
+    if crate::webhooks::declares_json(headers) != Some(true) {
         return Err(ApiError::UnsupportedMediaType(
             "the body must be JSON, sent with content-type: application/json".into(),
         ));

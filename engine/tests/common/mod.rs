@@ -440,6 +440,11 @@ pub async fn get_json(engine: &TestEngine, path: &str, token: Option<&str>) -> (
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `s` escaped for a query string.
+pub fn url_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 /// POSTs `body` to `engine` with the tests' bearer token: the status and the JSON
 /// answer (null when there is none).
 pub async fn post_json(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {

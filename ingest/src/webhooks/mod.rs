@@ -90,20 +90,23 @@ pub fn public_uri(public_url: Option<&str>, headers: &HeaderMap, uri: &Uri) -> S
     format!("{proto}://{host}{path}")
 }
 
+/// Whether the request's content type is JSON (`application/json` or `…+json`,
+/// parameters aside); none when it has no content type.
+pub fn declares_json(headers: &HeaderMap) -> Option<bool> {
+    headers.get(axum::http::header::CONTENT_TYPE).map(|v| {
+        let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        essence == "application/json" || essence.ends_with("+json")
+    })
+}
+
 /// Refuses bodies that are not JSON (a missing content type is taken as JSON).
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(axum::http::header::CONTENT_TYPE) {
-        None => Ok(()),
-        Some(v) => {
-            let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            if essence == "application/json" || essence.ends_with("+json") {
-                Ok(())
-            } else {
-                Err(ApiError::UnsupportedMediaType(
-                    "webhooks must be sent as application/json".into(),
-                ))
-            }
-        }
+    if declares_json(headers).unwrap_or(true) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "webhooks must be sent as application/json".into(),
+        ))
     }
 }
