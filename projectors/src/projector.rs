@@ -210,8 +210,7 @@ impl Projector {
                 chunk = chunks.next() => chunk,
             };
             let Some(chunk) = chunk else {
-                tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
-                return;
+                break;
             };
             let mut batch = Vec::with_capacity(self.config.batch);
             self.take(&mut batch, chunk);
@@ -230,7 +229,7 @@ impl Projector {
                 // nothing between polls), so the batch never passes its size.
                 while batch.len() < self.config.batch {
                     match tokio::time::timeout_at(until, chunks.get_mut().next()).await {
-                        Ok(Some(more)) => self.take(&mut batch, vec![more]),
+                        Ok(Some(more)) => self.take(&mut batch, Some(more)),
                         Ok(None) => {
                             ended = true;
                             break;
@@ -243,14 +242,18 @@ impl Projector {
                 self.process(batch, stop).await;
             }
             if ended {
-                tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
-                return;
+                break;
             }
         }
+        tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
     }
 
     /// Adds the messages of `chunk` to `batch`; errors of the pull are logged.
-    fn take(&self, batch: &mut Vec<Message>, chunk: Vec<Result<Message, pull::MessagesError>>) {
+    fn take(
+        &self,
+        batch: &mut Vec<Message>,
+        chunk: impl IntoIterator<Item = Result<Message, pull::MessagesError>>,
+    ) {
         for item in chunk {
             match item {
                 Ok(msg) => batch.push(msg),
