@@ -26,7 +26,6 @@ use crmsync_ingest::{ApiError, AppState};
 use crmsync_projectors::mappings::MappingSet;
 use crmsync_projectors::Table;
 use crmsync_schema::binding;
-use crmsync_schema::envelope::{data_bytes, event_time};
 use crmsync_schema::mapping::Compiled;
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
@@ -197,21 +196,19 @@ fn describe(
     mapping: Option<&Compiled>,
     state: &mut FieldSet,
 ) -> Value {
-    let event = match binding::from_message(message.headers.as_ref(), &message.payload) {
+    let event = match binding::view(message.headers.as_ref(), &message.payload) {
         Ok(event) => event,
         Err(e) => return json!({"error": format!("not a readable event: {e}")}),
     };
-    let time = event_time(&event);
-    let event_id = crmsync_schema::cloudevents::AttributesReader::id(&event).to_owned();
-    let ty = crmsync_schema::cloudevents::AttributesReader::ty(&event).to_owned();
-    let version = Version::new(time, &event_id);
+    let time = event.time_or_epoch();
+    let version = Version::new(time, &event.id);
     let mut set = Map::new();
     let mut error = None;
     match table.normalise(
         provider,
         object.as_str(),
-        Change::of_type(&ty),
-        &data_bytes(&event),
+        Change::of_type(&event.ty),
+        &event.data,
         &version,
     ) {
         Ok(normalised) => {
@@ -227,8 +224,8 @@ fn describe(
     }
     let mut entry = json!({
         "time": time,
-        "type": ty,
-        "event_id": event_id,
+        "type": event.ty,
+        "event_id": event.id,
         "set": set,
         "state": state.fields,
     });

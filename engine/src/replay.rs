@@ -47,7 +47,6 @@ use crmsync_projectors::mappings::{self, MappingSet};
 use crmsync_projectors::tables::{self, RowKey, Table};
 use crmsync_schema::binding;
 use crmsync_schema::cloudevents::AttributesReader;
-use crmsync_schema::envelope::{data_bytes, event_time};
 use crmsync_schema::subject::escape_token;
 use crmsync_schema::{Change, FieldSet, Provider, RemoteId, Version, WorkspaceId};
 
@@ -419,7 +418,7 @@ impl Replayer<'_> {
     }
 
     fn item(&self, message: &Message) -> Item {
-        let Ok(event) = binding::from_message(message.headers.as_ref(), &message.payload) else {
+        let Ok(event) = binding::view(message.headers.as_ref(), &message.payload) else {
             return Item::Skip;
         };
         if let Ok(subject) = self.topology.subjects.parse_raw(&message.subject) {
@@ -429,12 +428,12 @@ impl Replayer<'_> {
             if !self.tables.contains(&table) {
                 return Item::Skip;
             }
-            let version = Version::new(event_time(&event), event.id());
+            let version = Version::new(event.time_or_epoch(), &event.id);
             let Ok(mut normalised) = table.normalise(
                 subject.provider,
                 subject.object.as_str(),
-                Change::of_type(event.ty()),
-                &data_bytes(&event),
+                Change::of_type(&event.ty),
+                &event.data,
                 &version,
             ) else {
                 return Item::Skip;
@@ -461,8 +460,7 @@ impl Replayer<'_> {
             };
         }
         // A push's result: the call's record is (account, provider, crm id).
-        let data: serde_json::Value =
-            serde_json::from_slice(&data_bytes(&event)).unwrap_or_default();
+        let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap_or_default();
         let text = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let (Some(account), Some(provider), Some(crm_id)) =
             (text("account"), text("provider"), text("crm_id"))
@@ -477,10 +475,13 @@ impl Replayer<'_> {
             return Item::Skip;
         };
         let key = (ws, provider, id);
-        if self.scope.covers(Table::Activities, &key) {
-            Item::Result(key, Box::new(event))
-        } else {
-            Item::Skip
+        if !self.scope.covers(Table::Activities, &key) {
+            return Item::Skip;
+        }
+        // Results are few: the whole event, as the entity-link consumer reads it.
+        match binding::from_message(message.headers.as_ref(), &message.payload) {
+            Ok(event) => Item::Result(key, Box::new(event)),
+            Err(_) => Item::Skip,
         }
     }
 

@@ -320,13 +320,38 @@ pub fn cloudevent_binary(data: &[u8]) {
         }
     }
     let payload = p.get(1).copied().unwrap_or_default();
-    let Ok(event) = binding::from_message(Some(&headers), payload) else {
+    let decoded = binding::from_message(Some(&headers), payload);
+    assert_same_view(binding::view(Some(&headers), payload), &decoded);
+    let Ok(event) = decoded else {
         return;
     };
     let message = binding::to_binary(event.clone()).expect("a decoded event encodes");
     let back = binding::from_message(Some(&message.headers), &message.payload)
         .expect("our encoding decodes");
     assert_same(&back, &event);
+}
+
+/// The projection's view of a message (read without building an `Event` where it
+/// can) accepts exactly what the full decoder accepts, and reads the same id, type,
+/// time and data.
+fn assert_same_view(
+    view: Result<binding::View<'_>, binding::BindingError>,
+    decoded: &Result<Event, binding::BindingError>,
+) {
+    match (view, decoded) {
+        (Ok(view), Ok(event)) => {
+            assert_eq!(view.id, event.id(), "id");
+            assert_eq!(view.ty, event.ty(), "type");
+            assert_eq!(view.time.as_ref(), event.time(), "time");
+            assert_eq!(&*view.data, data_bytes(event).as_slice(), "data");
+        }
+        (Err(_), Err(_)) => {}
+        (view, decoded) => panic!(
+            "the view and the decoder disagree: {:?} against {:?}",
+            view.map(|_| "a view"),
+            decoded.as_ref().map(|_| "an event")
+        ),
+    }
 }
 
 /// Equal but for the form the SDK keeps data in (bytes for JSON after binary mode)

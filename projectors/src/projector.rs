@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
 use crmsync_adapters::Metrics;
 use crmsync_adapters::Retraction;
-use crmsync_schema::envelope::{data_bytes, event_time};
 use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version, WorkspaceId};
 
 use crate::mappings::Mappings;
@@ -275,19 +274,19 @@ impl Projector {
                 .subjects
                 .parse_raw(&msg.subject)
                 .map_err(|e| e.to_string())?;
-            let event = binding::from_message(msg.headers.as_ref(), &msg.payload)
-                .map_err(|e| e.to_string())?;
-            let time = event_time(&event);
+            let event =
+                binding::view(msg.headers.as_ref(), &msg.payload).map_err(|e| e.to_string())?;
+            let time = event.time_or_epoch();
             lag = Some((Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0);
-            let version = Version::new(time, cloudevents::AttributesReader::id(&event));
+            let version = Version::new(time, &event.id);
             let normalised = self
                 .config
                 .table
                 .normalise(
                     subject.provider,
                     subject.object.as_str(),
-                    Change::of_type(cloudevents::AttributesReader::ty(&event)),
-                    &data_bytes(&event),
+                    Change::of_type(&event.ty),
+                    &event.data,
                     &version,
                 )
                 .map_err(|e| e.to_string())?;

@@ -8,7 +8,10 @@
 //! are matched case-insensitively; values may be double-quoted strings, as older
 //! senders wrote them, and percent-decoding refuses invalid UTF-8.
 
+use std::borrow::Cow;
+
 use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
 use cloudevents::event::SpecVersion;
 use cloudevents::message::{
     BinaryDeserializer, BinarySerializer, Encoding, Error as MessageError, MessageAttributeValue,
@@ -45,6 +48,11 @@ pub fn encode_header_value(value: &str) -> String {
 /// Reads a header value back: unquotes a double-quoted string, then percent-decodes
 /// once, refusing byte sequences that are not UTF-8.
 pub fn decode_header_value(value: &str) -> Result<String, &'static str> {
+    decode_value(value).map(Cow::into_owned)
+}
+
+/// [`decode_header_value`], borrowing the value when it holds nothing to decode.
+fn decode_value(value: &str) -> Result<Cow<'_, str>, &'static str> {
     let trimmed = value.trim_matches([' ', '\t']);
     let unquoted = if trimmed.len() >= 2 && trimmed.starts_with('"') && trimmed.ends_with('"') {
         let mut out = String::with_capacity(trimmed.len());
@@ -60,11 +68,13 @@ pub fn decode_header_value(value: &str) -> Result<String, &'static str> {
         }
         out
     } else {
-        trimmed.to_owned()
+        return percent_decode_str(trimmed)
+            .decode_utf8()
+            .map_err(|_| "percent-encoded bytes are not UTF-8");
     };
     percent_decode_str(&unquoted)
         .decode_utf8()
-        .map(|s| s.into_owned())
+        .map(|s| Cow::Owned(s.into_owned()))
         .map_err(|_| "percent-encoded bytes are not UTF-8")
 }
 
@@ -110,6 +120,95 @@ pub fn from_message(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Event
         ));
     }
     Ok(event)
+}
+
+/// What projection, replay and history read of an event: its id, type, time and data,
+/// borrowed from the message where it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View<'a> {
+    pub id: Cow<'a, str>,
+    pub ty: Cow<'a, str>,
+    pub time: Option<DateTime<Utc>>,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl View<'_> {
+    /// The source time, the Unix epoch when absent (as [`crate::envelope::event_time`]).
+    pub fn time_or_epoch(&self) -> DateTime<Utc> {
+        self.time.unwrap_or_default()
+    }
+}
+
+/// Reads the [`View`] of a NATS message: what [`from_message`] would decode, with the
+/// same refusals, but without building an `Event` for the common case (binary mode,
+/// CloudEvents 1.0, attribute names already lower-case). Projection reads every event
+/// twice (its object's table and the links), so this is its hottest path.
+pub fn view<'a>(
+    headers: Option<&'a HeaderMap>,
+    payload: &'a [u8],
+) -> Result<View<'a>, BindingError> {
+    if let Some(view) = headers.and_then(|h| binary_view(h, payload)) {
+        return Ok(view);
+    }
+    let event = from_message(headers, payload)?;
+    Ok(View {
+        id: Cow::Owned(event.id().to_owned()),
+        ty: Cow::Owned(event.ty().to_owned()),
+        time: event.time().copied(),
+        data: Cow::Owned(crate::envelope::data_bytes(&event)),
+    })
+}
+
+/// The common case of [`view`], or `None` whenever anything differs from it: the full
+/// decoder then decides, and words any refusal. Accepts only what [`from_message`]
+/// accepts, with the same id, type, time and data (checked by the `cloudevent_binary`
+/// fuzz target and its corpus).
+fn binary_view<'a>(headers: &'a HeaderMap, payload: &'a [u8]) -> Option<View<'a>> {
+    let (mut spec, mut source) = (false, false);
+    let (mut id, mut ty, mut time) = (None, None, None);
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case("content-type") {
+            let value = decode_value(values.last()?.as_str()).ok()?;
+            if value.to_ascii_lowercase().starts_with(STRUCTURED) {
+                return None;
+            }
+            continue;
+        }
+        let prefixed = name
+            .get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX));
+        if !prefixed {
+            continue;
+        }
+        // Lower-case names only: no two headers can then name one attribute.
+        let attr = name.strip_prefix(PREFIX)?;
+        if !valid_attribute_name(attr) {
+            return None;
+        }
+        let value = decode_value(values.last()?.as_str()).ok()?;
+        match attr {
+            "specversion" if value == "1.0" => spec = true,
+            "specversion" => return None,
+            "id" => id = Some(value),
+            "type" => ty = Some(value),
+            "source" => source = true,
+            "time" => time = Some(DateTime::parse_from_rfc3339(&value).ok()?.to_utc()),
+            "dataschema" => {
+                url::Url::parse(&value).ok()?;
+            }
+            _ => {}
+        }
+    }
+    if !(spec && source) {
+        return None;
+    }
+    Some(View {
+        id: id?,
+        ty: ty?,
+        time,
+        data: Cow::Borrowed(payload),
+    })
 }
 
 /// `a`-`z` and `0`-`9`, as CloudEvents requires of attribute names.
@@ -371,7 +470,111 @@ mod tests {
         );
     }
 
+    /// The view agrees with the full decoder: both refuse, or both read the same id,
+    /// type, time and data.
+    fn same_as_decoder(headers: &HeaderMap, payload: &[u8]) -> Option<bool> {
+        match (
+            view(Some(headers), payload),
+            from_message(Some(headers), payload),
+        ) {
+            (Ok(v), Ok(e)) => {
+                assert_eq!(v.id, e.id());
+                assert_eq!(v.ty, e.ty());
+                assert_eq!(v.time.as_ref(), e.time());
+                assert_eq!(*v.data, *crate::envelope::data_bytes(&e));
+                Some(matches!(v.data, Cow::Borrowed(_)))
+            }
+            (Err(_), Err(_)) => None,
+            (v, e) => panic!("view {:?}, decoder {:?}", v.is_ok(), e.is_ok()),
+        }
+    }
+
+    #[test]
+    fn the_view_reads_our_binary_mode_without_building_an_event() {
+        let msg = to_binary(sample()).unwrap();
+        let v = view(Some(&msg.headers), &msg.payload).unwrap();
+        assert!(matches!(v.data, Cow::Borrowed(_)), "the fast path");
+        assert_eq!(v.id, "hs-1-abc");
+        assert_eq!(v.ty, "crmsync.contact.updated.v1");
+        assert_eq!(v.time_or_epoch().to_rfc3339(), "2019-07-26T04:00:00+00:00");
+        assert_eq!(&*v.data, br#"{"a":1}"#);
+        assert_eq!(same_as_decoder(&msg.headers, &msg.payload), Some(true));
+    }
+
+    #[test]
+    fn the_view_of_other_forms_is_the_decoders() {
+        // Mixed-case names, quoted values, structured mode: the full decoder reads them.
+        let mut headers = HeaderMap::new();
+        headers.insert("CE-SpecVersion", "1.0");
+        headers.insert("Ce-Id", "x");
+        headers.insert("ce-SOURCE", "/s");
+        headers.insert("ce-type", "\"t%20u\"");
+        assert_eq!(same_as_decoder(&headers, b"d"), Some(false));
+        assert_eq!(view(Some(&headers), b"d").unwrap().ty, "t u");
+        let mut structured = HeaderMap::new();
+        structured.insert("content-type", "application/cloudevents+json");
+        let json = serde_json::to_vec(&sample()).unwrap();
+        assert_eq!(same_as_decoder(&structured, &json), Some(false));
+        assert!(view(None, b"{}").is_err());
+    }
+
+    #[test]
+    fn the_view_refuses_what_the_decoder_refuses() {
+        let base = |skip: &str, extra: Option<(&str, &str)>| {
+            let mut h = HeaderMap::new();
+            for (n, v) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+            ] {
+                if n != skip {
+                    h.insert(n, v);
+                }
+            }
+            if let Some((n, v)) = extra {
+                h.insert(n, v);
+            }
+            h
+        };
+        assert_eq!(same_as_decoder(&base("", None), b""), Some(true));
+        for headers in [
+            base("ce-source", None),
+            base("ce-id", None),
+            base("ce-type", None),
+            base("", Some(("ce-time", "yesterday"))),
+            base("", Some(("ce-dataschema", "not a url"))),
+            base("", Some(("ce-specversion", "2.0"))),
+            base("", Some(("ce-crm_attempt", "1"))),
+            base("", Some(("ce-x", "%FF"))),
+            base("", Some(("content-type", "%C0%A0"))),
+        ] {
+            assert_eq!(same_as_decoder(&headers, b"{}"), None, "{headers:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_view_agrees_with_the_decoder(
+            picks in proptest::collection::vec((0usize..14, 0usize..9), 0..10),
+            payload in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            const NAMES: [&str; 14] = [
+                "ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time",
+                "ce-dataschema", "ce-subject", "ce-crmattempt", "CE-ID", "Ce-Type",
+                "content-type", "Content-Type", "ce-bad_name", "x-other",
+            ];
+            const VALUES: [&str; 9] = [
+                "1.0", "0.3", "abc", "2019-07-26T04:00:00Z", "http://x/schema",
+                "application/cloudevents+json", "%FF", "\"q%20\"", "a%20b",
+            ];
+            let mut headers = HeaderMap::new();
+            for (n, v) in picks {
+                headers.append(NAMES[n], VALUES[v]);
+            }
+            same_as_decoder(&headers, &payload);
+        }
+
         #[test]
         fn any_attribute_text_round_trips(value in "\\PC{0,60}") {
             let encoded = encode_header_value(&value);
