@@ -1,14 +1,15 @@
 //! The consume loop shared by projections.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
@@ -86,6 +87,8 @@ struct Decoded {
     delivered: i64,
     outcome: Result<Outcome, String>,
     lag: Option<f64>,
+    /// How long decoding took.
+    took: Duration,
 }
 
 /// What a decoded message asks of the table.
@@ -164,17 +167,18 @@ impl Projector {
     /// message feed ends (NATS restarted, consumer or stream deleted), it is opened
     /// again, creating the consumer anew if needed, with growing delays.
     pub async fn run(self, stop: CancellationToken) -> Result<(), async_nats::Error> {
-        tracing::info!(consumer = %self.config.consumer, "projector started");
+        let this = Arc::new(self);
+        tracing::info!(consumer = %this.config.consumer, "projector started");
         let mut failures = 0u32;
         while !stop.is_cancelled() {
-            match self.open().await {
+            match this.open().await {
                 Ok(messages) => {
                     failures = 0;
-                    self.consume(messages, &stop).await;
+                    this.consume(messages, &stop).await;
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(consumer = %self.config.consumer, error = %e, failures, "cannot open the consumer; retrying");
+                    tracing::warn!(consumer = %this.config.consumer, error = %e, failures, "cannot open the consumer; retrying");
                 }
             }
             let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
@@ -183,7 +187,7 @@ impl Projector {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        tracing::info!(consumer = %self.config.consumer, "projector stopped");
+        tracing::info!(consumer = %this.config.consumer, "projector stopped");
         Ok(())
     }
 
@@ -201,69 +205,128 @@ impl Projector {
             .await?)
     }
 
-    async fn consume(&self, messages: pull::Stream, stop: &CancellationToken) {
-        let mut chunks = messages.ready_chunks(self.config.batch);
+    /// Consumes in a two-stage pipeline. Messages are decoded here as they arrive,
+    /// while the batch before them commits in a task of its own (on the other core
+    /// when there is one); batches are committed one at a time and in order.
+    ///
+    /// Every message delivered is in hand or in the commit, so none ages unseen: when
+    /// a commit runs long (Postgres unavailable) the stream is drained, bounded by the
+    /// consumer's MaxAckPending, and what waits is kept in progress, so that an outage
+    /// spends no delivery and sends no message to MaxDeliver.
+    async fn consume(self: &Arc<Self>, mut messages: pull::Stream, stop: &CancellationToken) {
+        enum Step {
+            Stop,
+            Tick,
+            Committed,
+            Lingered,
+            /// Boxed: a message is large, and this happens once a chunk.
+            Message(Box<Option<Result<Message, pull::MessagesError>>>),
+        }
+        let batch = self.config.batch.max(1);
+        // Progress is sent well within the ack wait; a commit running for a quarter
+        // of it counts as held.
+        let tick = (self.config.ack_wait / 3).max(Duration::from_millis(10));
+        let held_after = self.config.ack_wait / 4;
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: VecDeque<Decoded> = VecDeque::new();
+        let mut committing: Option<(JoinHandle<()>, Instant)> = None;
+        let mut linger_until: Option<tokio::time::Instant> = None;
+        let mut last_full = false;
+        let mut ended = false;
         loop {
-            let chunk = tokio::select! {
-                () = stop.cancelled() => return,
-                chunk = chunks.next() => chunk,
-            };
-            let Some(chunk) = chunk else {
+            if committing.is_none() && !pending.is_empty() {
+                // Linger: each commit costs a few round trips and a WAL flush, so
+                // while there is a backlog a batch short of its size waits a little
+                // for more. A backlog shows as many messages in hand, or as a full
+                // batch before; live traffic comes a few messages at a time and is
+                // committed at once, so its latency is not lengthened.
+                let backlog = last_full || pending.len() >= (batch / 4).clamp(1, 64);
+                let now = tokio::time::Instant::now();
+                let until = *linger_until.get_or_insert(now + self.config.linger);
+                let short = pending.len() < batch;
+                if !(short && backlog && !ended && now < until) {
+                    let cut: Vec<Decoded> = pending.drain(..pending.len().min(batch)).collect();
+                    last_full = cut.len() == batch;
+                    linger_until = None;
+                    let this = Arc::clone(self);
+                    let stop = stop.clone();
+                    let task = tokio::spawn(async move { this.process(cut, &stop).await });
+                    committing = Some((task, Instant::now()));
+                }
+            }
+            if ended && pending.is_empty() && committing.is_none() {
                 break;
+            }
+            let held = committing
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() >= held_after);
+            let room = held || pending.len() < 2 * batch;
+            let lingering = committing.is_none() && linger_until.is_some();
+            let step = tokio::select! {
+                biased;
+                () = stop.cancelled() => Step::Stop,
+                _ = ticker.tick() => Step::Tick,
+                () = finished(&mut committing) => Step::Committed,
+                () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if lingering => Step::Lingered,
+                item = messages.next(), if room && !ended => Step::Message(Box::new(item)),
             };
-            let mut batch = Vec::with_capacity(self.config.batch);
-            self.take(&mut batch, chunk);
-            // Linger: each commit costs a few round trips and a WAL flush, so while
-            // there is a backlog a batch short of its size waits a little for more.
-            // The pull consumer hands over what it has buffered (about 128 messages)
-            // and a backlog refills it within a millisecond; without the wait a
-            // 20,000-event backlog was committed in batches of 77 on average. A
-            // backlog shows as a chunk of many messages; live traffic comes a few at
-            // a time and is committed at once, so its latency is not lengthened.
-            let backlog = batch.len() >= (self.config.batch / 4).clamp(1, 64);
-            let mut ended = false;
-            if backlog && batch.len() < self.config.batch && !self.config.linger.is_zero() {
-                let until = tokio::time::Instant::now() + self.config.linger;
-                // One message at a time from the stream under the chunks (which keep
-                // nothing between polls), so the batch never passes its size.
-                while batch.len() < self.config.batch {
-                    match tokio::time::timeout_at(until, chunks.get_mut().next()).await {
-                        Ok(Some(more)) => self.take(&mut batch, Some(more)),
-                        Ok(None) => {
-                            ended = true;
-                            break;
+            let mut item = match step {
+                Step::Stop => break,
+                Step::Committed => {
+                    committing = None;
+                    continue;
+                }
+                Step::Lingered => continue,
+                Step::Tick => {
+                    if held {
+                        for d in &pending {
+                            let _ = d.msg.ack_with(AckKind::Progress).await;
                         }
-                        Err(_) => break,
+                    }
+                    continue;
+                }
+                Step::Message(item) => *item,
+            };
+            // This message and every one already buffered behind it, while there is
+            // room: one pass of the loop per chunk, not per message.
+            loop {
+                match item {
+                    Some(Ok(msg)) => {
+                        let d = self.decode(msg);
+                        if held {
+                            let _ = d.msg.ack_with(AckKind::Progress).await;
+                        }
+                        pending.push_back(d);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer");
+                    }
+                    None => {
+                        ended = true;
+                        break;
                     }
                 }
-            }
-            if !batch.is_empty() {
-                self.process(batch, stop).await;
-            }
-            if ended {
-                break;
-            }
-        }
-        tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
-    }
-
-    /// Adds the messages of `chunk` to `batch`; errors of the pull are logged.
-    fn take(
-        &self,
-        batch: &mut Vec<Message>,
-        chunk: impl IntoIterator<Item = Result<Message, pull::MessagesError>>,
-    ) {
-        for item in chunk {
-            match item {
-                Ok(msg) => batch.push(msg),
-                Err(e) => {
-                    tracing::warn!(consumer = %self.config.consumer, error = %e, "pull consumer")
+                if !(held || pending.len() < 2 * batch) {
+                    break;
+                }
+                match messages.next().now_or_never() {
+                    Some(next) => item = next,
+                    None => break,
                 }
             }
+        }
+        // The batch in hand is finished; what waits is left for redelivery.
+        if committing.is_some() {
+            finished(&mut committing).await;
+        }
+        if ended {
+            tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
         }
     }
 
     fn decode(&self, msg: Message) -> Decoded {
+        let started = Instant::now();
         let (seq, delivered) = msg
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
@@ -314,6 +377,7 @@ impl Projector {
             delivered,
             outcome,
             lag,
+            took: started.elapsed(),
         }
     }
 
@@ -323,6 +387,26 @@ impl Projector {
             .flat_map(|item| item.outcome.iter().flat_map(|o| o.rows.iter().cloned()))
             .collect();
         let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
+        let nothing = changes.is_empty()
+            && items.iter().all(|d| {
+                d.outcome
+                    .as_ref()
+                    .map_or(true, |o| o.retractions.is_empty())
+            });
+        if nothing {
+            // Events that touch nothing here (most events, for the links projector):
+            // the checkpoint alone, one statement instead of a transaction of four.
+            let mut conn = self.pool.acquire().await.map_err(classify)?;
+            return checkpoint::advance(
+                &mut conn,
+                &self.config.consumer,
+                &self.config.stream,
+                max_seq,
+                items.len() as u64,
+            )
+            .await
+            .map_err(classify);
+        }
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // Mapped in the transaction, so a mapping written before it commits applies.
         let mappings = self.mappings.current(&mut tx).await.map_err(classify)?;
@@ -362,10 +446,8 @@ impl Projector {
         tx.commit().await.map_err(classify)
     }
 
-    async fn process(&self, batch: Vec<Message>, stop: &CancellationToken) {
+    async fn process(&self, decoded: Vec<Decoded>, stop: &CancellationToken) {
         let started = Instant::now();
-        let decoded: Vec<Decoded> = batch.into_iter().map(|m| self.decode(m)).collect();
-        let decoding = started.elapsed();
         let (good, mut bad): (Vec<&Decoded>, Vec<(&Decoded, String)>) = {
             let mut good = Vec::new();
             let mut bad = Vec::new();
@@ -404,7 +486,7 @@ impl Projector {
         tracing::debug!(
             consumer = %self.config.consumer,
             events = committed.len(),
-            decode_us = decoding.as_micros() as u64,
+            decode_us = decoded.iter().map(|d| d.took).sum::<Duration>().as_micros() as u64,
             commit_us = committing.as_micros() as u64,
             ack_us = acking.elapsed().as_micros() as u64,
             "batch committed"
@@ -514,5 +596,18 @@ impl Projector {
                 let _ = d.msg.ack_with(AckKind::Progress).await;
             }
         }
+    }
+}
+
+/// Resolves when the commit in flight has finished; never when there is none.
+async fn finished(committing: &mut Option<(JoinHandle<()>, Instant)>) {
+    match committing {
+        Some((task, _)) => {
+            if let Err(e) = task.await {
+                // Its messages were not acknowledged: they will be redelivered.
+                tracing::error!(error = %e, "a projection commit failed");
+            }
+        }
+        None => std::future::pending().await,
     }
 }
