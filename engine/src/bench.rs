@@ -88,13 +88,40 @@ fn figures(scenario: &'static str, events: usize, seconds: f64, ceiling: Option<
 /// `n` webhook events: property changes over `n / 4` contacts, at `at` ms onwards.
 fn events(n: usize, at: i64) -> Vec<Value> {
     let mut f = EventFactory::new(PORTAL);
-    (0..n)
-        .map(|i| {
-            let contact = 1 + (i / 4) as u64;
-            let name = ["email", "firstname", "lastname", "phone"][i % 4];
-            f.property_change("contact", contact, at + i as i64, name, &format!("v{i}"))
-        })
-        .collect()
+    (0..n).map(|i| event(&mut f, i, at)).collect()
+}
+
+/// Event `i` of [`events`], from a factory that made events `0..i` before it.
+fn event(f: &mut EventFactory, i: usize, at: i64) -> Value {
+    let contact = 1 + (i / 4) as u64;
+    let name = ["email", "firstname", "lastname", "phone"][i % 4];
+    f.property_change("contact", contact, at + i as i64, name, &format!("v{i}"))
+}
+
+/// Publishes [`events`] into the raw stream a slice at a time, so that the bench's
+/// own copy of them does not count in the engine's peak memory; the last sequence.
+async fn publish_events(
+    js: &async_nats::jetstream::Context,
+    subjects: &crmsync_schema::Subjects,
+    n: usize,
+    at: i64,
+) -> anyhow::Result<u64> {
+    let mut f = EventFactory::new(PORTAL);
+    let mut last = 0;
+    for start in (0..n).step_by(16_000) {
+        let slice: Vec<Value> = (start..(start + 16_000).min(n))
+            .map(|i| event(&mut f, i, at))
+            .collect();
+        for chunk in raw_events(&slice)?.chunks(1600) {
+            last = last.max(publish_all(js, subjects, chunk).await?.last_sequence);
+        }
+    }
+    Ok(last)
+}
+
+/// Starts a scenario's peak memory afresh, where Linux lets a process reset it.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn raw_events(values: &[Value]) -> anyhow::Result<Vec<RawEvent>> {
@@ -200,15 +227,9 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     let pool = api.pool().clone();
     let topology = api.topology.clone();
     drop(api);
-    let values = events(n, Utc::now().timestamp_millis());
-    let mut last = 0;
-    for chunk in raw_events(&values)?.chunks(1600) {
-        last = last.max(
-            publish_all(&js, &topology.subjects, chunk)
-                .await?
-                .last_sequence,
-        );
-    }
+    let at = Utc::now().timestamp_millis();
+    let last = publish_events(&js, &topology.subjects, n, at).await?;
+    reset_peak_rss();
     let worker = Engine::build(settings.clone(), Role::Worker).await?;
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -219,10 +240,13 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     anyhow::ensure!(done, "the projection did not finish within 10 minutes");
     stop.cancel();
     running.await??;
+    let peak = peak_rss_mb();
     topology.delete(&js).await;
 
-    let ceiling = raw_upsert_rate(&pool, &values).await?;
-    Ok(figures("project", n, seconds, Some(ceiling)))
+    let ceiling = raw_upsert_rate(&pool, &events(n, at)).await?;
+    let mut fig = figures("project", n, seconds, Some(ceiling));
+    fig.peak_rss_mb = peak;
+    Ok(fig)
 }
 
 /// The raw ceiling of projection: the rows the projector writes for `values` (the
@@ -316,10 +340,9 @@ async fn replay(base: &Settings, n: usize) -> anyhow::Result<Figures> {
         api.topology.clone(),
     );
     drop(api);
-    let values = events(n, Utc::now().timestamp_millis());
-    for chunk in raw_events(&values)?.chunks(1600) {
-        publish_all(&js, &topology.subjects, chunk).await?;
-    }
+    let at = Utc::now().timestamp_millis();
+    publish_events(&js, &topology.subjects, n, at).await?;
+    reset_peak_rss();
     let options = ReplayOptions {
         tables: vec![Table::Contacts],
         workspace: None,
@@ -339,9 +362,12 @@ async fn replay(base: &Settings, n: usize) -> anyhow::Result<Figures> {
         "the replay read {} of {n} events",
         report.events
     );
+    let peak = peak_rss_mb();
     topology.delete(&js).await;
-    let ceiling = raw_upsert_rate(&pool, &values).await?;
-    Ok(figures("replay", n, seconds, Some(ceiling)))
+    let ceiling = raw_upsert_rate(&pool, &events(n, at)).await?;
+    let mut fig = figures("replay", n, seconds, Some(ceiling));
+    fig.peak_rss_mb = peak;
+    Ok(fig)
 }
 
 /// Call outcomes pushed to the HubSpot emulator (HubSpot's own limit of 100 requests
@@ -591,7 +617,7 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
         eprintln!("bench: {scenario} with {} events…", opts.events);
         // Each scenario's own peak where Linux lets a process reset VmHWM; else the
         // figure is the peak so far.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        reset_peak_rss();
         let f = match scenario {
             "ingest" => ingest(&settings, opts.events).await?,
             "project" => project(&settings, opts.events).await?,
