@@ -386,26 +386,52 @@ impl Replayer<'_> {
         let mut shown = Instant::now();
         let mut read = 0u64;
         let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
-        while let Some((message, last)) = next_until(&mut messages, until).await? {
-            read += 1;
-            batch.push(self.item(&message));
-            if batch.len() >= BATCH {
-                self.flush(&mut batch, tx.as_deref_mut()).await?;
+        // Batches of their own are written by a task of their own, one at a time and
+        // in order, while the next batch is read and decoded here: a two-stage
+        // pipeline, as in the projectors. In the swap's transaction they are written
+        // in turn.
+        let mut writing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+        let outcome: anyhow::Result<()> = async {
+            while let Some((message, last)) = next_until(&mut messages, until).await? {
+                read += 1;
+                batch.push(self.item(&message));
+                if batch.len() >= BATCH {
+                    let folded = fold(&mut batch);
+                    match tx.as_deref_mut() {
+                        Some(tx) => folded.write(tx).await?,
+                        None => {
+                            if let Some(previous) = writing.take() {
+                                previous.await??;
+                            }
+                            writing = Some(tokio::spawn(folded.commit(self.pool.clone())));
+                        }
+                    }
+                }
+                let report = |read: u64| Progress {
+                    phase,
+                    events: read,
+                    of: span,
+                    rate: read as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                };
+                if shown.elapsed() >= Duration::from_secs(1) {
+                    shown = Instant::now();
+                    (self.progress)(&report(read));
+                }
+                if last {
+                    break;
+                }
             }
-            let report = |read: u64| Progress {
-                phase,
-                events: read,
-                of: span,
-                rate: read as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            };
-            if shown.elapsed() >= Duration::from_secs(1) {
-                shown = Instant::now();
-                (self.progress)(&report(read));
-            }
-            if last {
-                break;
+            Ok(())
+        }
+        .await;
+        // Whatever happened, no write is left running behind the caller's back.
+        if let Some(previous) = writing.take() {
+            let written = previous.await;
+            if outcome.is_ok() {
+                written??;
             }
         }
+        outcome?;
         self.flush(&mut batch, tx).await?;
         self.events += read;
         (self.progress)(&Progress {
@@ -485,54 +511,18 @@ impl Replayer<'_> {
         }
     }
 
-    /// Commits a batch to the shadows (in `tx` when given).
+    /// Commits a batch to the shadows: in `tx` when given, else in a transaction of
+    /// its own.
     async fn flush(
         &self,
         batch: &mut Vec<Item>,
         tx: Option<&mut PgConnection>,
     ) -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+        let folded = fold(batch);
+        match tx {
+            Some(tx) => folded.write(tx).await,
+            None => folded.commit(self.pool.clone()).await,
         }
-        let mut own: Option<sqlx::Transaction<'_, sqlx::Postgres>> = None;
-        let conn: &mut PgConnection = match tx {
-            Some(tx) => tx,
-            None => own.insert(self.pool.begin().await?),
-        };
-        let mut rows: HashMap<Table, BTreeMap<RowKey, FieldSet>> = HashMap::new();
-        let mut results = Vec::new();
-        for item in batch.drain(..) {
-            match item {
-                Item::Raw {
-                    table,
-                    rows: changes,
-                } => {
-                    let table_rows = rows.entry(table).or_default();
-                    for (key, set) in changes {
-                        table_rows.entry(key).or_default().merge(&set);
-                    }
-                }
-                Item::Result(_, event) => results.push(event),
-                Item::Skip => {}
-            }
-        }
-        for (table, rows) in &rows {
-            tables::upsert_into(conn, *table, &shadow(*table), rows).await?;
-        }
-        // After the CRM's changes: the app's fields win whatever the order.
-        for event in results {
-            let applied =
-                crate::outbound::links::replay_result(conn, &shadow(Table::Activities), &event)
-                    .await;
-            if let Err(e) = applied {
-                // As the entity-link consumer would have dead-lettered it.
-                tracing::warn!(error = %e, event = %event.id(), "a push result skipped");
-            }
-        }
-        if let Some(tx) = own {
-            tx.commit().await?;
-        }
-        Ok(())
     }
 
     /// The records of the selected tables with events from `start` on (pass one of a
@@ -700,6 +690,69 @@ async fn writable_columns(tx: &mut PgConnection, table: &str) -> anyhow::Result<
 
 /// The next message at or before `until`, and whether it is the last one of the range
 /// (the range's end, or nothing more on the subjects); `None` past the range.
+/// A batch merged per row, ready to be written to the shadows.
+#[derive(Default)]
+struct Folded {
+    rows: HashMap<Table, BTreeMap<RowKey, FieldSet>>,
+    results: Vec<crmsync_schema::cloudevents::Event>,
+}
+
+/// Merges the changes of `batch` (emptied) per table and row.
+fn fold(batch: &mut Vec<Item>) -> Folded {
+    let mut folded = Folded::default();
+    for item in batch.drain(..) {
+        match item {
+            Item::Raw {
+                table,
+                rows: changes,
+            } => {
+                let table_rows = folded.rows.entry(table).or_default();
+                for (key, set) in changes {
+                    table_rows.entry(key).or_default().merge(&set);
+                }
+            }
+            Item::Result(_, event) => folded.results.push(*event),
+            Item::Skip => {}
+        }
+    }
+    folded
+}
+
+impl Folded {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.results.is_empty()
+    }
+
+    /// Writes to the shadows in `conn`.
+    async fn write(self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        for (table, rows) in &self.rows {
+            tables::upsert_into(conn, *table, &shadow(*table), rows).await?;
+        }
+        // After the CRM's changes: the app's fields win whatever the order.
+        for event in self.results {
+            let applied =
+                crate::outbound::links::replay_result(conn, &shadow(Table::Activities), &event)
+                    .await;
+            if let Err(e) = applied {
+                // As the entity-link consumer would have dead-lettered it.
+                tracing::warn!(error = %e, event = %event.id(), "a push result skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes to the shadows in a transaction of its own.
+    async fn commit(self, pool: PgPool) -> anyhow::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let mut tx = pool.begin().await?;
+        self.write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 async fn next_until(
     messages: &mut pull::Ordered,
     until: u64,
