@@ -688,8 +688,6 @@ async fn writable_columns(tx: &mut PgConnection, table: &str) -> anyhow::Result<
     Ok(columns.join(", "))
 }
 
-/// The next message at or before `until`, and whether it is the last one of the range
-/// (the range's end, or nothing more on the subjects); `None` past the range.
 /// A batch merged per row, ready to be written to the shadows.
 #[derive(Default)]
 struct Folded {
@@ -753,6 +751,8 @@ impl Folded {
     }
 }
 
+/// The next message at or before `until`, and whether it is the last one of the range
+/// (the range's end, or nothing more on the subjects); `None` past the range.
 async fn next_until(
     messages: &mut pull::Ordered,
     until: u64,

@@ -89,6 +89,8 @@ struct Decoded {
     lag: Option<f64>,
     /// How long decoding took.
     took: Duration,
+    /// When it was received or last kept in progress.
+    kept: Instant,
 }
 
 /// What a decoded message asks of the table.
@@ -211,8 +213,9 @@ impl Projector {
     ///
     /// Every message delivered is in hand or in the commit, so none ages unseen: when
     /// a commit runs long (Postgres unavailable) the stream is drained, bounded by the
-    /// consumer's MaxAckPending, and what waits is kept in progress, so that an outage
-    /// spends no delivery and sends no message to MaxDeliver.
+    /// consumer's MaxAckPending; whatever waits longer than a third of the ack wait,
+    /// here or in the commit, is kept in progress. An outage spends no delivery and
+    /// sends no message to MaxDeliver.
     async fn consume(self: &Arc<Self>, mut messages: pull::Stream, stop: &CancellationToken) {
         enum Step {
             Stop,
@@ -223,9 +226,9 @@ impl Projector {
             Message(Box<Option<Result<Message, pull::MessagesError>>>),
         }
         let batch = self.config.batch.max(1);
-        // Progress is sent well within the ack wait; a commit running for a quarter
-        // of it counts as held.
-        let tick = (self.config.ack_wait / 3).max(Duration::from_millis(10));
+        // Progress is sent well within the ack wait, to every message waiting longer
+        // than a tick; a commit running for a quarter of it counts as held.
+        let tick = self.progress_tick();
         let held_after = self.config.ack_wait / 4;
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,8 +269,8 @@ impl Projector {
             let step = tokio::select! {
                 biased;
                 () = stop.cancelled() => Step::Stop,
-                _ = ticker.tick() => Step::Tick,
                 () = finished(&mut committing) => Step::Committed,
+                _ = ticker.tick() => Step::Tick,
                 () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if lingering => Step::Lingered,
                 item = messages.next(), if room && !ended => Step::Message(Box::new(item)),
             };
@@ -279,10 +282,11 @@ impl Projector {
                 }
                 Step::Lingered => continue,
                 Step::Tick => {
-                    if held {
-                        for d in &pending {
-                            let _ = d.msg.ack_with(AckKind::Progress).await;
-                        }
+                    // By age, not only while a commit is held: a backlog drained
+                    // during an outage may take a while to commit once it is over.
+                    for d in pending.iter_mut().filter(|d| d.kept.elapsed() >= tick) {
+                        let _ = d.msg.ack_with(AckKind::Progress).await;
+                        d.kept = Instant::now();
                     }
                     continue;
                 }
@@ -323,6 +327,11 @@ impl Projector {
         if ended {
             tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
         }
+    }
+
+    /// How often waiting messages are kept in progress: three times an ack wait.
+    fn progress_tick(&self) -> Duration {
+        (self.config.ack_wait / 3).max(Duration::from_millis(10))
     }
 
     fn decode(&self, msg: Message) -> Decoded {
@@ -378,6 +387,7 @@ impl Projector {
             outcome,
             lag,
             took: started.elapsed(),
+            kept: started,
         }
     }
 
@@ -572,12 +582,26 @@ impl Projector {
         items: &[&Decoded],
         stop: &CancellationToken,
     ) -> Result<(), Held> {
-        let tick = (self.config.ack_wait / 2).max(Duration::from_millis(10));
+        let tick = self.progress_tick();
         let mut delay = Duration::from_millis(100);
         let mut next_try = Instant::now();
         loop {
             if Instant::now() >= next_try {
-                match self.commit(items).await {
+                // An attempt may hang (Postgres unreachable, the pool waiting for a
+                // connection): the batch is kept in progress meanwhile too.
+                let attempt = self.commit(items);
+                tokio::pin!(attempt);
+                let result = loop {
+                    tokio::select! {
+                        result = &mut attempt => break result,
+                        () = tokio::time::sleep(tick) => {
+                            for d in items {
+                                let _ = d.msg.ack_with(AckKind::Progress).await;
+                            }
+                        }
+                    }
+                };
+                match result {
                     Ok(()) => return Ok(()),
                     Err(BatchError::Data(e)) => return Err(Held::Refused(e)),
                     Err(BatchError::Transient(e)) => {
@@ -599,15 +623,15 @@ impl Projector {
     }
 }
 
-/// Resolves when the commit in flight has finished; never when there is none.
+/// Resolves when the commit in flight has finished; never when there is none. A
+/// panic in it goes on in the consuming task, as when commits ran there.
 async fn finished(committing: &mut Option<(JoinHandle<()>, Instant)>) {
     match committing {
-        Some((task, _)) => {
-            if let Err(e) = task.await {
-                // Its messages were not acknowledged: they will be redelivered.
-                tracing::error!(error = %e, "a projection commit failed");
-            }
-        }
+        Some((task, _)) => match task.await {
+            Ok(()) => {}
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => tracing::error!(error = %e, "a projection commit was cancelled"),
+        },
         None => std::future::pending().await,
     }
 }
