@@ -1,5 +1,6 @@
 //! The consume loop shared by projections.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,7 +265,8 @@ impl Projector {
             let held = committing
                 .as_ref()
                 .is_some_and(|(_, since)| since.elapsed() >= held_after);
-            let room = held || pending.len() < 2 * batch;
+            // Two batches ahead at most, unless a commit is held: then everything.
+            let room = |pending: &VecDeque<Decoded>| held || pending.len() < 2 * batch;
             let lingering = committing.is_none() && linger_until.is_some();
             let step = tokio::select! {
                 biased;
@@ -272,7 +274,7 @@ impl Projector {
                 () = finished(&mut committing) => Step::Committed,
                 _ = ticker.tick() => Step::Tick,
                 () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if lingering => Step::Lingered,
-                item = messages.next(), if room && !ended => Step::Message(Box::new(item)),
+                item = messages.next(), if room(&pending) && !ended => Step::Message(Box::new(item)),
             };
             let mut item = match step {
                 Step::Stop => break,
@@ -284,9 +286,12 @@ impl Projector {
                 Step::Tick => {
                     // By age, not only while a commit is held: a backlog drained
                     // during an outage may take a while to commit once it is over.
-                    for d in pending.iter_mut().filter(|d| d.kept.elapsed() >= tick) {
-                        let _ = d.msg.ack_with(AckKind::Progress).await;
-                        d.kept = Instant::now();
+                    let now = Instant::now();
+                    for d in pending.iter_mut() {
+                        if now.saturating_duration_since(d.kept) >= tick {
+                            keep_in_progress([&*d]).await;
+                            d.kept = now;
+                        }
                     }
                     continue;
                 }
@@ -299,7 +304,7 @@ impl Projector {
                     Some(Ok(msg)) => {
                         let d = self.decode(msg);
                         if held {
-                            let _ = d.msg.ack_with(AckKind::Progress).await;
+                            keep_in_progress([&d]).await;
                         }
                         pending.push_back(d);
                     }
@@ -311,7 +316,7 @@ impl Projector {
                         break;
                     }
                 }
-                if !(held || pending.len() < 2 * batch) {
+                if !room(&pending) {
                     break;
                 }
                 match messages.next().now_or_never() {
@@ -329,7 +334,7 @@ impl Projector {
         }
     }
 
-    /// How often waiting messages are kept in progress: three times an ack wait.
+    /// How often waiting messages are kept in progress: every third of the ack wait.
     fn progress_tick(&self) -> Duration {
         (self.config.ack_wait / 3).max(Duration::from_millis(10))
     }
@@ -594,11 +599,7 @@ impl Projector {
                 let result = loop {
                     tokio::select! {
                         result = &mut attempt => break result,
-                        () = tokio::time::sleep(tick) => {
-                            for d in items {
-                                let _ = d.msg.ack_with(AckKind::Progress).await;
-                            }
-                        }
+                        () = tokio::time::sleep(tick) => keep_in_progress(items).await,
                     }
                 };
                 match result {
@@ -616,10 +617,16 @@ impl Projector {
                 () = stop.cancelled() => return Err(Held::Stopped),
                 () = tokio::time::sleep(tick) => {}
             }
-            for d in items {
-                let _ = d.msg.ack_with(AckKind::Progress).await;
-            }
+            keep_in_progress(items).await;
         }
+    }
+}
+
+/// Tells JetStream that `items` are still being worked on: their ack wait starts
+/// again, and no delivery is spent on them.
+async fn keep_in_progress<'a, D: Borrow<Decoded> + 'a>(items: impl IntoIterator<Item = &'a D>) {
+    for d in items {
+        let _ = d.borrow().msg.ack_with(AckKind::Progress).await;
     }
 }
 
