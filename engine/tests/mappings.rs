@@ -146,12 +146,7 @@ async fn mappings_are_checked_and_live_projection_applies_them_from_the_next_bat
     )
     .await;
     assert_eq!(status, 400, "{answer}");
-    let fields: Vec<&str> = answer["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let fields = common::refused_fields(&answer);
     assert_eq!(
         fields,
         ["rules[1].target", "rules[3].target", "rules[0].target"],

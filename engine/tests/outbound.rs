@@ -238,12 +238,7 @@ async fn every_outcome_lands_once_in_every_crm_through_failures_repeats_and_a_re
     )
     .await;
     assert_eq!(status, 400);
-    let fields: Vec<&str> = refused["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let fields = common::refused_fields(&refused);
     assert_eq!(fields, ["contact", "direction", "disposition"], "{refused}");
     let mut other = outcome(&emails[0], 0);
     other["workspace"] = json!("nobody");
@@ -1089,4 +1084,263 @@ async fn the_providers_say_whether_they_can_be_connected_and_what_is_missing() {
     assert!(missing.contains(&"CRM_HUBSPOT_CLIENT_ID"), "{missing:?}");
     assert_eq!(listed["providers"][2]["missing"], json!(["ENCRYPTION_KEY"]));
     bare.stop().await;
+}
+
+/// The CRM record each provider's push of `call` went to: HubSpot's associated contact,
+/// Zoho's `Who_Id`, the Odoo partner the message was posted on.
+fn attached_to(crms: &Crms, key: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let hs_calls: Vec<u64> = crms
+        .hs
+        .snapshot("calls")
+        .into_iter()
+        .filter(|(_, p)| p.get("hs_call_title").is_some_and(|t| t.contains(key)))
+        .map(|(id, _)| id)
+        .collect();
+    let hubspot = crms
+        .hs
+        .links("calls", "contacts")
+        .into_iter()
+        .filter(|(call, _)| hs_calls.contains(call))
+        .map(|(_, contact)| contact.to_string())
+        .collect();
+    let zoho = crms
+        .zs
+        .records("Calls")
+        .iter()
+        .filter(|r| r["Subject"].as_str().is_some_and(|s| s.contains(key)))
+        .filter_map(|r| {
+            r.pointer("/Who_Id/id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let bodies = crms.od.column("mail.message", "body");
+    let models = crms.od.column("mail.message", "model");
+    let ids = crms.od.column("mail.message", "res_id");
+    let odoo = bodies
+        .iter()
+        .zip(models.iter().zip(ids.iter()))
+        .filter(|(b, _)| b.as_str().is_some_and(|b| b.contains(key)))
+        .map(|(_, (model, id))| format!("{}:{id}", model.as_str().unwrap_or("?")))
+        .collect();
+    (hubspot, zoho, odoo)
+}
+
+/// Waits until every provider's push of `call` is settled, and returns the states.
+async fn settled(engine: &TestEngine, call: &str) -> Vec<(String, String, Option<String>)> {
+    eventually(Duration::from_secs(120), || async {
+        let states: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT provider, state, reason FROM crm_call_pushes WHERE call_id = $1
+             ORDER BY provider",
+        )
+        .bind(call)
+        .fetch_all(&engine.pool)
+        .await
+        .unwrap();
+        (states.len() == 3 && states.iter().all(|(_, s, _)| s != "queued")).then_some(states)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{call} settles in every CRM"))
+}
+
+#[tokio::test]
+async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earlier_pushes_made() {
+    let (crms, engine) = start().await;
+    connect_all(&engine, &crms, "acme").await;
+    let emails = shared_contacts(&engine).await;
+    let key = |call: &str, provider| crmsync_ingest::calls::push_key("acme", call, provider);
+    let ids_of = |email: String| {
+        let pool = engine.pool.clone();
+        async move {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT provider, remote_id FROM contacts
+                 WHERE lower(email) = $1 AND NOT deleted ORDER BY provider",
+            )
+            .bind(email)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows
+        }
+    };
+
+    // Refused: a deal named by email, an empty app id, a contact named by nothing.
+    let mut bad = outcome(&emails[0], 0);
+    bad["deal"] = json!({"email": "x@example.com"});
+    bad["contact"] = json!({"app_id": ""});
+    let (status, refused) = post(&engine, "/crm/calls/l-bad/push-to-crm", &bad).await;
+    assert_eq!(status, 400, "{refused}");
+    let fields = common::refused_fields(&refused);
+    assert_eq!(fields, ["deal", "deal", "contact.app_id"], "{refused}");
+
+    // An app id nothing links yet: each CRM's push fails with the reason.
+    let mut unknown = outcome(&emails[0], 1);
+    unknown["contact"] = json!({"app_id": "c-42"});
+    assert_eq!(
+        post(&engine, "/crm/calls/l-0/push-to-crm", &unknown)
+            .await
+            .0,
+        202
+    );
+    for (provider, state, reason) in settled(&engine, "l-0").await {
+        assert_ne!(state, "sent", "{provider}");
+        let reason = reason.unwrap_or_default();
+        assert!(
+            reason.contains("app_id is linked to no live"),
+            "{provider}: {reason}"
+        );
+    }
+
+    // Named by app id and email: each CRM's contact for the email is linked.
+    let mut first = outcome(&emails[0], 2);
+    first["contact"] = json!({"app_id": "c-42", "email": emails[0]});
+    assert_eq!(
+        post(&engine, "/crm/calls/l-1/push-to-crm", &first).await.0,
+        202
+    );
+    let states = settled(&engine, "l-1").await;
+    assert!(states.iter().all(|(_, s, _)| s == "sent"), "{states:?}");
+    let contacts = ids_of(emails[0].clone()).await;
+    assert_eq!(contacts.len(), 3, "{contacts:?}");
+    let links = eventually(Duration::from_secs(30), || async {
+        let links: Vec<(String, String)> = sqlx::query_as(
+            "SELECT provider, crm_id FROM crm_entity_links
+             WHERE workspace_id = 'acme' AND entity_type = 'contact' AND app_id = 'c-42'
+             ORDER BY provider",
+        )
+        .fetch_all(&engine.pool)
+        .await
+        .unwrap();
+        (links.len() == 3).then_some(links)
+    })
+    .await
+    .expect("the contact is linked in each CRM");
+    assert_eq!(links, contacts);
+
+    // Named by app id alone: the same contact in each CRM.
+    let mut second = outcome(&emails[0], 3);
+    second["contact"] = json!({"app_id": "c-42"});
+    assert_eq!(
+        post(&engine, "/crm/calls/l-2/push-to-crm", &second).await.0,
+        202
+    );
+    let states = settled(&engine, "l-2").await;
+    assert!(states.iter().all(|(_, s, _)| s == "sent"), "{states:?}");
+    let id = |provider: &str| {
+        contacts
+            .iter()
+            .find(|(p, _)| p == provider)
+            .map(|(_, id)| id.clone())
+            .unwrap()
+    };
+    use crmsync_schema::Provider::{HubSpot, Odoo, Zoho};
+    assert_eq!(attached_to(&crms, &key("l-2", HubSpot)).0, [id("hubspot")]);
+    assert_eq!(attached_to(&crms, &key("l-2", Zoho)).1, [id("zoho")]);
+    assert_eq!(
+        attached_to(&crms, &key("l-2", Odoo)).2,
+        [format!("res.partner:{}", id("odoo"))]
+    );
+
+    // HubSpot merges the linked contact with another (into a record of a new id, as
+    // HubSpot does): the link follows the merge.
+    let other = ids_of(emails[1].clone()).await;
+    let other = other
+        .iter()
+        .find(|(p, _)| p == "hubspot")
+        .unwrap()
+        .1
+        .clone();
+    let merged = crms
+        .hs
+        .merge(
+            "contacts",
+            other.parse().unwrap(),
+            id("hubspot").parse().unwrap(),
+        )
+        .unwrap();
+    let survivor = merged["id"].as_str().unwrap().to_owned();
+    assert_ne!(survivor, id("hubspot"));
+    eventually(Duration::from_secs(60), || async {
+        let merged: Option<String> = sqlx::query_scalar(
+            "SELECT merged_into FROM contacts WHERE provider = 'hubspot' AND remote_id = $1",
+        )
+        .bind(id("hubspot"))
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        merged.filter(|m| *m == survivor)
+    })
+    .await
+    .expect("the merge is projected");
+    let mut third = outcome(&emails[0], 4);
+    third["contact"] = json!({"app_id": "c-42"});
+    third["provider"] = json!("hubspot");
+    assert_eq!(
+        post(&engine, "/crm/calls/l-3/push-to-crm", &third).await.0,
+        202
+    );
+    eventually(Duration::from_secs(60), || async {
+        (push_state(&engine, "l-3").await?.0 == "sent").then_some(())
+    })
+    .await
+    .expect("l-3 is sent");
+    assert_eq!(attached_to(&crms, &key("l-3", HubSpot)).0, [survivor]);
+
+    // A deal named by app id and CRM id, then by app id alone.
+    let deal = crms.hs.create(
+        "deals",
+        [("dealname".to_owned(), "Renewal".to_owned())].into(),
+    );
+    for (call, named) in [
+        ("l-4", json!({"app_id": "d-7", "crm_id": deal.to_string()})),
+        ("l-5", json!({"app_id": "d-7"})),
+    ] {
+        let mut push = outcome(&emails[2], 5);
+        push["deal"] = named;
+        push["provider"] = json!("hubspot");
+        assert_eq!(
+            post(&engine, &format!("/crm/calls/{call}/push-to-crm"), &push)
+                .await
+                .0,
+            202
+        );
+        eventually(Duration::from_secs(60), || async {
+            (push_state(&engine, call).await?.0 == "sent").then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{call} is sent"));
+        let call_ids: Vec<u64> = crms
+            .hs
+            .snapshot("calls")
+            .into_iter()
+            .filter(|(_, p)| {
+                p.get("hs_call_title")
+                    .is_some_and(|t| t.contains(&key(call, HubSpot)))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let deals: Vec<u64> = crms
+            .hs
+            .links("calls", "deals")
+            .into_iter()
+            .filter(|(c, _)| call_ids.contains(c))
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(deals, [deal], "{call}");
+        // The link is recorded before the next push names it alone.
+        eventually(Duration::from_secs(30), || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT crm_id FROM crm_entity_links
+                 WHERE entity_type = 'deal' AND app_id = 'd-7' AND provider = 'hubspot'",
+            )
+            .fetch_optional(&engine.pool)
+            .await
+            .unwrap()
+            .filter(|d| *d == deal.to_string())
+        })
+        .await
+        .expect("the deal is linked");
+    }
+    common::events::assert_contract(&engine.js, &engine.topology).await;
+    engine.stop().await;
 }

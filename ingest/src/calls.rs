@@ -31,6 +31,11 @@ use crate::{ApiError, AppState};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    /// The app's own id for the record. It resolves through the entity links
+    /// (`crm_entity_links`) that earlier pushes naming it with a CRM id, email or phone
+    /// recorded, in each CRM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
     /// The record's id in the CRM (with one provider only).
     #[serde(default)]
     pub crm_id: Option<String>,
@@ -101,14 +106,32 @@ fn validate(outcome: &Outcome) -> Vec<FieldError> {
     }
     match &outcome.contact {
         None if outcome.deal.is_none() => bad("contact", "a contact or a deal is required"),
-        Some(t) if t.crm_id.is_none() && t.email.is_none() && t.phone.is_none() => {
-            bad("contact", "needs crm_id, email or phone")
+        Some(t)
+            if t.app_id.is_none()
+                && t.crm_id.is_none()
+                && t.email.is_none()
+                && t.phone.is_none() =>
+        {
+            bad("contact", "needs app_id, crm_id, email or phone")
         }
         _ => {}
     }
     if let Some(t) = &outcome.deal {
-        if t.crm_id.is_none() {
-            bad("deal", "needs crm_id");
+        if t.crm_id.is_none() && t.app_id.is_none() {
+            bad("deal", "needs app_id or crm_id");
+        }
+        if t.email.is_some() || t.phone.is_some() {
+            bad(
+                "deal",
+                "is found by app_id or crm_id, not by email or phone",
+            );
+        }
+    }
+    for (field, target) in [("contact", &outcome.contact), ("deal", &outcome.deal)] {
+        if let Some(id) = target.as_ref().and_then(|t| t.app_id.as_deref()) {
+            if id.trim().is_empty() || id.len() > 200 || id.contains('\0') {
+                bad(&format!("{field}.app_id"), "must be 1-200 characters");
+            }
         }
     }
     let single = outcome.provider.as_deref().is_some_and(|p| p != "all");

@@ -159,7 +159,7 @@ pub fn routes() -> Documented<Arc<AppState>> {
         .post(
             "/crm/calls/{call_id}/push-to-crm",
             bearer("Pushes a call outcome to the workspace's CRMs, exactly once; 202 with a status URL")
-                .body("{workspace, provider?, contact?, deal?, started_at, duration_secs, direction, disposition, summary?, notes?, recording_url?}")
+                .body("{workspace, provider?, contact?: {app_id?, crm_id?, email?, phone?}, deal?: {app_id?, crm_id?}, started_at, duration_secs, direction, disposition, summary?, notes?, recording_url?}")
                 .ok(202)
                 .errors(&[404]),
             calls::push,

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use crmsync_ingest::calls::Command;
 use crmsync_schema::Provider;
 
-use super::{account_of, body_text, resolve_contact, title, PushError};
+use super::{account_of, body_text, resolve_contact, resolve_deal, title, PushError};
 use crate::hubspot::HubSpot;
 
 /// The call engagement made for `command`, if any.
@@ -34,8 +34,8 @@ pub async fn push(hs: &HubSpot, pool: &PgPool, command: &Command) -> Result<Stri
     }
     let client = hs.client(&command.workspace).await?;
     let o = &command.outcome;
-    let contact = resolve_contact(pool, Provider::HubSpot, &portal, o.contact.as_ref()).await?;
-    let deal = o.deal.as_ref().and_then(|d| d.crm_id.clone());
+    let contact = resolve_contact(pool, Provider::HubSpot, &portal, command).await?;
+    let deal = resolve_deal(pool, Provider::HubSpot, &portal, command).await?;
     let mut associations = Vec::new();
     for (id, type_id) in [(contact, 194), (deal, 206)] {
         if let Some(id) = id {

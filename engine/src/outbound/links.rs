@@ -1,6 +1,8 @@
 //! Entity links (`CrmEntityLink`): every `crm.result` event — a CRM's id for something
 //! the app pushed — becomes a row of `crm_entity_links`, acknowledged only after the
-//! commit, so the app can map its calls to CRM records (and back) with SQL.
+//! commit, so the app can map its calls to CRM records (and back) with SQL. The
+//! contact and deal a push named by the app's own id (`app_id`, beside a CRM id, email
+//! or phone) are linked too, so later pushes can name them by that id alone.
 //!
 //! The same event makes the call an app-born activity: its row in `activities` takes
 //! the fields crmsync wrote, which the app is the authority for from then on (see
@@ -36,6 +38,17 @@ struct Pushed {
     /// The fields crmsync wrote, as the CRM's mapping reads them.
     #[serde(default)]
     fields: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// The app's contact and deal ids the push named, with the CRM records they
+    /// resolved to.
+    #[serde(default)]
+    links: Vec<Link>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Link {
+    entity_type: String,
+    app_id: String,
+    crm_id: String,
 }
 
 async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
@@ -49,19 +62,28 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
         crmsync_schema::cloudevents::AttributesReader::id(&event),
     );
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-    sqlx::query(
-        "INSERT INTO crm_entity_links (workspace_id, entity_type, app_id, provider, crm_id)
-         VALUES ($1, 'call', $2, $3, $4)
-         ON CONFLICT (workspace_id, entity_type, app_id, provider)
-         DO UPDATE SET crm_id = EXCLUDED.crm_id, updated_at = now()",
-    )
-    .bind(&pushed.workspace)
-    .bind(&pushed.call_id)
-    .bind(&pushed.provider)
-    .bind(&pushed.crm_id)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| e.to_string())?;
+    let call = ("call", pushed.call_id.as_str(), pushed.crm_id.as_str());
+    let named = pushed
+        .links
+        .iter()
+        .filter(|l| matches!(l.entity_type.as_str(), "contact" | "deal"))
+        .map(|l| (l.entity_type.as_str(), l.app_id.as_str(), l.crm_id.as_str()));
+    for (entity_type, app_id, crm_id) in std::iter::once(call).chain(named) {
+        sqlx::query(
+            "INSERT INTO crm_entity_links (workspace_id, entity_type, app_id, provider, crm_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (workspace_id, entity_type, app_id, provider)
+             DO UPDATE SET crm_id = EXCLUDED.crm_id, updated_at = now()",
+        )
+        .bind(&pushed.workspace)
+        .bind(entity_type)
+        .bind(app_id)
+        .bind(&pushed.provider)
+        .bind(crm_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     if let (Some(account), Some(fields)) = (&pushed.account, &pushed.fields) {
         app_born(&mut tx, &pushed, account, fields, &version)
             .await

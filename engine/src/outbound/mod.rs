@@ -287,19 +287,27 @@ pub async fn account_of(
     })
 }
 
-/// The CRM id of a contact: its `crm_id`, else the projected contact with that email
-/// or phone.
+/// The CRM id of a contact: its `crm_id`, else the live record its `app_id` is linked
+/// to, else the projected contact with that email or phone.
 pub async fn resolve_contact(
     pool: &PgPool,
     provider: Provider,
     account: &str,
-    target: Option<&Target>,
+    command: &Command,
 ) -> Result<Option<String>, PushError> {
-    let Some(target) = target else {
+    let Some(target) = command.outcome.contact.as_ref() else {
         return Ok(None);
     };
     if let Some(id) = &target.crm_id {
         return Ok(Some(id.clone()));
+    }
+    if let Some(id) = linked(pool, "contacts", provider, account, command, target).await? {
+        return Ok(Some(id));
+    }
+    if target.email.is_none() && target.phone.is_none() {
+        return Err(PushError::Fail(
+            format!("the contact's app_id is linked to no live {provider} contact").into(),
+        ));
     }
     let found: Option<String> = sqlx::query_scalar(
         "SELECT remote_id FROM contacts
@@ -320,6 +328,105 @@ pub async fn resolve_contact(
             format!("no {provider} contact matches the call's email or phone").into(),
         )),
     }
+}
+
+/// The CRM id of a deal: its `crm_id`, else the live record its `app_id` is linked to.
+pub async fn resolve_deal(
+    pool: &PgPool,
+    provider: Provider,
+    account: &str,
+    command: &Command,
+) -> Result<Option<String>, PushError> {
+    let Some(target) = command.outcome.deal.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(id) = &target.crm_id {
+        return Ok(Some(id.clone()));
+    }
+    match linked(pool, "deals", provider, account, command, target).await? {
+        Some(id) => Ok(Some(id)),
+        None => Err(PushError::Fail(
+            format!("the deal's app_id is linked to no live {provider} deal").into(),
+        )),
+    }
+}
+
+/// The CRM record an app id is linked to, following merges to the surviving record; none
+/// when unlinked or when the record was deleted.
+async fn linked(
+    pool: &PgPool,
+    table: &str,
+    provider: Provider,
+    account: &str,
+    command: &Command,
+    target: &Target,
+) -> Result<Option<String>, PushError> {
+    let Some(app_id) = target.app_id.as_deref() else {
+        return Ok(None);
+    };
+    let entity = crmsync_schema::ids::singular(table);
+    // Merges chain (A into B, then B into C); a cycle or a long chain ends the walk.
+    let found: Option<(String, bool)> = sqlx::query_as(&format!(
+        "WITH RECURSIVE walk (id, deleted, merged_into, hops) AS (
+             SELECT l.crm_id, coalesce(r.deleted, false), r.merged_into, 0
+               FROM crm_entity_links l
+               LEFT JOIN {table} r
+                 ON r.workspace_id = $4 AND r.provider = l.provider AND r.remote_id = l.crm_id
+              WHERE l.workspace_id = $1 AND l.entity_type = $2 AND l.app_id = $3
+                AND l.provider = $5
+             UNION ALL
+             SELECT w.merged_into, coalesce(r.deleted, false), r.merged_into, w.hops + 1
+               FROM walk w
+               LEFT JOIN {table} r
+                 ON r.workspace_id = $4 AND r.provider = $5 AND r.remote_id = w.merged_into
+              WHERE w.merged_into IS NOT NULL AND w.hops < 10
+         )
+         SELECT id, deleted FROM walk WHERE merged_into IS NULL LIMIT 1"
+    ))
+    .bind(&command.workspace)
+    .bind(entity)
+    .bind(app_id)
+    .bind(account)
+    .bind(provider.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| PushError::Retry(e.to_string().into()))?;
+    Ok(found.and_then(|(id, deleted)| (!deleted).then_some(id)))
+}
+
+/// The entity links a push teaches: each of its contact and deal that the app named by
+/// `app_id`, with the CRM record it resolved to.
+async fn learned_links(
+    pool: &PgPool,
+    provider: Provider,
+    account: &str,
+    command: &Command,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut links = Vec::new();
+    for (entity, target, resolved) in [
+        (
+            "contact",
+            &command.outcome.contact,
+            resolve_contact(pool, provider, account, command).await,
+        ),
+        (
+            "deal",
+            &command.outcome.deal,
+            resolve_deal(pool, provider, account, command).await,
+        ),
+    ] {
+        let Some(app_id) = target.as_ref().and_then(|t| t.app_id.as_deref()) else {
+            continue;
+        };
+        match resolved {
+            Ok(Some(crm_id)) => {
+                links.push(json!({"entity_type": entity, "app_id": app_id, "crm_id": crm_id}))
+            }
+            Ok(None) | Err(PushError::Fail(_)) => {}
+            Err(PushError::Retry(r)) => anyhow::bail!("resolving the push's links: {}", r.log),
+        }
+    }
+    Ok(links)
 }
 
 /// The fields crmsync wrote for `command`: as the provider's mapping reads them back
@@ -479,9 +586,14 @@ impl Dispatcher {
         .fetch_optional(&self.pool)
         .await?
         .flatten();
+        let links = match &account {
+            Some(account) => learned_links(&self.pool, command.provider, account, command).await?,
+            None => Vec::new(),
+        };
         let data = json!({"call_id": command.call_id, "workspace": command.workspace,
                           "provider": command.provider, "crm_id": crm_id, "key": command.key,
-                          "account": account, "fields": app_fields(command, crm_id)});
+                          "account": account, "fields": app_fields(command, crm_id),
+                          "links": links});
         event.set_data("application/json", serde_json::to_vec(&data)?);
         publish_one(
             &self.js,

@@ -13,7 +13,7 @@ use crmsync_adapters::odoo::client::OdooClient;
 use crmsync_ingest::calls::Command;
 use crmsync_schema::Provider;
 
-use super::{account_of, body_text, resolve_contact, title, PushError, Reason};
+use super::{account_of, body_text, resolve_contact, resolve_deal, title, PushError, Reason};
 use crate::odoo::Odoo;
 
 fn escape(s: &str) -> String {
@@ -39,10 +39,10 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     let connection = odoo.connection(&command.workspace).await?;
     let client = odoo.client(&connection).await?;
     let o = &command.outcome;
-    let (model, id) = match o.deal.as_ref().and_then(|d| d.crm_id.clone()) {
+    let (model, id) = match resolve_deal(pool, Provider::Odoo, &account, command).await? {
         Some(lead) => ("crm.lead", lead),
         None => {
-            let partner = resolve_contact(pool, Provider::Odoo, &account, o.contact.as_ref())
+            let partner = resolve_contact(pool, Provider::Odoo, &account, command)
                 .await?
                 .ok_or_else(|| PushError::Fail("no Odoo partner for the call".into()))?;
             ("res.partner", partner)

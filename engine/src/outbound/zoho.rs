@@ -11,7 +11,7 @@ use crmsync_adapters::zoho::mapping;
 use crmsync_ingest::calls::Command;
 use crmsync_schema::{Provider, Version};
 
-use super::{account_of, body_text, resolve_contact, title, PushError, Reason};
+use super::{account_of, body_text, resolve_contact, resolve_deal, title, PushError, Reason};
 use crate::zoho::Zoho;
 
 /// The Calls record made for `command`, if any.
@@ -65,13 +65,12 @@ pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<Strin
         return Ok(found);
     }
     let client = zoho.client(&command.workspace).await?;
-    let o = &command.outcome;
-    let contact = resolve_contact(pool, Provider::Zoho, &org, o.contact.as_ref()).await?;
+    let contact = resolve_contact(pool, Provider::Zoho, &org, command).await?;
     let mut record = call_record(command);
     if let Some(id) = contact {
         record["Who_Id"] = json!({"id": id});
     }
-    if let Some(deal) = o.deal.as_ref().and_then(|d| d.crm_id.clone()) {
+    if let Some(deal) = resolve_deal(pool, Provider::Zoho, &org, command).await? {
         record["What_Id"] = json!({"id": deal});
         record["$se_module"] = json!("Deals");
     }

@@ -445,6 +445,16 @@ pub fn url_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// The fields a 400's answer names, in its order.
+pub fn refused_fields(answer: &Value) -> Vec<&str> {
+    answer["error"]["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no field errors in {answer}"))
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect()
+}
+
 /// POSTs `body` to `engine` with the tests' bearer token: the status and the JSON
 /// answer (null when there is none).
 pub async fn post_json(engine: &TestEngine, path: &str, body: &Value) -> (u16, Value) {
