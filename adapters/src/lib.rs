@@ -13,7 +13,7 @@ pub mod vault;
 pub mod zoho;
 
 pub use error::{ErrorKind, ProviderError};
-pub use ratelimit::{RateLimiter, RateLimits};
+pub use ratelimit::{BudgetFuture, RateLimiter, RateLimits, SharedBudget};
 pub use secret::Secret;
 pub use telemetry::Metrics;
 pub use vault::Vault;

@@ -1,6 +1,15 @@
 //! Client-side rate limiting per connection: a token bucket at `CRM_SYNC_RPS`, and a
 //! pause when the provider's own headers say its budget is spent.
+//!
+//! A bucket kept in one process lets N processes send N times the allowance. A
+//! [`SharedBudget`] (the engine keeps one in Postgres) holds the connection's allowance
+//! for every process at once; the local bucket stays in front of it, so a process never
+//! exceeds the allowance on its own, and carries on alone while the shared budget
+//! cannot be reached.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +38,46 @@ impl RateLimits {
     pub fn limiter(self) -> Arc<RateLimiter> {
         Arc::new(RateLimiter::new(self.rps, self.burst))
     }
+
+    /// A bucket for one connection whose allowance `budget` shares with every process
+    /// under `key`.
+    pub fn shared_limiter(self, budget: Arc<dyn SharedBudget>, key: String) -> Arc<RateLimiter> {
+        Arc::new(RateLimiter::new(self.rps, self.burst).shared(budget, key))
+    }
+}
+
+/// A future a [`SharedBudget`] returns.
+pub type BudgetFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// A connection's allowance shared by every process that calls the provider for it.
+pub trait SharedBudget: Send + Sync {
+    /// Takes a request's slot under `key` at `rate` a second and bursts of `burst`: how
+    /// long the request must wait for it.
+    fn reserve<'a>(&'a self, key: &'a str, rate: f64, burst: f64) -> BudgetFuture<'a, Duration>;
+    /// Holds every request under `key` for `for_how_long`.
+    fn pause<'a>(
+        &'a self,
+        key: &'a str,
+        rate: f64,
+        burst: f64,
+        for_how_long: Duration,
+    ) -> BudgetFuture<'a, ()>;
+}
+
+/// How long a request waits for the shared budget's answer before the local bucket
+/// decides alone.
+const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Shared {
+    budget: Arc<dyn SharedBudget>,
+    key: String,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").field("key", &self.key).finish()
+    }
 }
 
 /// A token bucket: `rate` requests a second on average, bursts of up to `burst`.
@@ -37,6 +86,7 @@ pub struct RateLimiter {
     rate: f64,
     burst: f64,
     bucket: Mutex<Bucket>,
+    shared: Option<Shared>,
 }
 
 impl RateLimiter {
@@ -51,7 +101,14 @@ impl RateLimiter {
                 last: Instant::now(),
                 paused_until: None,
             }),
+            shared: None,
         }
+    }
+
+    /// The same allowance, shared through `budget` with every limiter under `key`.
+    pub fn shared(mut self, budget: Arc<dyn SharedBudget>, key: String) -> Self {
+        self.shared = Some(Shared { budget, key });
+        self
     }
 
     /// How long the caller must wait before its request; takes the token.
@@ -77,21 +134,53 @@ impl RateLimiter {
         wait
     }
 
-    /// Waits for a token.
+    /// Waits for a token: the local bucket's and, where the allowance is shared, the
+    /// shared budget's (both taken now, so the later of the two is the request's time).
     pub async fn acquire(&self) {
-        let wait = self.reserve();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let start = Instant::now();
+        let mut wait = self.reserve();
+        if let Some(shared) = &self.shared {
+            let reserved = tokio::time::timeout(
+                SHARED_TIMEOUT,
+                shared.budget.reserve(&shared.key, self.rate, self.burst),
+            )
+            .await;
+            match reserved {
+                Ok(Ok(w)) => wait = wait.max(w + start.elapsed()),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "shared rate budget unavailable; the local bucket decides")
+                }
+                Err(_) => tracing::debug!("shared rate budget slow; the local bucket decides"),
+            }
+        }
+        let until = start + wait;
+        if until > Instant::now() {
+            tokio::time::sleep_until(until).await;
         }
     }
 
     /// Stops every request for `for_how_long` (a 429's `Retry-After`, or a budget the
-    /// provider reports as spent).
+    /// provider reports as spent), in every process sharing the allowance.
     pub fn pause(&self, for_how_long: Duration) {
         let until = Instant::now() + for_how_long;
-        let mut b = self.bucket.lock().expect("rate limiter lock");
-        if b.paused_until.is_none_or(|u| u < until) {
-            b.paused_until = Some(until);
+        {
+            let mut b = self.bucket.lock().expect("rate limiter lock");
+            if b.paused_until.is_none_or(|u| u < until) {
+                b.paused_until = Some(until);
+            }
+        }
+        if let Some(shared) = self.shared.clone() {
+            let (rate, burst) = (self.rate, self.burst);
+            tokio::spawn(async move {
+                let paused = tokio::time::timeout(
+                    SHARED_TIMEOUT,
+                    shared.budget.pause(&shared.key, rate, burst, for_how_long),
+                )
+                .await;
+                if !matches!(paused, Ok(Ok(()))) {
+                    tracing::debug!("a pause was not shared; other processes keep their pace");
+                }
+            });
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod budget;
 pub mod config;
 pub mod cursor;
 pub mod db;

@@ -149,8 +149,13 @@ impl HubSpotClient {
     }
 
     /// Keeps searches to `rps` a second (one at a time).
-    pub fn with_search_rps(mut self, rps: f64) -> Self {
-        self.search_limiter = Arc::new(RateLimiter::new(rps, 1.0));
+    pub fn with_search_rps(self, rps: f64) -> Self {
+        self.with_search_limiter(Arc::new(RateLimiter::new(rps, 1.0)))
+    }
+
+    /// Keeps searches to `limiter` (beside the connection's own).
+    pub fn with_search_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.search_limiter = limiter;
         self
     }
 

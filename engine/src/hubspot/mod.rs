@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
+use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::hubspot::client::HubSpotClient;
 use crmsync_adapters::hubspot::oauth::OAuthApp;
-use crmsync_adapters::{Metrics, RateLimits, Secret, Vault};
+use crmsync_adapters::{Metrics, RateLimiter, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 /// Everything needed to call HubSpot for any connected workspace.
@@ -68,13 +69,21 @@ impl HubSpot {
         .await?;
         let mut clients = self.clients.lock().await;
         let client = clients.entry(workspace.to_owned()).or_insert_with(|| {
+            let budget = Arc::new(PgBudget::new(self.pool.clone()));
+            let searches = RateLimiter::new(self.limits.search_rps, 1.0).shared(
+                budget.clone(),
+                budget_key(crmsync_schema::Provider::HubSpot, workspace, "search"),
+            );
             HubSpotClient::new(
                 self.app.api_url.clone(),
                 token.clone(),
-                self.limits.limiter(),
+                self.limits.shared_limiter(
+                    budget,
+                    budget_key(crmsync_schema::Provider::HubSpot, workspace, "all"),
+                ),
                 self.metrics.clone(),
             )
-            .with_search_rps(self.limits.search_rps)
+            .with_search_limiter(Arc::new(searches))
         });
         client.set_token(token).await;
         Ok(client.clone())

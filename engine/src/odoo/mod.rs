@@ -16,6 +16,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
+use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::oauth::{OAuthError, TokenSet};
 use crmsync_adapters::odoo::client::{OdooClient, OdooConfig};
 use crmsync_adapters::{Metrics, RateLimits, Secret, Vault};
@@ -160,8 +161,11 @@ impl Odoo {
             api_key: key,
             timeout: self.timeout,
         };
-        let client =
-            OdooClient::connect(config, self.limits.limiter(), self.metrics.clone()).await?;
+        let limiter = self.limits.shared_limiter(
+            Arc::new(PgBudget::new(self.pool.clone())),
+            budget_key(crmsync_schema::Provider::Odoo, &connection.workspace, "all"),
+        );
+        let client = OdooClient::connect(config, limiter, self.metrics.clone()).await?;
         clients.insert(connection.workspace.clone(), (identity, client.clone()));
         Ok(client)
     }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
+use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_adapters::zoho::oauth::ZohoApp;
 use crmsync_adapters::{ErrorKind, Metrics, ProviderError, RateLimits, Secret, Vault};
@@ -110,7 +111,10 @@ impl Zoho {
             ZohoClient::new(
                 domain,
                 token.clone(),
-                self.limits.limiter(),
+                self.limits.shared_limiter(
+                    Arc::new(PgBudget::new(self.pool.clone())),
+                    budget_key(crmsync_schema::Provider::Zoho, workspace, "all"),
+                ),
                 self.concurrency,
                 self.metrics.clone(),
             )
