@@ -67,6 +67,13 @@ pub trait SharedBudget: Send + Sync {
 /// How long a request waits for the shared budget's answer before the local bucket
 /// decides alone.
 const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the local bucket decides alone after the shared budget failed or was slow,
+/// before it is asked again (so an outage costs one timeout, not one per request).
+const SHARED_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The longest pause shared with other processes: a stored pause outlives the
+/// process that took it, so a provider's outsized `Retry-After` must not hold every
+/// process for long.
+const MAX_SHARED_PAUSE: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 struct Shared {
@@ -87,6 +94,8 @@ pub struct RateLimiter {
     burst: f64,
     bucket: Mutex<Bucket>,
     shared: Option<Shared>,
+    /// Set while the shared budget is not asked (it failed or was slow).
+    shared_down_until: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
@@ -102,6 +111,7 @@ impl RateLimiter {
                 paused_until: None,
             }),
             shared: None,
+            shared_down_until: Mutex::new(None),
         }
     }
 
@@ -139,7 +149,7 @@ impl RateLimiter {
     pub async fn acquire(&self) {
         let start = Instant::now();
         let mut wait = self.reserve();
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self.shared.as_ref().filter(|_| self.shared_up(start)) {
             let reserved = tokio::time::timeout(
                 SHARED_TIMEOUT,
                 shared.budget.reserve(&shared.key, self.rate, self.burst),
@@ -147,16 +157,31 @@ impl RateLimiter {
             .await;
             match reserved {
                 Ok(Ok(w)) => wait = wait.max(w + start.elapsed()),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "shared rate budget unavailable; the local bucket decides")
-                }
-                Err(_) => tracing::debug!("shared rate budget slow; the local bucket decides"),
+                Ok(Err(e)) => self.shared_down(&shared.key, &e),
+                Err(_) => self.shared_down(&shared.key, "no answer within a second"),
             }
         }
         let until = start + wait;
         if until > Instant::now() {
             tokio::time::sleep_until(until).await;
         }
+    }
+
+    /// Whether the shared budget is asked now.
+    fn shared_up(&self, now: Instant) -> bool {
+        let down = self.shared_down_until.lock().expect("rate limiter lock");
+        down.is_none_or(|until| until <= now)
+    }
+
+    /// The shared budget failed: the local bucket decides alone for a while.
+    fn shared_down(&self, key: &str, why: &str) {
+        let mut down = self.shared_down_until.lock().expect("rate limiter lock");
+        let now = Instant::now();
+        if down.is_none_or(|until| until <= now) {
+            tracing::warn!(budget = key, reason = why, after = ?SHARED_RETRY_AFTER,
+                "shared rate budget unavailable: this process keeps to the allowance alone until it is asked again");
+        }
+        *down = Some(now + SHARED_RETRY_AFTER);
     }
 
     /// Stops every request for `for_how_long` (a 429's `Retry-After`, or a budget the
@@ -171,14 +196,15 @@ impl RateLimiter {
         }
         if let Some(shared) = self.shared.clone() {
             let (rate, burst) = (self.rate, self.burst);
+            let shared_pause = for_how_long.min(MAX_SHARED_PAUSE);
             tokio::spawn(async move {
                 let paused = tokio::time::timeout(
-                    SHARED_TIMEOUT,
-                    shared.budget.pause(&shared.key, rate, burst, for_how_long),
+                    SHARED_TIMEOUT * 5,
+                    shared.budget.pause(&shared.key, rate, burst, shared_pause),
                 )
                 .await;
                 if !matches!(paused, Ok(Ok(()))) {
-                    tracing::debug!("a pause was not shared; other processes keep their pace");
+                    tracing::warn!(budget = shared.key, "a pause was not shared: other processes keep their pace until the provider stops them too");
                 }
             });
         }

@@ -1245,6 +1245,36 @@ async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earli
         [format!("res.partner:{}", id("odoo"))]
     );
 
+    // An email beside the app id wins over its link and re-points it (in Zoho here).
+    let moved = ids_of(emails[3].clone()).await;
+    let moved_zoho = moved.iter().find(|(p, _)| p == "zoho").unwrap().1.clone();
+    let mut repoint = outcome(&emails[3], 6);
+    repoint["contact"] = json!({"app_id": "c-42", "email": emails[3]});
+    repoint["provider"] = json!("zoho");
+    assert_eq!(
+        post(&engine, "/crm/calls/l-6/push-to-crm", &repoint)
+            .await
+            .0,
+        202
+    );
+    eventually(Duration::from_secs(60), || async {
+        (push_state(&engine, "l-6").await?.0 == "sent").then_some(())
+    })
+    .await
+    .expect("l-6 is sent");
+    assert_eq!(
+        attached_to(&crms, &key("l-6", Zoho)).1,
+        [moved_zoho.as_str()]
+    );
+    let relinked: String = sqlx::query_scalar(
+        "SELECT crm_id FROM crm_entity_links
+         WHERE entity_type = 'contact' AND app_id = 'c-42' AND provider = 'zoho'",
+    )
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(relinked, moved_zoho);
+
     // HubSpot merges the linked contact with another (into a record of a new id, as
     // HubSpot does): the link follows the merge.
     let other = ids_of(emails[1].clone()).await;

@@ -129,7 +129,7 @@ fn validate(outcome: &Outcome) -> Vec<FieldError> {
     }
     for (field, target) in [("contact", &outcome.contact), ("deal", &outcome.deal)] {
         if let Some(id) = target.as_ref().and_then(|t| t.app_id.as_deref()) {
-            if id.trim().is_empty() || id.len() > 200 || id.contains('\0') {
+            if id.trim().is_empty() || id.chars().count() > 200 || id.contains('\0') {
                 bad(&format!("{field}.app_id"), "must be 1-200 characters");
             }
         }

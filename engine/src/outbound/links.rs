@@ -69,20 +69,15 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
         .filter(|l| matches!(l.entity_type.as_str(), "contact" | "deal"))
         .map(|l| (l.entity_type.as_str(), l.app_id.as_str(), l.crm_id.as_str()));
     for (entity_type, app_id, crm_id) in std::iter::once(call).chain(named) {
-        sqlx::query(
-            "INSERT INTO crm_entity_links (workspace_id, entity_type, app_id, provider, crm_id)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (workspace_id, entity_type, app_id, provider)
-             DO UPDATE SET crm_id = EXCLUDED.crm_id, updated_at = now()",
-        )
-        .bind(&pushed.workspace)
-        .bind(entity_type)
-        .bind(app_id)
-        .bind(&pushed.provider)
-        .bind(crm_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| e.to_string())?;
+        let link = EntityLink {
+            workspace: &pushed.workspace,
+            entity_type,
+            app_id,
+            provider: &pushed.provider,
+            crm_id,
+            account: pushed.account.as_deref(),
+        };
+        link.record(&mut *tx).await.map_err(|e| e.to_string())?;
     }
     if let (Some(account), Some(fields)) = (&pushed.account, &pushed.fields) {
         app_born(&mut tx, &pushed, account, fields, &version)
@@ -90,6 +85,45 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     tx.commit().await.map_err(|e| e.to_string())
+}
+
+/// A row of `crm_entity_links`: the app's id for a record, and the CRM's.
+#[derive(Debug)]
+pub struct EntityLink<'a> {
+    pub workspace: &'a str,
+    pub entity_type: &'a str,
+    pub app_id: &'a str,
+    pub provider: &'a str,
+    pub crm_id: &'a str,
+    /// The CRM account the record lives in.
+    pub account: Option<&'a str>,
+}
+
+impl EntityLink<'_> {
+    /// Records the link, replacing the app id's earlier one in that CRM.
+    pub async fn record(
+        &self,
+        db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO crm_entity_links
+                 (workspace_id, entity_type, app_id, provider, crm_id, account_id)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (workspace_id, entity_type, app_id, provider) DO UPDATE
+                 SET crm_id = EXCLUDED.crm_id,
+                     account_id = coalesce(EXCLUDED.account_id, crm_entity_links.account_id),
+                     updated_at = now()",
+        )
+        .bind(self.workspace)
+        .bind(self.entity_type)
+        .bind(self.app_id)
+        .bind(self.provider)
+        .bind(self.crm_id)
+        .bind(self.account)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
 }
 
 /// A replay's step for a `crm.result` event: the call's app-born row in `target`.

@@ -287,8 +287,9 @@ pub async fn account_of(
     })
 }
 
-/// The CRM id of a contact: its `crm_id`, else the live record its `app_id` is linked
-/// to, else the projected contact with that email or phone.
+/// The CRM id of a contact: its `crm_id`, else the projected contact with its email or
+/// phone (which re-points an `app_id` named beside them), else the live record its
+/// `app_id` is linked to.
 pub async fn resolve_contact(
     pool: &PgPool,
     provider: Provider,
@@ -301,33 +302,36 @@ pub async fn resolve_contact(
     if let Some(id) = &target.crm_id {
         return Ok(Some(id.clone()));
     }
+    let by_email_or_phone = target.email.is_some() || target.phone.is_some();
+    if by_email_or_phone {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT remote_id FROM contacts
+             WHERE workspace_id = $1 AND provider = $2 AND NOT deleted AND merged_into IS NULL
+               AND (lower(email) = lower($3) OR phone = $4 OR mobile_phone = $4)
+             ORDER BY remote_id LIMIT 1",
+        )
+        .bind(account)
+        .bind(provider.as_str())
+        .bind(target.email.as_deref())
+        .bind(target.phone.as_deref())
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| PushError::Retry(e.to_string().into()))?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
     if let Some(id) = linked(pool, "contacts", provider, account, command, target).await? {
         return Ok(Some(id));
     }
-    if target.email.is_none() && target.phone.is_none() {
-        return Err(PushError::Fail(
-            format!("the contact's app_id is linked to no live {provider} contact").into(),
-        ));
-    }
-    let found: Option<String> = sqlx::query_scalar(
-        "SELECT remote_id FROM contacts
-         WHERE workspace_id = $1 AND provider = $2 AND NOT deleted AND merged_into IS NULL
-           AND (lower(email) = lower($3) OR phone = $4 OR mobile_phone = $4)
-         ORDER BY remote_id LIMIT 1",
-    )
-    .bind(account)
-    .bind(provider.as_str())
-    .bind(target.email.as_deref())
-    .bind(target.phone.as_deref())
-    .fetch_optional(pool)
-    .await
-    .map_err(|e| PushError::Retry(e.to_string().into()))?;
-    match found {
-        Some(id) => Ok(Some(id)),
-        None => Err(PushError::Fail(
-            format!("no {provider} contact matches the call's email or phone").into(),
-        )),
-    }
+    Err(PushError::Fail(
+        if by_email_or_phone {
+            format!("no {provider} contact matches the call's email or phone")
+        } else {
+            format!("the contact's app_id is linked to no live {provider} contact")
+        }
+        .into(),
+    ))
 }
 
 /// The CRM id of a deal: its `crm_id`, else the live record its `app_id` is linked to.
@@ -351,8 +355,9 @@ pub async fn resolve_deal(
     }
 }
 
-/// The CRM record an app id is linked to, following merges to the surviving record; none
-/// when unlinked or when the record was deleted.
+/// The CRM record an app id is linked to in `account`, following merges to the
+/// surviving record; none when unlinked or when the record was deleted. (A record the
+/// projection has not seen counts as live: the link came from a push that reached it.)
 async fn linked(
     pool: &PgPool,
     table: &str,
@@ -373,7 +378,7 @@ async fn linked(
                LEFT JOIN {table} r
                  ON r.workspace_id = $4 AND r.provider = l.provider AND r.remote_id = l.crm_id
               WHERE l.workspace_id = $1 AND l.entity_type = $2 AND l.app_id = $3
-                AND l.provider = $5
+                AND l.provider = $5 AND l.account_id = $4
              UNION ALL
              SELECT w.merged_into, coalesce(r.deleted, false), r.merged_into, w.hops + 1
                FROM walk w
@@ -394,6 +399,14 @@ async fn linked(
     Ok(found.and_then(|(id, deleted)| (!deleted).then_some(id)))
 }
 
+/// A link a push teaches, as its `crm.result` event carries it.
+#[derive(Debug, serde::Serialize)]
+struct Learned {
+    entity_type: &'static str,
+    app_id: String,
+    crm_id: String,
+}
+
 /// The entity links a push teaches: each of its contact and deal that the app named by
 /// `app_id`, with the CRM record it resolved to.
 async fn learned_links(
@@ -401,7 +414,7 @@ async fn learned_links(
     provider: Provider,
     account: &str,
     command: &Command,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+) -> anyhow::Result<Vec<Learned>> {
     let mut links = Vec::new();
     for (entity, target, resolved) in [
         (
@@ -419,9 +432,11 @@ async fn learned_links(
             continue;
         };
         match resolved {
-            Ok(Some(crm_id)) => {
-                links.push(json!({"entity_type": entity, "app_id": app_id, "crm_id": crm_id}))
-            }
+            Ok(Some(crm_id)) => links.push(Learned {
+                entity_type: entity,
+                app_id: app_id.to_owned(),
+                crm_id,
+            }),
             Ok(None) | Err(PushError::Fail(_)) => {}
             Err(PushError::Retry(r)) => anyhow::bail!("resolving the push's links: {}", r.log),
         }
@@ -590,6 +605,20 @@ impl Dispatcher {
             Some(account) => learned_links(&self.pool, command.provider, account, command).await?,
             None => Vec::new(),
         };
+        // Recorded at once, so the next push naming the app id alone finds them; the
+        // event carries them to everyone else.
+        for link in &links {
+            links::EntityLink {
+                workspace: &command.workspace,
+                entity_type: link.entity_type,
+                app_id: &link.app_id,
+                provider: command.provider.as_str(),
+                crm_id: &link.crm_id,
+                account: account.as_deref(),
+            }
+            .record(&self.pool)
+            .await?;
+        }
         let data = json!({"call_id": command.call_id, "workspace": command.workspace,
                           "provider": command.provider, "crm_id": crm_id, "key": command.key,
                           "account": account, "fields": app_fields(command, crm_id),
