@@ -76,6 +76,9 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
             provider: &pushed.provider,
             crm_id,
             account: pushed.account.as_deref(),
+            at: crmsync_schema::cloudevents::AttributesReader::time(&event)
+                .copied()
+                .unwrap_or_default(),
         };
         link.record(&mut *tx).await.map_err(|e| e.to_string())?;
     }
@@ -97,22 +100,27 @@ pub struct EntityLink<'a> {
     pub crm_id: &'a str,
     /// The CRM account the record lives in.
     pub account: Option<&'a str>,
+    /// The time of the result that made the link.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl EntityLink<'_> {
-    /// Records the link, replacing the app id's earlier one in that CRM.
+    /// Records the link, replacing the app id's earlier one in that CRM unless that
+    /// came from a newer result.
     pub async fn record(
         &self,
         db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO crm_entity_links
-                 (workspace_id, entity_type, app_id, provider, crm_id, account_id)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO crm_entity_links AS l
+                 (workspace_id, entity_type, app_id, provider, crm_id, account_id, linked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (workspace_id, entity_type, app_id, provider) DO UPDATE
                  SET crm_id = EXCLUDED.crm_id,
-                     account_id = coalesce(EXCLUDED.account_id, crm_entity_links.account_id),
-                     updated_at = now()",
+                     account_id = coalesce(EXCLUDED.account_id, l.account_id),
+                     linked_at = EXCLUDED.linked_at,
+                     updated_at = now()
+                 WHERE l.linked_at IS NULL OR l.linked_at <= EXCLUDED.linked_at",
         )
         .bind(self.workspace)
         .bind(self.entity_type)
@@ -120,6 +128,7 @@ impl EntityLink<'_> {
         .bind(self.provider)
         .bind(self.crm_id)
         .bind(self.account)
+        .bind(self.at)
         .execute(db)
         .await?;
         Ok(())

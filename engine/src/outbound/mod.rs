@@ -575,6 +575,7 @@ impl Dispatcher {
 
     /// Records the CRM's id as a `crm.result` event.
     async fn result_event(&self, command: &Command, crm_id: &str) -> anyhow::Result<()> {
+        let at = chrono::Utc::now();
         let ws = WorkspaceId::parse(command.workspace.clone())?;
         let call = RemoteId::parse(command.call_id.clone())?;
         let mut event = EventBuilderV10::new()
@@ -589,7 +590,7 @@ impl Dispatcher {
                 "activity/{}",
                 crmsync_schema::subject::escape_token(&command.call_id)
             ))
-            .time(chrono::Utc::now())
+            .time(at)
             .build()?;
         // Any status: a connection disconnected since the push still names the
         // account the record went to.
@@ -615,6 +616,7 @@ impl Dispatcher {
                 provider: command.provider.as_str(),
                 crm_id: &link.crm_id,
                 account: account.as_deref(),
+                at,
             }
             .record(&self.pool)
             .await?;
