@@ -96,6 +96,8 @@ pub struct RateLimiter {
     shared: Option<Shared>,
     /// Set while the shared budget is not asked (it failed or was slow).
     shared_down_until: Mutex<Option<Instant>>,
+    /// How long a reservation may take before the local bucket decides alone.
+    shared_timeout: Duration,
 }
 
 impl RateLimiter {
@@ -112,7 +114,14 @@ impl RateLimiter {
             }),
             shared: None,
             shared_down_until: Mutex::new(None),
+            shared_timeout: SHARED_TIMEOUT,
         }
+    }
+
+    /// Waits up to `timeout` for the shared budget's answer (a second by default).
+    pub fn with_shared_timeout(mut self, timeout: Duration) -> Self {
+        self.shared_timeout = timeout;
+        self
     }
 
     /// The same allowance, shared through `budget` with every limiter under `key`.
@@ -151,14 +160,16 @@ impl RateLimiter {
         let mut wait = self.reserve();
         if let Some(shared) = self.shared.as_ref().filter(|_| self.shared_up(start)) {
             let reserved = tokio::time::timeout(
-                SHARED_TIMEOUT,
+                self.shared_timeout,
                 shared.budget.reserve(&shared.key, self.rate, self.burst),
             )
             .await;
             match reserved {
-                Ok(Ok(w)) => wait = wait.max(w + start.elapsed()),
+                // Never longer than the longest shared pause (a slot far ahead is left
+                // by reservations given up, or a pause stored before the cap).
+                Ok(Ok(w)) => wait = wait.max(w.min(MAX_SHARED_PAUSE) + start.elapsed()),
                 Ok(Err(e)) => self.shared_down(&shared.key, &e),
-                Err(_) => self.shared_down(&shared.key, "no answer within a second"),
+                Err(_) => self.shared_down(&shared.key, "no answer in time"),
             }
         }
         let until = start + wait;

@@ -36,8 +36,11 @@ async fn limiters_in_separate_processes_keep_to_one_allowance_together() {
     let mut limiters = Vec::new();
     for _ in 0..3 {
         let budget: Arc<dyn SharedBudget> = Arc::new(PgBudget::new(own_pool(&pool).await));
+        // A loaded machine may answer slowly: the local bucket must not decide alone.
         limiters.push(Arc::new(
-            RateLimiter::new(rate, burst).shared(budget, key.clone()),
+            RateLimiter::new(rate, burst)
+                .shared(budget, key.clone())
+                .with_shared_timeout(Duration::from_secs(60)),
         ));
     }
     let times = Arc::new(Mutex::new(Vec::new()));
@@ -60,7 +63,7 @@ async fn limiters_in_separate_processes_keep_to_one_allowance_together() {
     assert_eq!(times.len(), 3 * per_process);
     // Alone, each bucket would let its 30 through in (30 - burst) / rate = 1.3 s.
     // Together they keep to one allowance: all 90 take at least (90 - burst) / rate
-    // = 4.3 s (a slow machine only makes it longer).
+    // = 4.3 s (a slow machine only makes it longer: the shared budget is waited for).
     let span = *times.iter().max().unwrap() - started;
     let least = Duration::from_secs_f64((3.0 * per_process as f64 - burst) / rate - 0.1);
     assert!(
@@ -73,8 +76,11 @@ async fn limiters_in_separate_processes_keep_to_one_allowance_together() {
 async fn a_pause_in_one_process_holds_the_others_and_a_lost_database_holds_nobody() {
     let pool = pool().await;
     let key = budget_key(Provider::Zoho, "acme", "all");
-    let limiter =
-        |budget: PgBudget| RateLimiter::new(50.0, 5.0).shared(Arc::new(budget), key.clone());
+    let limiter = |budget: PgBudget| {
+        RateLimiter::new(50.0, 5.0)
+            .shared(Arc::new(budget), key.clone())
+            .with_shared_timeout(Duration::from_secs(60))
+    };
     let first = limiter(PgBudget::new(own_pool(&pool).await));
     let second = limiter(PgBudget::new(own_pool(&pool).await));
     second.acquire().await;

@@ -42,6 +42,9 @@ struct Pushed {
     /// resolved to.
     #[serde(default)]
     links: Vec<Link>,
+    /// When the app asked for the push: the links' order.
+    #[serde(default)]
+    requested_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,9 +79,11 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
             provider: &pushed.provider,
             crm_id,
             account: pushed.account.as_deref(),
-            at: crmsync_schema::cloudevents::AttributesReader::time(&event)
-                .copied()
-                .unwrap_or_default(),
+            at: pushed.requested_at.unwrap_or_else(|| {
+                crmsync_schema::cloudevents::AttributesReader::time(&event)
+                    .copied()
+                    .unwrap_or_default()
+            }),
         };
         link.record(&mut *tx).await.map_err(|e| e.to_string())?;
     }

@@ -573,9 +573,53 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Records the CRM's id as a `crm.result` event.
-    async fn result_event(&self, command: &Command, crm_id: &str) -> anyhow::Result<()> {
-        let at = chrono::Utc::now();
+    /// Records a sent push: the contacts and deals it linked to the app's ids (at once,
+    /// before the push shows as sent, so the next push naming an app id alone finds
+    /// them), its state when `mark_sent`, then the CRM's id as a `crm.result` event,
+    /// which carries the links to everyone else.
+    async fn record_sent(
+        &self,
+        command: &Command,
+        crm_id: &str,
+        mark_sent: bool,
+    ) -> anyhow::Result<()> {
+        // Any status: a connection disconnected since the push still names the
+        // account the record went to. Links are ordered by when the app asked for the
+        // push (Postgres's clock, the same on every redelivery), not by when the CRM
+        // answered.
+        let (account, requested_at): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+            sqlx::query_as(
+                "SELECT (SELECT account_id FROM crm_connections
+                          WHERE workspace_id = $1 AND provider = $2),
+                        (SELECT created_at FROM crm_call_pushes
+                          WHERE workspace_id = $1 AND provider = $2 AND call_id = $3)",
+            )
+            .bind(&command.workspace)
+            .bind(command.provider.as_str())
+            .bind(&command.call_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let requested_at = requested_at.unwrap_or_else(chrono::Utc::now);
+        let links = match &account {
+            Some(account) => learned_links(&self.pool, command.provider, account, command).await?,
+            None => Vec::new(),
+        };
+        for link in &links {
+            links::EntityLink {
+                workspace: &command.workspace,
+                entity_type: link.entity_type,
+                app_id: &link.app_id,
+                provider: command.provider.as_str(),
+                crm_id: &link.crm_id,
+                account: account.as_deref(),
+                at: requested_at,
+            }
+            .record(&self.pool)
+            .await?;
+        }
+        if mark_sent {
+            self.set_state(command, "sent", Some(crm_id), None).await?;
+        }
         let ws = WorkspaceId::parse(command.workspace.clone())?;
         let call = RemoteId::parse(command.call_id.clone())?;
         let mut event = EventBuilderV10::new()
@@ -590,41 +634,12 @@ impl Dispatcher {
                 "activity/{}",
                 crmsync_schema::subject::escape_token(&command.call_id)
             ))
-            .time(at)
+            .time(chrono::Utc::now())
             .build()?;
-        // Any status: a connection disconnected since the push still names the
-        // account the record went to.
-        let account: Option<String> = sqlx::query_scalar(
-            "SELECT account_id FROM crm_connections WHERE workspace_id = $1 AND provider = $2",
-        )
-        .bind(&command.workspace)
-        .bind(command.provider.as_str())
-        .fetch_optional(&self.pool)
-        .await?
-        .flatten();
-        let links = match &account {
-            Some(account) => learned_links(&self.pool, command.provider, account, command).await?,
-            None => Vec::new(),
-        };
-        // Recorded at once, so the next push naming the app id alone finds them; the
-        // event carries them to everyone else.
-        for link in &links {
-            links::EntityLink {
-                workspace: &command.workspace,
-                entity_type: link.entity_type,
-                app_id: &link.app_id,
-                provider: command.provider.as_str(),
-                crm_id: &link.crm_id,
-                account: account.as_deref(),
-                at,
-            }
-            .record(&self.pool)
-            .await?;
-        }
         let data = json!({"call_id": command.call_id, "workspace": command.workspace,
                           "provider": command.provider, "crm_id": crm_id, "key": command.key,
                           "account": account, "fields": app_fields(command, crm_id),
-                          "links": links});
+                          "links": links, "requested_at": requested_at});
         event.set_data("application/json", serde_json::to_vec(&data)?);
         publish_one(
             &self.js,
@@ -802,7 +817,7 @@ impl Dispatcher {
             // Sent before: its result event may not have gone out (a crash, NATS
             // away); sent again, JetStream drops the copy.
             let recorded = match &crm_id {
-                Some(id) => self.result_event(command, id).await,
+                Some(id) => self.record_sent(command, id, false).await,
                 None => Ok(()),
             };
             match recorded {
@@ -831,18 +846,14 @@ impl Dispatcher {
         };
         let provider = command.provider;
         match pushed {
-            Ok(crm_id) => {
-                let stored = self.set_state(command, "sent", Some(&crm_id), None).await;
-                let result = self.result_event(command, &crm_id).await;
-                match (stored, result) {
-                    (Ok(()), Ok(())) => {
-                        let _ = msg.ack().await;
-                    }
-                    (s, r) => {
-                        tracing::warn!(stored = ?s.err(), result = ?r.err(), "pushed, but not yet recorded; the redelivery will find the record");
-                    }
+            Ok(crm_id) => match self.record_sent(command, &crm_id, true).await {
+                Ok(()) => {
+                    let _ = msg.ack().await;
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pushed, but not yet recorded; the redelivery will find the record");
+                }
+            },
             Err(PushError::Retry(reason))
                 if i64::from(attempts) < self.topology.policy.max_deliver =>
             {
