@@ -64,6 +64,13 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
             .unwrap_or_default(),
         crmsync_schema::cloudevents::AttributesReader::id(&event),
     );
+    // When the app asked for the push (results from before 2026-11-28 carry no such
+    // time: theirs stands in).
+    let at = pushed.requested_at.unwrap_or_else(|| {
+        crmsync_schema::cloudevents::AttributesReader::time(&event)
+            .copied()
+            .unwrap_or_default()
+    });
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
     let call = ("call", pushed.call_id.as_str(), pushed.crm_id.as_str());
     let named = pushed
@@ -79,11 +86,7 @@ async fn apply(pool: &PgPool, msg: &Message) -> Result<(), String> {
             provider: &pushed.provider,
             crm_id,
             account: pushed.account.as_deref(),
-            at: pushed.requested_at.unwrap_or_else(|| {
-                crmsync_schema::cloudevents::AttributesReader::time(&event)
-                    .copied()
-                    .unwrap_or_default()
-            }),
+            at,
         };
         link.record(&mut *tx).await.map_err(|e| e.to_string())?;
     }
@@ -105,13 +108,13 @@ pub struct EntityLink<'a> {
     pub crm_id: &'a str,
     /// The CRM account the record lives in.
     pub account: Option<&'a str>,
-    /// The time of the result that made the link.
+    /// When the app asked for the push that made the link: links are ordered by it.
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl EntityLink<'_> {
     /// Records the link, replacing the app id's earlier one in that CRM unless that
-    /// came from a newer result.
+    /// came from a push the app asked for later.
     pub async fn record(
         &self,
         db: impl sqlx::Executor<'_, Database = sqlx::Postgres>,

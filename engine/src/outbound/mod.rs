@@ -408,40 +408,43 @@ struct Learned {
 }
 
 /// The entity links a push teaches: each of its contact and deal that the app named by
-/// `app_id`, with the CRM record it resolved to.
+/// `app_id`, with the CRM record it resolved to. (Nothing is looked up for a push that
+/// names no `app_id`.)
 async fn learned_links(
     pool: &PgPool,
     provider: Provider,
     account: &str,
     command: &Command,
 ) -> anyhow::Result<Vec<Learned>> {
+    let app_id = |target: &Option<Target>| target.as_ref().and_then(|t| t.app_id.clone());
     let mut links = Vec::new();
-    for (entity, target, resolved) in [
-        (
-            "contact",
-            &command.outcome.contact,
-            resolve_contact(pool, provider, account, command).await,
-        ),
-        (
-            "deal",
-            &command.outcome.deal,
-            resolve_deal(pool, provider, account, command).await,
-        ),
-    ] {
-        let Some(app_id) = target.as_ref().and_then(|t| t.app_id.as_deref()) else {
-            continue;
-        };
-        match resolved {
-            Ok(Some(crm_id)) => links.push(Learned {
-                entity_type: entity,
-                app_id: app_id.to_owned(),
-                crm_id,
-            }),
-            Ok(None) | Err(PushError::Fail(_)) => {}
-            Err(PushError::Retry(r)) => anyhow::bail!("resolving the push's links: {}", r.log),
-        }
+    if let Some(app_id) = app_id(&command.outcome.contact) {
+        let resolved = resolve_contact(pool, provider, account, command).await;
+        links.extend(learned("contact", app_id, resolved)?);
+    }
+    if let Some(app_id) = app_id(&command.outcome.deal) {
+        let resolved = resolve_deal(pool, provider, account, command).await;
+        links.extend(learned("deal", app_id, resolved)?);
     }
     Ok(links)
+}
+
+/// The link an app id resolved to, if it resolved; a failure no retry fixes teaches
+/// nothing, one worth retrying is an error.
+fn learned(
+    entity_type: &'static str,
+    app_id: String,
+    resolved: Result<Option<String>, PushError>,
+) -> anyhow::Result<Option<Learned>> {
+    match resolved {
+        Ok(Some(crm_id)) => Ok(Some(Learned {
+            entity_type,
+            app_id,
+            crm_id,
+        })),
+        Ok(None) | Err(PushError::Fail(_)) => Ok(None),
+        Err(PushError::Retry(r)) => anyhow::bail!("resolving the push's links: {}", r.log),
+    }
 }
 
 /// The fields crmsync wrote for `command`: as the provider's mapping reads them back
