@@ -12,6 +12,12 @@ use crmsync_engine::sandbox_cmd::{self, SandboxOptions};
 use crmsync_engine::{db, logging};
 use crmsync_schema::Provider;
 
+/// mimalloc rather than the system allocator: projection allocates and frees a few
+/// dozen small blocks per event, and glibc's malloc was a fifth of its CPU time
+/// (BENCHMARKS.md, 2026-11-28 (late)).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ABOUT: &str =
     "crmsync: an event-sourced CRM sync engine. CRM changes (webhooks, polling) are \
 kept as CloudEvents in NATS JetStream, the source of truth, and projected into Postgres.";
