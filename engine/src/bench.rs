@@ -49,7 +49,7 @@ pub struct BenchOptions {
     #[arg(long, hide = true, requires = "per_second")]
     pub send_to: Option<String>,
     /// Internal: the sender's pace (with `--send-to`).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, requires = "send_to")]
     pub per_second: Option<usize>,
 }
 
@@ -544,7 +544,8 @@ async fn e2e(base: &Settings, n: usize, per_second: usize) -> anyhow::Result<Fig
         .args(["--events", &n.to_string()])
         .args(["--per-second", &per_second.to_string()])
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
+        // stdout is the bench's figures; the sender's errors go to stderr.
+        .stdout(std::process::Stdio::null())
         .status()
         .await
         .context("starting the webhook sender")?;
@@ -553,7 +554,8 @@ async fn e2e(base: &Settings, n: usize, per_second: usize) -> anyhow::Result<Fig
     let last = n as u64;
     let done = checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(120)).await?;
     anyhow::ensure!(done, "the projection did not catch up within 2 minutes");
-    // From the first event sent to the last one visible, both by the rows' times.
+    // From the first event sent to the last one projected (the start of the
+    // transaction that wrote it), both by the rows' times.
     let (p50, p99, seconds): (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
@@ -608,20 +610,24 @@ async fn send_webhooks(url: &str, n: usize, per_second: usize) -> anyhow::Result
             for (name, value) in signed_headers(Signature::V3, SECRET, &signed, &body, now) {
                 request = request.header(name, value);
             }
-            request
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
+            match request.send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("answered {}", r.status())),
+                Err(e) => Some(format!("not sent: {e}")),
+            }
         }));
     }
     let mut refused = 0;
+    let mut first = None;
     for s in sends {
-        if !s.await? {
+        if let Some(why) = s.await? {
             refused += 1;
+            first.get_or_insert(why);
         }
     }
-    anyhow::ensure!(refused == 0, "{refused} of {n} webhooks were refused");
+    if let Some(why) = first {
+        anyhow::bail!("{refused} of {n} webhooks were refused; the first was {why}");
+    }
     Ok(())
 }
 

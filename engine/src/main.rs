@@ -13,8 +13,8 @@ use crmsync_engine::{db, logging};
 use crmsync_schema::Provider;
 
 /// mimalloc rather than the system allocator: projection allocates and frees a few
-/// dozen small blocks per event, and glibc's malloc was a fifth of its CPU time
-/// (BENCHMARKS.md, 2026-11-28 (late)).
+/// dozen small blocks per event, and glibc's malloc was about a quarter of its CPU
+/// time (BENCHMARKS.md, 2026-11-28 (late)).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
