@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::Metrics;
 use crmsync_ingest::AppState;
 use crmsync_projectors::{Projector, ProjectorConfig, Table};
-use crmsync_schema::{ObjectType, Provider};
+use crmsync_schema::Provider;
 
 use crate::config::Settings;
 use crate::db;
@@ -85,12 +85,8 @@ impl Engine {
         let mut projectors = Vec::new();
         if role != Role::Api {
             for provider in Provider::ALL {
-                for table in Table::ALL {
-                    projectors.push(
-                        projector(&settings, &topology, &js, &pool, &metrics, provider, table)
-                            .await?,
-                    );
-                }
+                projectors
+                    .push(projector(&settings, &topology, &js, &pool, &metrics, provider).await?);
             }
         }
         let connectors = || {
@@ -413,20 +409,17 @@ async fn projector(
     pool: &PgPool,
     metrics: &Arc<Metrics>,
     provider: Provider,
-    table: Table,
 ) -> anyhow::Result<Projector> {
-    let object = ObjectType::parse(table.object()).expect("a table's object type is valid");
-    let mut config = topology.projector_consumer(provider, &object);
-    if table.object_filter().is_none() {
-        config.filter_subject = format!("{}.raw.{provider}.>", topology.subjects.root());
-    }
-    let name = config.durable_name.clone().unwrap_or_default();
+    let name = Topology::projector_name(provider);
     // Created here so that a bad configuration stops start-up with a clear error.
-    topology
-        .ensure_consumer(js, config.clone())
+    let (config, notes) = topology
+        .ensure_projector_consumer(js, provider)
         .await
         .with_context(|| format!("creating consumer {name}"))?;
-    let mut pc = ProjectorConfig::new(provider, table, name, topology.events_stream());
+    for note in notes {
+        tracing::info!("{note}");
+    }
+    let mut pc = ProjectorConfig::new(provider, Table::ALL, name, topology.events_stream());
     pc.batch = settings.batch_size;
     pc.linger = settings.batch_linger;
     pc.max_deliver = settings.max_deliver;

@@ -19,7 +19,7 @@ use crmsync_adapters::Secret;
 use crmsync_ingest::publish::publish_all;
 use crmsync_projectors::checkpoint;
 use crmsync_sandbox::hubspot::webhooks::{signed_headers, EventFactory, Signature};
-use crmsync_schema::{ObjectType, Provider, RawEvent};
+use crmsync_schema::{Provider, RawEvent};
 
 use crate::app::{Engine, Role};
 use crate::config::Settings;
@@ -242,7 +242,7 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     let stop = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
-    let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+    let consumer = Topology::projector_name(Provider::HubSpot);
     let done = checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(600)).await?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(done, "the projection did not finish within 10 minutes");
@@ -550,7 +550,7 @@ async fn e2e(base: &Settings, n: usize, per_second: usize) -> anyhow::Result<Fig
         .await
         .context("starting the webhook sender")?;
     anyhow::ensure!(status.success(), "the webhook sender failed ({status})");
-    let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+    let consumer = Topology::projector_name(Provider::HubSpot);
     let last = n as u64;
     let done = checkpoint::wait_for(&pool, &consumer, last, Duration::from_secs(120)).await?;
     anyhow::ensure!(done, "the projection did not catch up within 2 minutes");

@@ -22,7 +22,7 @@ use crmsync_sandbox::server::Running;
 use crmsync_sandbox::zoho::{DataCentre, ZohoSandbox};
 
 use crmsync_projectors::checkpoint;
-use crmsync_schema::{ObjectType, Provider};
+use crmsync_schema::Provider;
 
 use crate::app::{Engine, Role};
 use crate::config::Settings;
@@ -255,7 +255,7 @@ pub async fn run(base: Settings, opts: DemoOptions, stop: CancellationToken) -> 
     let engine = Engine::build(settings.clone(), Role::All).await?;
     let addr = engine.local_addr();
     let pool = engine.pool().clone();
-    let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+    let consumer = Topology::projector_name(Provider::HubSpot);
     let local = format!("http://127.0.0.1:{}", addr.port());
     let engine_stop = stop.child_token();
     let running = tokio::spawn(engine.run_until_stopped(engine_stop.clone()));

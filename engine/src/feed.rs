@@ -204,7 +204,7 @@ async fn follow(state: HistoryState, mut messages: pull::Ordered, tx: mpsc::Send
         let Some(table) = Table::for_object(&subject.object) else {
             continue;
         };
-        let consumer = Topology::projector_name(subject.provider, &subject.object);
+        let consumer = Topology::projector_name(subject.provider);
         let Some(projected) = settled(&state, &mut handles, &consumer, seq, &tx).await else {
             return;
         };

@@ -19,7 +19,7 @@ use async_nats::jetstream::consumer::{self, pull, PullConsumer};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, kv};
 
-use crmsync_schema::{ObjectType, Provider, Subjects};
+use crmsync_schema::{Provider, Subjects};
 
 /// Why the topology could not be put in place.
 #[derive(Debug, thiserror::Error)]
@@ -237,19 +237,119 @@ impl Topology {
         }
     }
 
-    /// The name of one projection's durable consumer, also its checkpoint key.
-    pub fn projector_name(provider: Provider, object: &ObjectType) -> String {
-        format!("proj-{provider}-{object}")
+    /// The name of a provider's projection consumer, also its checkpoint key.
+    pub fn projector_name(provider: Provider) -> String {
+        format!("proj-{provider}")
     }
 
-    /// The durable consumer of one projection.
-    pub fn projector_consumer(&self, provider: Provider, object: &ObjectType) -> pull::Config {
-        let name = Self::projector_name(provider, object);
+    /// The names of the consumers earlier versions projected with, one per provider
+    /// and table (`proj-hubspot-contact`, …, `proj-hubspot-association`).
+    pub fn legacy_projector_names(provider: Provider) -> Vec<String> {
+        crmsync_projectors::Table::ALL
+            .iter()
+            .map(|table| format!("proj-{provider}-{}", table.object()))
+            .collect()
+    }
+
+    /// Creates a provider's projection consumer, or updates the one there is (its
+    /// start, which JetStream cannot change, kept); the config to open it with.
+    ///
+    /// Created where an earlier version's per-table consumers exist, it starts after
+    /// the lowest point all of them had settled (every event before it was projected
+    /// into every table; those after it, some tables may project again, which the
+    /// field versions make harmless); a table whose consumer is missing counts as
+    /// having settled nothing. Then, and at every start after (an old worker still
+    /// running recreates its consumer), the old consumers are deleted: an upgrade
+    /// neither projects the whole history again nor skips an event. Notes for the log.
+    pub async fn ensure_projector_consumer(
+        &self,
+        js: &jetstream::Context,
+        provider: Provider,
+    ) -> Result<(pull::Config, Vec<String>), TopologyError> {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind;
+        let mut config = self.projector_consumer(provider);
+        let name = Self::projector_name(provider);
+        let stream_name = self.events_stream();
+        let mut stream = js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| nats_err(format!("reading stream {stream_name}: {e}")))?;
+        let mut notes = Vec::new();
+        // Read before the consumers: an old consumer with nothing left to do has
+        // settled every event up to here (one published since may not be settled).
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| nats_err(format!("reading stream {stream_name}: {e}")))?
+            .state
+            .last_sequence;
+        let mut legacy = Vec::new();
+        for old in Self::legacy_projector_names(provider) {
+            match stream.consumer_info(&old).await {
+                Ok(info) => legacy.push(info),
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+                Err(e) => return Err(nats_err(format!("reading consumer {old}: {e}"))),
+            }
+        }
+        match stream.consumer_info(&name).await {
+            Ok(existing) => config.deliver_policy = existing.config.deliver_policy,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                if !legacy.is_empty() {
+                    let missing = legacy.len() < Self::legacy_projector_names(provider).len();
+                    let settled = legacy
+                        .iter()
+                        .map(|info| {
+                            let done = info.num_pending == 0 && info.num_ack_pending == 0;
+                            if done {
+                                last.max(info.ack_floor.stream_sequence)
+                            } else {
+                                info.ack_floor.stream_sequence
+                            }
+                        })
+                        .min()
+                        .filter(|_| !missing)
+                        .unwrap_or(0);
+                    if settled > 0 {
+                        config.deliver_policy = consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: settled + 1,
+                        };
+                    }
+                    notes.push(format!(
+                        "consumer {name} takes over from {} and starts after stream sequence {settled}",
+                        legacy.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
+                    ));
+                }
+            }
+            Err(e) => return Err(nats_err(format!("reading consumer {name}: {e}"))),
+        }
+        if let Err(first) = self.ensure_consumer(js, config.clone()).await {
+            // Another worker, upgraded at the same time, created it first: its start
+            // stands.
+            let existing = stream.consumer_info(&name).await.map_err(|_| first)?;
+            config.deliver_policy = existing.config.deliver_policy;
+            self.ensure_consumer(js, config.clone()).await?;
+        }
+        // Only once the provider's consumer exists.
+        for old in &legacy {
+            match stream.delete_consumer(&old.name).await {
+                Ok(_) => notes.push(format!("deleted the old consumer {}", old.name)),
+                Err(e) => {
+                    tracing::warn!(consumer = %old.name, error = %e, "could not delete an old projection consumer; it is deleted at the next start")
+                }
+            }
+        }
+        Ok((config, notes))
+    }
+
+    /// The durable consumer of a provider's projection: all its raw events, each
+    /// delivered and acknowledged once whichever tables it concerns.
+    pub fn projector_consumer(&self, provider: Provider) -> pull::Config {
+        let name = Self::projector_name(provider);
         pull::Config {
             durable_name: Some(name.clone()),
             name: Some(name),
-            description: Some(format!("crmsync projector of {provider} {object} events")),
-            filter_subject: self.subjects.raw_filter(provider, object),
+            description: Some(format!("crmsync projector of {provider} events")),
+            filter_subject: self.subjects.raw_provider_filter(provider),
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.policy.retry_base,
@@ -412,10 +512,10 @@ mod tests {
     fn backoff_doubles_up_to_the_cap_with_fewer_steps_than_max_deliver() {
         let s = Duration::from_secs;
         assert_eq!(POLICY.backoff(), [s(30), s(60), s(100), s(100)]);
-        let c = topology().projector_consumer(Provider::HubSpot, &ObjectType::contact());
+        let c = topology().projector_consumer(Provider::HubSpot);
         assert_eq!(c.max_deliver, 5);
         assert_eq!(c.ack_wait, s(30));
-        assert_eq!(c.filter_subject, "t1.crm.raw.hubspot.*.contact.*");
+        assert_eq!(c.filter_subject, "t1.crm.raw.hubspot.>");
     }
 
     #[test]

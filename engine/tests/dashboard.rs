@@ -216,7 +216,7 @@ async fn the_dashboard_is_clicked_through_in_headless_chromium() {
         .await;
     assert!(row.contains("res.partner: ok"), "{row}");
     browser
-        .wait_text("#consumers tbody", |t| t.contains("proj-odoo-contact"))
+        .wait_text("#consumers tbody", |t| t.contains("proj-odoo"))
         .await;
 
     // Stop and start the sync.

@@ -213,7 +213,7 @@ async fn metrics_parse_as_openmetrics_and_show_consumer_lag_and_dlq_depth() {
         .collect();
     let last = engine.post_events(Signature::V3, &events).await;
     engine.wait_projected(last).await;
-    let lag = r#"crm_consumer_lag_events{consumer="proj-hubspot-contact"} 0"#;
+    let lag = r#"crm_consumer_lag_events{consumer="proj-hubspot"} 0"#;
     let text = crmsync_testkit::eventually(std::time::Duration::from_secs(15), || async {
         let text = engine.metrics().await;
         text.contains(lag).then_some(text)

@@ -42,7 +42,7 @@ async fn a_webhook_batch_is_projected_with_its_checkpoint_in_the_same_commit() {
     );
 
     let (seq, applied): (i64, i64) = sqlx::query_as(
-        "SELECT stream_seq, events_applied FROM projection_checkpoints WHERE consumer = 'proj-hubspot-contact'",
+        "SELECT stream_seq, events_applied FROM projection_checkpoints WHERE consumer = 'proj-hubspot'",
     )
     .fetch_one(&engine.pool)
     .await
@@ -111,7 +111,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
         .unwrap();
     let found = crmsync_testkit::eventually(Duration::from_secs(20), || {
         let dlq = dlq.clone();
-        let subject = subjects.dlq("proj-hubspot-contact");
+        let subject = subjects.dlq("proj-hubspot");
         async move { dlq.get_last_raw_message_by_subject(&subject).await.ok() }
     })
     .await
@@ -147,7 +147,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_blocks_nothing() 
     assert!(dlq.info().await.unwrap().state.messages >= 1);
     let metrics = engine.metrics().await;
     assert!(
-        metrics.contains(r#"crm_dead_lettered_total{consumer="proj-hubspot-contact"} 1"#),
+        metrics.contains(r#"crm_dead_lettered_total{consumer="proj-hubspot"} 1"#),
         "{metrics}"
     );
     engine.stop().await;

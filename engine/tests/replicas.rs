@@ -26,7 +26,7 @@ use common::{free_port, test_env, EngineProcess, TestEngine};
 use crmsync_engine::topology::Topology;
 use crmsync_engine::Role;
 use crmsync_sandbox::hubspot::webhooks::EventFactory;
-use crmsync_schema::{ObjectType, Provider};
+use crmsync_schema::Provider;
 
 const PORTAL: u64 = 777_001;
 const FIELDS: [(&str, &str); 4] = [
@@ -122,7 +122,7 @@ async fn accounted_for(js: &jetstream::Context, pool: &PgPool, topology: &Topolo
     let mut stream = js.get_stream(topology.events_stream()).await.unwrap();
     let in_stream = stream.info().await.unwrap().state.messages;
     assert_eq!(in_stream, events, "each accepted event once in the stream");
-    let name = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+    let name = Topology::projector_name(Provider::HubSpot);
     let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -186,7 +186,7 @@ async fn worker_processes_killed_or_stopped_mid_load_lose_and_double_nothing() {
     let applied = |pool: &PgPool| {
         let pool = pool.clone();
         async move {
-            let name = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+            let name = Topology::projector_name(Provider::HubSpot);
             let position = crmsync_projectors::checkpoint::position(&pool, &name).await;
             position.ok().flatten().map_or(0, |(_, n)| n)
         }

@@ -1,4 +1,6 @@
-//! The consume loop shared by projections.
+//! A provider's projection: one durable consumer reads all of the provider's raw
+//! events and projects each into every table it concerns (its object's table, and the
+//! links), in one transaction per batch.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
@@ -27,8 +29,9 @@ use crate::{checkpoint, dlq};
 pub struct ProjectorConfig {
     /// The provider whose events it projects.
     pub provider: Provider,
-    /// The table it projects into.
-    pub table: Table,
+    /// The tables it projects into: an event concerns its object's table (if listed)
+    /// and the tables that read every object (links).
+    pub tables: Vec<Table>,
     /// The durable consumer's name, also the checkpoint's key.
     pub consumer: String,
     /// The stream it reads.
@@ -50,13 +53,13 @@ pub struct ProjectorConfig {
 impl ProjectorConfig {
     pub fn new(
         provider: Provider,
-        table: Table,
+        tables: impl Into<Vec<Table>>,
         consumer: impl Into<String>,
         stream: impl Into<String>,
     ) -> Self {
         Self {
             provider,
-            table,
+            tables: tables.into(),
             consumer: consumer.into(),
             stream: stream.into(),
             batch: 500,
@@ -67,7 +70,7 @@ impl ProjectorConfig {
     }
 }
 
-/// Projects contact events from a durable pull consumer into Postgres.
+/// Projects one provider's events from a durable pull consumer into Postgres.
 #[derive(Debug)]
 pub struct Projector {
     config: ProjectorConfig,
@@ -94,11 +97,13 @@ struct Decoded {
     kept: Instant,
 }
 
-/// What a decoded message asks of the table.
+/// What a decoded message asks of the tables.
 #[derive(Debug, Default)]
 struct Outcome {
-    rows: Vec<(RowKey, FieldSet)>,
+    rows: Vec<(Table, RowKey, FieldSet)>,
     retractions: Vec<(WorkspaceId, Provider, Retraction)>,
+    /// The tables it counts for in the metrics: its object's, and any it changes.
+    touched: Vec<Table>,
 }
 
 /// Why a held batch was not committed.
@@ -356,34 +361,35 @@ impl Projector {
             let time = event.time_or_epoch();
             lag = Some((Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0);
             let version = Version::new(time, &event.id);
-            let normalised = self
-                .config
-                .table
-                .normalise(
-                    subject.provider,
-                    subject.object.as_str(),
-                    Change::of_type(&event.ty),
-                    &event.data,
-                    &version,
-                )
-                .map_err(|e| e.to_string())?;
-            Ok(Outcome {
-                rows: normalised
-                    .rows
-                    .into_iter()
-                    .map(|c| {
-                        (
-                            (subject.workspace.clone(), subject.provider, c.remote_id),
-                            c.fields,
-                        )
-                    })
-                    .collect(),
-                retractions: normalised
-                    .retractions
-                    .into_iter()
-                    .map(|r| (subject.workspace.clone(), subject.provider, r))
-                    .collect(),
-            })
+            let change = Change::of_type(&event.ty);
+            let object = subject.object.as_str();
+            let mut outcome = Outcome::default();
+            for &table in &self.config.tables {
+                let own = table.object_filter() == Some(object);
+                if !own && table.object_filter().is_some() {
+                    continue;
+                }
+                let normalised = table
+                    .normalise(subject.provider, object, change, &event.data, &version)
+                    .map_err(|e| format!("{}: {e}", table.name()))?;
+                if own || !normalised.rows.is_empty() || !normalised.retractions.is_empty() {
+                    outcome.touched.push(table);
+                }
+                outcome.rows.extend(normalised.rows.into_iter().map(|c| {
+                    (
+                        table,
+                        (subject.workspace.clone(), subject.provider, c.remote_id),
+                        c.fields,
+                    )
+                }));
+                outcome.retractions.extend(
+                    normalised
+                        .retractions
+                        .into_iter()
+                        .map(|r| (subject.workspace.clone(), subject.provider, r)),
+                );
+            }
+            Ok(outcome)
         })();
         Decoded {
             msg,
@@ -397,20 +403,21 @@ impl Projector {
     }
 
     async fn commit(&self, items: &[&Decoded]) -> Result<(), BatchError> {
-        let mut changes: Vec<(RowKey, FieldSet)> = items
-            .iter()
-            .flat_map(|item| item.outcome.iter().flat_map(|o| o.rows.iter().cloned()))
-            .collect();
+        let changes = || {
+            items
+                .iter()
+                .flat_map(|item| item.outcome.iter().flat_map(|o| o.rows.iter()))
+        };
         let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
-        let nothing = changes.is_empty()
+        let nothing = changes().next().is_none()
             && items.iter().all(|d| {
                 d.outcome
                     .as_ref()
                     .map_or(true, |o| o.retractions.is_empty())
             });
         if nothing {
-            // Events that touch nothing here (most events, for the links projector):
-            // the checkpoint alone, one statement instead of a transaction of four.
+            // Events that touch no table (Zoho's change notices, which only name
+            // ids for the hydrator): the checkpoint alone, one statement instead of a transaction of four.
             let mut conn = self.pool.acquire().await.map_err(classify)?;
             return checkpoint::advance(
                 &mut conn,
@@ -425,23 +432,38 @@ impl Projector {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // Mapped in the transaction, so a mapping written before it commits applies.
         let mappings = self.mappings.current(&mut tx).await.map_err(classify)?;
-        for ((ws, provider, _), fields) in &mut changes {
-            if let Some(compiled) = mappings.get(self.config.table, ws, *provider) {
-                *fields = compiled.apply(fields);
+        // Table by table in the order of their names, rows in key order: concurrent
+        // workers, and a replay's swap (which locks whole tables by name), lock in
+        // the same order.
+        let mut order = Table::ALL;
+        order.sort_by_key(|t| t.name());
+        for table in order {
+            let mut mapped: Vec<(RowKey, FieldSet)> = changes()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, key, fields)| {
+                    let fields = match mappings.get(table, &key.0, key.1) {
+                        Some(compiled) => compiled.apply(fields),
+                        None => fields.clone(),
+                    };
+                    (key.clone(), fields)
+                })
+                .collect();
+            if mapped.is_empty() {
+                continue;
             }
-        }
-        if self.config.table == tables::Table::Activities {
-            changes = tables::rule_activities(&mut tx, changes)
+            if table == Table::Activities {
+                mapped = tables::rule_activities(&mut tx, mapped)
+                    .await
+                    .map_err(classify)?;
+            }
+            let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
+            for (key, set) in mapped {
+                rows.entry(key).or_default().merge(&set);
+            }
+            tables::upsert(&mut tx, table, &rows)
                 .await
                 .map_err(classify)?;
         }
-        let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
-        for (key, set) in changes {
-            rows.entry(key).or_default().merge(&set);
-        }
-        tables::upsert(&mut tx, self.config.table, &rows)
-            .await
-            .map_err(classify)?;
         let retractions = items
             .iter()
             .filter_map(|item| item.outcome.as_ref().ok())
@@ -517,25 +539,35 @@ impl Projector {
             return;
         }
         let provider = self.config.provider.as_str();
-        let entity = EntityLabels {
-            provider,
-            entity_type: self.config.table.object(),
-        };
-        self.metrics
-            .sync_duration
-            .get_or_create(&entity)
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .entities_synced
-            .get_or_create(&SyncedLabels {
+        let took = started.elapsed().as_secs_f64();
+        for table in &self.config.tables {
+            let of_table = committed
+                .iter()
+                .filter(|d| d.outcome.as_ref().is_ok_and(|o| o.touched.contains(table)));
+            let count = of_table.clone().count();
+            if count == 0 {
+                continue;
+            }
+            let entity = EntityLabels {
                 provider,
-                entity_type: self.config.table.object(),
-                direction: "inbound",
-            })
-            .inc_by(committed.len() as u64);
-        let freshness = self.metrics.projection_freshness.get_or_create(&entity);
-        for lag in committed.iter().filter_map(|d| d.lag) {
-            freshness.observe(lag);
+                entity_type: table.object(),
+            };
+            self.metrics
+                .sync_duration
+                .get_or_create(&entity)
+                .observe(took);
+            self.metrics
+                .entities_synced
+                .get_or_create(&SyncedLabels {
+                    provider,
+                    entity_type: table.object(),
+                    direction: "inbound",
+                })
+                .inc_by(count as u64);
+            let freshness = self.metrics.projection_freshness.get_or_create(&entity);
+            for lag in of_table.filter_map(|d| d.lag) {
+                freshness.observe(lag);
+            }
         }
     }
 

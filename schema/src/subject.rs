@@ -157,6 +157,11 @@ impl Subjects {
         format!("{}.raw.{provider}.*.{object}.*", self.root)
     }
 
+    /// Every raw event of one provider, across workspaces and object types.
+    pub fn raw_provider_filter(&self, provider: Provider) -> String {
+        format!("{}.raw.{provider}.>", self.root)
+    }
+
     /// Every raw event of one provider in one workspace (CRM account).
     pub fn raw_workspace_filter(&self, provider: Provider, ws: &WorkspaceId) -> String {
         format!(

@@ -22,7 +22,7 @@ use crmsync_engine::topology::Topology;
 use crmsync_engine::{Engine, Role, Settings};
 use crmsync_projectors::checkpoint;
 use crmsync_sandbox::hubspot::webhooks::{signed_headers, Signature};
-use crmsync_schema::{ObjectType, Provider};
+use crmsync_schema::Provider;
 
 pub const SECRET: &str = "test-client-secret-0123456789";
 pub const PUBLIC_URL: &str = "https://crm.example.test";
@@ -171,9 +171,9 @@ impl TestEngine {
         stream.info().await.unwrap().state.messages
     }
 
-    /// Waits until the contacts projector has committed up to `seq`.
+    /// Waits until the HubSpot projector has committed up to `seq`.
     pub async fn wait_projected(&self, seq: u64) {
-        let consumer = Topology::projector_name(Provider::HubSpot, &ObjectType::contact());
+        let consumer = Topology::projector_name(Provider::HubSpot);
         let reached = checkpoint::wait_for(&self.pool, &consumer, seq, Duration::from_secs(20))
             .await
             .unwrap();
