@@ -159,6 +159,19 @@ async fn fresh_database(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A POST of `body` to the engine's HubSpot webhook at `url`, signed (v3) now for
+/// the URL the engine rebuilds from `CRM_PUBLIC_URL`.
+fn signed_post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    let signed = format!("{PUBLIC_URL}{WEBHOOK}");
+    let now = Utc::now().timestamp_millis();
+    let headers = signed_headers(Signature::V3, SECRET, &signed, &body, now);
+    let mut request = http.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request
+}
+
 /// Webhook batches of 100 over HTTP, 16 in flight, until JetStream acked all; beside
 /// a raw publish of the same events with the same headers.
 async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
@@ -182,18 +195,10 @@ async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
             let http = http.clone();
             let url = url.clone();
             async move {
-                let mut request = http.post(&url).body(body.clone());
-                let signed = format!("{PUBLIC_URL}{WEBHOOK}");
-                for (name, value) in signed_headers(
-                    Signature::V3,
-                    SECRET,
-                    &signed,
-                    body,
-                    Utc::now().timestamp_millis(),
-                ) {
-                    request = request.header(name, value);
-                }
-                let status = request.send().await?.status();
+                let status = signed_post(&http, &url, body.clone())
+                    .send()
+                    .await?
+                    .status();
                 anyhow::ensure!(status.is_success(), "webhook answered {status}");
                 Ok(())
             }
@@ -620,14 +625,7 @@ async fn send_webhooks(url: &str, n: usize, per_second: usize) -> anyhow::Result
                         }
                     }
                     let body = serde_json::to_vec(&batch).expect("JSON");
-                    let mut request = http.post(&url).body(body.clone());
-                    let signed = format!("{PUBLIC_URL}{WEBHOOK}");
-                    let now = Utc::now().timestamp_millis();
-                    for (name, value) in signed_headers(Signature::V3, SECRET, &signed, &body, now)
-                    {
-                        request = request.header(name, value);
-                    }
-                    let why = match request.send().await {
+                    let why = match signed_post(&http, &url, body).send().await {
                         Ok(r) if r.status().is_success() => continue,
                         Ok(r) => format!("answered {}", r.status()),
                         Err(e) => format!("not sent: {e}"),

@@ -283,8 +283,9 @@ impl Topology {
             .map_err(|e| nats_err(format!("reading stream {stream_name}: {e}")))?
             .state
             .last_sequence;
+        let legacy_names = Self::legacy_projector_names(provider);
         let mut legacy = Vec::new();
-        for old in Self::legacy_projector_names(provider) {
+        for old in &legacy_names {
             match stream.consumer_info(&old).await {
                 Ok(info) => legacy.push(info),
                 Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
@@ -295,7 +296,7 @@ impl Topology {
             Ok(existing) => config.deliver_policy = existing.config.deliver_policy,
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
                 if !legacy.is_empty() {
-                    let missing = legacy.len() < Self::legacy_projector_names(provider).len();
+                    let missing = legacy.len() < legacy_names.len();
                     let settled = legacy
                         .iter()
                         .map(|info| {

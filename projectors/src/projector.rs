@@ -365,10 +365,10 @@ impl Projector {
             let object = subject.object.as_str();
             let mut outcome = Outcome::default();
             for &table in &self.config.tables {
-                let own = table.object_filter() == Some(object);
-                if !own && table.object_filter().is_some() {
-                    continue;
-                }
+                let own = match table.object_filter() {
+                    Some(other) if other != object => continue,
+                    filter => filter.is_some(),
+                };
                 let normalised = table
                     .normalise(subject.provider, object, change, &event.data, &version)
                     .map_err(|e| format!("{}: {e}", table.name()))?;
@@ -417,7 +417,8 @@ impl Projector {
             });
         if nothing {
             // Events that touch no table (Zoho's change notices, which only name
-            // ids for the hydrator): the checkpoint alone, one statement instead of a transaction of four.
+            // ids for the hydrator): the checkpoint alone, one statement instead of
+            // a transaction of four.
             let mut conn = self.pool.acquire().await.map_err(classify)?;
             return checkpoint::advance(
                 &mut conn,

@@ -69,7 +69,7 @@ impl Table {
         }
     }
 
-    /// Which raw events its consumer reads: one object's, or (associations) all.
+    /// Which raw events concern it: one object's, or (associations) every object's.
     pub const fn object_filter(self) -> Option<&'static str> {
         match self {
             Table::Associations => None,
