@@ -544,3 +544,91 @@ async fn a_link_set_marks_the_links_it_does_not_list_removed() {
     assert_eq!(rows, [("8".to_owned(), true), ("9".to_owned(), false)]);
     engine.stop().await;
 }
+
+/// A batch that only upserts is written as one statement: the rows of every table and
+/// the checkpoint, all of them or none, and the merge rule as in a transaction.
+#[tokio::test]
+async fn one_statement_writes_every_tables_rows_and_the_checkpoint_or_nothing() {
+    use std::collections::BTreeMap;
+
+    use crmsync_projectors::tables::{self, RowKey, Table};
+    use crmsync_projectors::{checkpoint, MIGRATOR};
+    use crmsync_schema::{FieldSet, Provider, RemoteId, Version, WorkspaceId};
+
+    let (_, pool) = crmsync_testkit::migrated_database(&MIGRATOR).await;
+    sqlx::query("ALTER TABLE deals ADD CONSTRAINT refused_by_test CHECK (remote_id <> 'refused')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rows = |id: &str, name: &str, at: i64| {
+        let key: RowKey = (
+            WorkspaceId::parse("w1").unwrap(),
+            Provider::HubSpot,
+            RemoteId::parse(id).unwrap(),
+        );
+        let mut set = FieldSet::default();
+        let time = chrono::DateTime::from_timestamp_millis(at).unwrap();
+        set.set("name", json!(name), &Version::new(time, &format!("e{at}")));
+        BTreeMap::from([(key, set)])
+    };
+    let advance = |stream_seq| checkpoint::Advance {
+        consumer: "proj-test",
+        stream: "events",
+        stream_seq,
+        events: 2,
+    };
+    let names = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!(
+                "SELECT remote_id || '=' || (fields->>'name') FROM {table} ORDER BY remote_id"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // A contact and a deal, each (id, name, version time), up to stream sequence `seq`.
+    let write = |contact: (&str, &str, i64), deal: (&str, &str, i64), seq: u64| {
+        let tables = [
+            (Table::Contacts, rows(contact.0, contact.1, contact.2)),
+            (Table::Deals, rows(deal.0, deal.1, deal.2)),
+        ];
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            tables::upsert_with_checkpoint(&mut conn, &tables, &advance(seq)).await
+        }
+    };
+
+    let refused = write(("1", "Ada", 2_000), ("refused", "Big", 2_000), 7)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("refused_by_test"), "{refused}");
+    assert!(names("contacts").await.is_empty());
+    assert_eq!(
+        checkpoint::position(&pool, "proj-test").await.unwrap(),
+        None
+    );
+
+    write(("1", "Ada", 2_000), ("2", "Big", 2_000), 9)
+        .await
+        .unwrap();
+    assert_eq!(names("contacts").await, ["1=Ada"]);
+    assert_eq!(names("deals").await, ["2=Big"]);
+    assert_eq!(
+        checkpoint::position(&pool, "proj-test").await.unwrap(),
+        Some((9, 2))
+    );
+
+    // An older value loses, a newer one wins; the checkpoint never moves back.
+    write(("1", "Older", 1_000), ("2", "Bigger", 3_000), 8)
+        .await
+        .unwrap();
+    assert_eq!(names("contacts").await, ["1=Ada"]);
+    assert_eq!(names("deals").await, ["2=Bigger"]);
+    assert_eq!(
+        checkpoint::position(&pool, "proj-test").await.unwrap(),
+        Some((9, 4))
+    );
+}

@@ -2,30 +2,52 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgPool, Postgres};
 
-/// Records that `consumer` has committed `events` events up to `stream_seq`.
-pub async fn advance(
-    tx: &mut PgConnection,
-    consumer: &str,
-    stream: &str,
-    stream_seq: u64,
-    events: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// A consumer's progress, as one commit records it.
+#[derive(Debug)]
+pub struct Advance<'a> {
+    pub consumer: &'a str,
+    pub stream: &'a str,
+    /// The highest stream sequence the commit covers.
+    pub stream_seq: u64,
+    /// How many events it applied.
+    pub events: u64,
+}
+
+impl Advance<'_> {
+    /// Binds the four parameters of [`sql`].
+    pub(crate) fn bind<'q>(
+        &self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(self.consumer.to_owned())
+            .bind(self.stream.to_owned())
+            .bind(i64::try_from(self.stream_seq).unwrap_or(i64::MAX))
+            .bind(i64::try_from(self.events).unwrap_or(i64::MAX))
+    }
+}
+
+/// The checkpoint's upsert, its four parameters numbered from `$first`; `condition`
+/// (a `WHERE` clause, or nothing) is put on the row it inserts.
+pub(crate) fn sql(first: usize, condition: &str) -> String {
+    let [consumer, stream, seq, events] = [0, 1, 2, 3].map(|i| format!("${}", first + i));
+    format!(
         "INSERT INTO projection_checkpoints (consumer, stream, stream_seq, events_applied)
-         VALUES ($1, $2, $3, $4)
+         SELECT {consumer}::text, {stream}::text, {seq}::bigint, {events}::bigint{condition}
          ON CONFLICT (consumer) DO UPDATE SET
              stream_seq = GREATEST(projection_checkpoints.stream_seq, EXCLUDED.stream_seq),
              events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-             updated_at = now()",
+             updated_at = now()"
     )
-    .bind(consumer)
-    .bind(stream)
-    .bind(i64::try_from(stream_seq).unwrap_or(i64::MAX))
-    .bind(i64::try_from(events).unwrap_or(i64::MAX))
-    .execute(tx)
-    .await?;
+}
+
+/// Records `advance` in `tx`.
+pub async fn advance(tx: &mut PgConnection, advance: &Advance<'_>) -> Result<(), sqlx::Error> {
+    advance.bind(sqlx::query(&sql(1, ""))).execute(tx).await?;
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire as _, PgConnection, PgPool, Postgres};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +81,8 @@ pub struct Projector {
     subjects: Subjects,
     metrics: Arc<Metrics>,
     mappings: Mappings,
+    /// The connection commits run on, kept between batches.
+    conn: tokio::sync::Mutex<Option<PoolConnection<Postgres>>>,
     /// A leaked copy of the consumer name, for metric labels (one per projector).
     label: &'static str,
 }
@@ -166,6 +169,7 @@ impl Projector {
             subjects,
             metrics,
             mappings: Mappings::default(),
+            conn: tokio::sync::Mutex::new(None),
             label,
         }
     }
@@ -402,44 +406,48 @@ impl Projector {
         }
     }
 
+    /// Commits `items` on the projector's connection, kept between batches (a pooled
+    /// connection is pinged each time it is lent; this one is not). After an error
+    /// it goes back to the pool, which tests it before lending it again.
     async fn commit(&self, items: &[&Decoded]) -> Result<(), BatchError> {
-        let changes = || {
-            items
-                .iter()
-                .flat_map(|item| item.outcome.iter().flat_map(|o| o.rows.iter()))
+        let mut held = self.conn.lock().await;
+        let conn = match held.as_mut() {
+            Some(conn) => conn,
+            None => held.insert(self.pool.acquire().await.map_err(classify)?),
         };
-        let max_seq = items.iter().map(|d| d.seq).max().unwrap_or(0);
-        let nothing = changes().next().is_none()
-            && items.iter().all(|d| {
-                d.outcome
-                    .as_ref()
-                    .map_or(true, |o| o.retractions.is_empty())
-            });
-        if nothing {
-            // Events that touch no table (Zoho's change notices, which only name
-            // ids for the hydrator): the checkpoint alone, one statement instead of
-            // a transaction of four.
-            let mut conn = self.pool.acquire().await.map_err(classify)?;
-            return checkpoint::advance(
-                &mut conn,
-                &self.config.consumer,
-                &self.config.stream,
-                max_seq,
-                items.len() as u64,
-            )
-            .await
-            .map_err(classify);
+        let written = self.write(conn, items).await;
+        if written.is_err() {
+            *held = None;
         }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        // Mapped in the transaction, so a mapping written before it commits applies.
-        let mappings = self.mappings.current(&mut tx).await.map_err(classify)?;
+        written.map_err(classify)
+    }
+
+    async fn write(&self, conn: &mut PgConnection, items: &[&Decoded]) -> sqlx::Result<()> {
+        let advance = checkpoint::Advance {
+            consumer: &self.config.consumer,
+            stream: &self.config.stream,
+            stream_seq: items.iter().map(|d| d.seq).max().unwrap_or(0),
+            events: items.len() as u64,
+        };
+        let outcomes = || items.iter().filter_map(|item| item.outcome.as_ref().ok());
+        let has_retractions = outcomes().any(|o| !o.retractions.is_empty());
+        if !has_retractions && outcomes().all(|o| o.rows.is_empty()) {
+            // Events that touch no table (Zoho's change notices, which only name
+            // ids for the hydrator): the checkpoint alone.
+            return checkpoint::advance(conn, &advance).await;
+        }
+        // Read under READ COMMITTED, as each statement would read it in a
+        // transaction: a mapping committed before this applies.
+        let mappings = self.mappings.current(&mut *conn).await?;
         // Table by table in the order of their names, rows in key order: concurrent
         // workers, and a replay's swap (which locks whole tables by name), lock in
         // the same order.
         let mut order = Table::ALL;
         order.sort_by_key(|t| t.name());
+        let mut tables: Vec<(Table, Vec<(RowKey, FieldSet)>)> = Vec::new();
         for table in order {
-            let mut mapped: Vec<(RowKey, FieldSet)> = changes()
+            let mapped: Vec<(RowKey, FieldSet)> = outcomes()
+                .flat_map(|o| o.rows.iter())
                 .filter(|(t, _, _)| *t == table)
                 .map(|(_, key, fields)| {
                     let fields = match mappings.get(table, &key.0, key.1) {
@@ -449,39 +457,37 @@ impl Projector {
                     (key.clone(), fields)
                 })
                 .collect();
-            if mapped.is_empty() {
-                continue;
+            if !mapped.is_empty() {
+                tables.push((table, mapped));
             }
-            if table == Table::Activities {
-                mapped = tables::rule_activities(&mut tx, mapped)
-                    .await
-                    .map_err(classify)?;
-            }
+        }
+        let fold = |mapped: Vec<(RowKey, FieldSet)>| {
             let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
             for (key, set) in mapped {
                 rows.entry(key).or_default().merge(&set);
             }
-            tables::upsert(&mut tx, table, &rows)
-                .await
-                .map_err(classify)?;
+            rows
+        };
+        if !has_retractions && tables.iter().all(|(t, _)| *t != Table::Activities) {
+            // Upserts only: one statement, one round trip.
+            let tables: Vec<(Table, BTreeMap<RowKey, FieldSet>)> = tables
+                .into_iter()
+                .map(|(table, mapped)| (table, fold(mapped)))
+                .collect();
+            return tables::upsert_with_checkpoint(conn, &tables, &advance).await;
         }
-        let retractions = items
-            .iter()
-            .filter_map(|item| item.outcome.as_ref().ok())
-            .flat_map(|outcome| outcome.retractions.iter());
-        tables::retract_all(&mut tx, retractions)
-            .await
-            .map_err(classify)?;
-        checkpoint::advance(
-            &mut tx,
-            &self.config.consumer,
-            &self.config.stream,
-            max_seq,
-            items.len() as u64,
-        )
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+        // The activities rule reads before it writes, and retractions update rows
+        // an upsert may insert: a transaction of separate statements.
+        let mut tx = conn.begin().await?;
+        for (table, mut mapped) in tables {
+            if table == Table::Activities {
+                mapped = tables::rule_activities(&mut tx, mapped).await?;
+            }
+            tables::upsert(&mut tx, table, &fold(mapped)).await?;
+        }
+        tables::retract_all(&mut tx, outcomes().flat_map(|o| o.retractions.iter())).await?;
+        checkpoint::advance(&mut tx, &advance).await?;
+        tx.commit().await
     }
 
     async fn process(&self, decoded: Vec<Decoded>, stop: &CancellationToken) {
