@@ -13,6 +13,7 @@ use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire as _, PgConnection, PgPool, Postgres};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -219,7 +220,8 @@ impl Projector {
 
     /// Consumes in a two-stage pipeline. Messages are decoded here as they arrive,
     /// while the batch before them commits in a task of its own (on the other core
-    /// when there is one); batches are committed one at a time and in order.
+    /// when there is one); batches are committed one at a time and in order. Once a
+    /// batch is committed the next may start, while its task still acknowledges it.
     ///
     /// Every message delivered is in hand or in the commit, so none ages unseen: when
     /// a commit runs long (Postgres unavailable) the stream is drained, bounded by the
@@ -243,7 +245,9 @@ impl Projector {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending: VecDeque<Decoded> = VecDeque::new();
-        let mut committing: Option<(JoinHandle<()>, Instant)> = None;
+        let mut committing: Option<Committing> = None;
+        // Tasks past their commit, still acknowledging.
+        let mut acking: Vec<JoinHandle<()>> = Vec::new();
         let mut linger_until: Option<tokio::time::Instant> = None;
         let mut last_full = false;
         let mut ended = false;
@@ -264,8 +268,14 @@ impl Projector {
                     linger_until = None;
                     let this = Arc::clone(self);
                     let stop = stop.clone();
-                    let task = tokio::spawn(async move { this.process(cut, &stop).await });
-                    committing = Some((task, Instant::now()));
+                    let (committed, done) = oneshot::channel();
+                    let task =
+                        tokio::spawn(async move { this.process(cut, &stop, committed).await });
+                    committing = Some(Committing {
+                        done,
+                        task,
+                        since: Instant::now(),
+                    });
                 }
             }
             if ended && pending.is_empty() && committing.is_none() {
@@ -273,7 +283,7 @@ impl Projector {
             }
             let held = committing
                 .as_ref()
-                .is_some_and(|(_, since)| since.elapsed() >= held_after);
+                .is_some_and(|c| c.since.elapsed() >= held_after);
             // Two batches ahead at most, unless a commit is held: then everything.
             let room = |pending: &VecDeque<Decoded>| held || pending.len() < 2 * batch;
             let lingering = committing.is_none() && linger_until.is_some();
@@ -288,7 +298,15 @@ impl Projector {
             let mut item = match step {
                 Step::Stop => break,
                 Step::Committed => {
-                    committing = None;
+                    // The next batch may commit while this one is acknowledged.
+                    for task in std::mem::take(&mut acking) {
+                        if task.is_finished() {
+                            join(task).await;
+                        } else {
+                            acking.push(task);
+                        }
+                    }
+                    acking.extend(committing.take().map(|c| c.task));
                     continue;
                 }
                 Step::Lingered => continue,
@@ -335,8 +353,9 @@ impl Projector {
             }
         }
         // The batch in hand is finished; what waits is left for redelivery.
-        if committing.is_some() {
-            finished(&mut committing).await;
+        acking.extend(committing.take().map(|c| c.task));
+        for task in acking {
+            join(task).await;
         }
         if ended {
             tracing::warn!(consumer = %self.config.consumer, "message feed ended; reopening");
@@ -490,7 +509,14 @@ impl Projector {
         tx.commit().await
     }
 
-    async fn process(&self, decoded: Vec<Decoded>, stop: &CancellationToken) {
+    /// Commits `decoded`, says so through `committed`, then acknowledges what was
+    /// committed and fails the rest.
+    async fn process(
+        &self,
+        decoded: Vec<Decoded>,
+        stop: &CancellationToken,
+        committed_tx: oneshot::Sender<()>,
+    ) {
         let started = Instant::now();
         let (good, mut bad): (Vec<&Decoded>, Vec<(&Decoded, String)>) = {
             let mut good = Vec::new();
@@ -521,6 +547,7 @@ impl Projector {
             }
         }
         let committing = committing.elapsed();
+        let _ = committed_tx.send(());
         let acking = Instant::now();
         for d in &committed {
             if let Err(e) = d.msg.ack().await {
@@ -669,15 +696,31 @@ async fn keep_in_progress<'a, D: Borrow<Decoded> + 'a>(items: impl IntoIterator<
     }
 }
 
-/// Resolves when the commit in flight has finished; never when there is none. A
-/// panic in it goes on in the consuming task, as when commits ran there.
-async fn finished(committing: &mut Option<(JoinHandle<()>, Instant)>) {
+/// A batch being committed.
+struct Committing {
+    /// Says (or, dropped, ends) when the commit is over.
+    done: oneshot::Receiver<()>,
+    task: JoinHandle<()>,
+    since: Instant,
+}
+
+/// Resolves when the commit in flight is over (committed, or given up at a stop);
+/// never when there is none.
+async fn finished(committing: &mut Option<Committing>) {
     match committing {
-        Some((task, _)) => match task.await {
-            Ok(()) => {}
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => tracing::error!(error = %e, "a projection commit was cancelled"),
-        },
+        Some(c) => {
+            let _ = (&mut c.done).await;
+        }
         None => std::future::pending().await,
+    }
+}
+
+/// Waits for a batch's task to end. A panic in it goes on in the consuming task, as
+/// when commits ran there.
+async fn join(task: JoinHandle<()>) {
+    match task.await {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => tracing::error!(error = %e, "a projection commit was cancelled"),
     }
 }
