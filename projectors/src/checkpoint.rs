@@ -1,4 +1,5 @@
-//! Consumer checkpoints, written in the transaction of the rows they cover.
+//! Consumer checkpoints, written in the transaction of the rows they cover (or in
+//! their statement: `tables::upsert_with_checkpoint`).
 
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ pub(crate) fn sql(first: usize, condition: &str) -> String {
     )
 }
 
-/// Records `advance` in `tx`.
+/// Records `advance` on `tx`: in its transaction, or alone.
 pub async fn advance(tx: &mut PgConnection, advance: &Advance<'_>) -> Result<(), sqlx::Error> {
     advance.bind(sqlx::query(&sql(1, ""))).execute(tx).await?;
     Ok(())

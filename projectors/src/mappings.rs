@@ -2,7 +2,7 @@
 //!
 //! Projectors, replay and history all land an event's fields with the adapter's
 //! defaults and then with its workspace's mapping for that provider and object. A
-//! projector reads the mappings' revision in each batch's transaction and reloads
+//! projector reads the mappings' revision before each batch's write and reloads
 //! them when it moved, so a mapping written through the API applies to the next batch in every
 //! worker; a replay applies it to history.
 

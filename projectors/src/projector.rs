@@ -26,6 +26,9 @@ use crate::mappings::Mappings;
 use crate::tables::{self, RowKey, Table};
 use crate::{checkpoint, dlq};
 
+/// How long a batch's write may take before its connection is given up.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a projector consumes.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -82,8 +85,8 @@ pub struct Projector {
     subjects: Subjects,
     metrics: Arc<Metrics>,
     mappings: Mappings,
-    /// The connection commits run on, kept between batches.
-    conn: tokio::sync::Mutex<Option<PoolConnection<Postgres>>>,
+    /// The connection commits run on, kept between batches, and when it was taken.
+    conn: tokio::sync::Mutex<Option<(PoolConnection<Postgres>, Instant)>>,
     /// A leaked copy of the consumer name, for metric labels (one per projector).
     label: &'static str,
 }
@@ -232,7 +235,9 @@ impl Projector {
         enum Step {
             Stop,
             Tick,
-            Committed,
+            /// The batch in commit is past its commit (`true`: its task goes on to
+            /// acknowledge), or ended before (`false`: it panicked, or stopped).
+            Committed(bool),
             Lingered,
             /// Boxed: a message is large, and this happens once a chunk.
             Message(Box<Option<Result<Message, pull::MessagesError>>>),
@@ -290,14 +295,22 @@ impl Projector {
             let step = tokio::select! {
                 biased;
                 () = stop.cancelled() => Step::Stop,
-                () = finished(&mut committing) => Step::Committed,
+                committed = finished(&mut committing) => Step::Committed(committed),
                 _ = ticker.tick() => Step::Tick,
                 () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if lingering => Step::Lingered,
                 item = messages.next(), if room(&pending) && !ended => Step::Message(Box::new(item)),
             };
             let mut item = match step {
                 Step::Stop => break,
-                Step::Committed => {
+                Step::Committed(false) => {
+                    // Its task is joined now, so a panic goes on before any later
+                    // batch commits.
+                    if let Some(c) = committing.take() {
+                        join(c.task).await;
+                    }
+                    continue;
+                }
+                Step::Committed(true) => {
                     // The next batch may commit while this one is acknowledged.
                     for task in std::mem::take(&mut acking) {
                         if task.is_finished() {
@@ -426,19 +439,48 @@ impl Projector {
     }
 
     /// Commits `items` on the projector's connection, kept between batches (a pooled
-    /// connection is pinged each time it is lent; this one is not). After an error
-    /// it goes back to the pool, which tests it before lending it again.
+    /// connection is pinged each time it is lent; this one is not) and given back
+    /// once it is older than the pool's `max_lifetime`. After an error it goes back
+    /// to the pool, which tests it before lending it again. A write that outlasts
+    /// [`COMMIT_TIMEOUT`] (a connection that died silently would wait for TCP to
+    /// give up, many minutes) closes the connection and counts as transient.
     async fn commit(&self, items: &[&Decoded]) -> Result<(), BatchError> {
         let mut held = self.conn.lock().await;
-        let conn = match held.as_mut() {
-            Some(conn) => conn,
-            None => held.insert(self.pool.acquire().await.map_err(classify)?),
-        };
-        let written = self.write(conn, items).await;
-        if written.is_err() {
+        let expired = held.as_ref().is_some_and(|(_, since)| {
+            self.pool
+                .options()
+                .get_max_lifetime()
+                .is_some_and(|lifetime| since.elapsed() >= lifetime)
+        });
+        if expired {
             *held = None;
         }
-        written.map_err(classify)
+        let conn = match held.as_mut() {
+            Some((conn, _)) => conn,
+            None => {
+                let conn = self.pool.acquire().await.map_err(classify)?;
+                &mut held.insert((conn, Instant::now())).0
+            }
+        };
+        let written = tokio::time::timeout(COMMIT_TIMEOUT, self.write(conn, items)).await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                *held = None;
+                Err(classify(e))
+            }
+            Err(_) => {
+                // Mid-statement: closed, not given back. Should the statement still
+                // commit, applying it again on retry changes no row.
+                if let Some((conn, _)) = held.take() {
+                    drop(conn.detach());
+                }
+                Err(BatchError::Transient(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {COMMIT_TIMEOUT:?}"),
+                ))))
+            }
+        }
     }
 
     async fn write(&self, conn: &mut PgConnection, items: &[&Decoded]) -> sqlx::Result<()> {
@@ -704,13 +746,11 @@ struct Committing {
     since: Instant,
 }
 
-/// Resolves when the commit in flight is over (committed, or given up at a stop);
-/// never when there is none.
-async fn finished(committing: &mut Option<Committing>) {
+/// Resolves when the batch in flight is past its commit (`true`), or its task ended
+/// before (`false`: it panicked, or stopped); never when there is none.
+async fn finished(committing: &mut Option<Committing>) -> bool {
     match committing {
-        Some(c) => {
-            let _ = (&mut c.done).await;
-        }
+        Some(c) => (&mut c.done).await.is_ok(),
         None => std::future::pending().await,
     }
 }

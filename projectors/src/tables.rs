@@ -269,15 +269,21 @@ pub async fn upsert_into(
 /// its own, so this is as atomic as BEGIN, an upsert per table, the checkpoint and
 /// COMMIT, in one round trip instead of four or more.
 ///
-/// Each upsert is a `WITH` query; each reads the one before it (`count(*)` of its
-/// `RETURNING`), and the checkpoint reads the last, so they run in the order given
-/// and the checkpoint after them all: rows are locked in the same order as in a
-/// transaction of separate statements.
+/// Each upsert is a `WITH` query, and Postgres runs each to completion. Their order
+/// it leaves open; here each reads the one before it (`count(*)` of its
+/// `RETURNING`, a condition Postgres evaluates once, before the query's first row),
+/// and the checkpoint reads the last. So they run in the order given and the
+/// checkpoint after them all: rows are locked in the same order as in a transaction
+/// of separate statements. (Table locks are all taken as the statement starts; all
+/// are `ROW EXCLUSIVE`, which conflict with none of each other.)
 pub async fn upsert_with_checkpoint(
     conn: &mut PgConnection,
     tables: &[(Table, BTreeMap<RowKey, FieldSet>)],
     advance: &checkpoint::Advance<'_>,
 ) -> Result<(), sqlx::Error> {
+    if tables.is_empty() {
+        return checkpoint::advance(conn, advance).await;
+    }
     let mut with = Vec::with_capacity(tables.len());
     let mut after = String::new();
     for (i, (table, _)) in tables.iter().enumerate() {
