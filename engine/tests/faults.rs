@@ -4,7 +4,8 @@
 //! `CRMSYNC_NATS_SERVER`; Postgres from its `bin` directory), so nothing else sharing
 //! the machine's servers notices. Afterwards the counts reconcile: every event whose
 //! webhook was answered 200 is in the stream once, projected once, and nothing was
-//! dead-lettered.
+//! dead-lettered. And a Postgres connection that goes silent (behind a proxy that
+//! stops passing anything, without a reset) while the projector holds it.
 
 mod common;
 
@@ -431,3 +432,133 @@ async fn postgres_killed_during_projection_loses_and_doubles_nothing() {
 }
 
 use sqlx::Connection as _;
+
+/// A TCP proxy to Postgres that can make every connection open so far go silent:
+/// still open, but nothing passes either way, as behind a NAT that forgot them or a
+/// server that vanished without a reset. Connections made later pass.
+struct SilentProxy {
+    addr: std::net::SocketAddr,
+    flags: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl SilentProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let flags: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let registry = flags.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let silent = Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(silent.clone());
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pass(client_read, server_write, silent.clone()));
+                tokio::spawn(pass(server_read, client_write, silent));
+            }
+        });
+        Self { addr, flags }
+    }
+
+    /// Every connection open now goes silent.
+    fn silence(&self) {
+        for flag in self.flags.lock().unwrap().iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Copies `from` to `to`, swallowing everything once `silent`.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Contact property changes `ids`, published straight to the stream; its last
+/// sequence.
+async fn publish_contacts(engine: &TestEngine, ids: std::ops::Range<u64>) -> u64 {
+    let mut f = EventFactory::new(62);
+    let at = Utc::now().timestamp_millis();
+    let events: Vec<Value> = ids
+        .map(|id| f.property_change("contact", id, at, "email", &format!("c{id}@x.y")))
+        .collect();
+    let raw: Vec<_> =
+        crmsync_adapters::hubspot::webhook::parse_batch(&serde_json::to_vec(&events).unwrap())
+            .unwrap()
+            .iter()
+            .map(|e| e.to_raw_event(0).unwrap())
+            .collect();
+    crmsync_ingest::publish::publish_all(&engine.js, &engine.topology.subjects, &raw)
+        .await
+        .unwrap()
+        .last_sequence
+}
+
+/// The projector keeps its connection between batches. When that connection goes
+/// silent (no answer, no reset), the write waiting on it is given up after its
+/// timeout, the connection closed, and the batch committed on a fresh one.
+#[tokio::test]
+async fn a_postgres_connection_gone_silent_is_given_up_and_projection_goes_on() {
+    let direct_url = crmsync_testkit::fresh_database().await;
+    let mut url = url::Url::parse(&direct_url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port_or_known_default().unwrap_or(5432)
+    );
+    let proxy = SilentProxy::start(upstream).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let mut env = common::test_env(&[]).await;
+    env.insert("DATABASE_URL".into(), url.to_string());
+    let engine = TestEngine::start_env(crmsync_engine::Role::All, &env).await;
+    let direct = sqlx::PgPool::connect(&direct_url).await.unwrap();
+    let consumer =
+        crmsync_engine::topology::Topology::projector_name(crmsync_schema::Provider::HubSpot);
+    let projected = |seq: u64, within: Duration| {
+        let (direct, consumer) = (direct.clone(), consumer.clone());
+        async move {
+            crmsync_projectors::checkpoint::wait_for(&direct, &consumer, seq, within)
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = publish_contacts(&engine, 1..51).await;
+    assert!(projected(first, Duration::from_secs(30)).await);
+    proxy.silence();
+    let last = publish_contacts(&engine, 51..101).await;
+    assert!(
+        !projected(last, Duration::from_secs(5)).await,
+        "the projector's connection did not go silent: the test proves nothing"
+    );
+    // The write's timeout (60 s), then a fresh connection (the pool's silent idle
+    // ones each time out on their ping first).
+    assert!(
+        projected(last, Duration::from_secs(240)).await,
+        "projection stayed stuck on a silent connection"
+    );
+    let emails: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT email) FROM contacts WHERE email LIKE 'c%@x.y'")
+            .fetch_one(&direct)
+            .await
+            .unwrap();
+    assert_eq!(emails, 100);
+    engine.stop().await;
+}
