@@ -546,7 +546,8 @@ async fn a_link_set_marks_the_links_it_does_not_list_removed() {
 }
 
 /// A batch that only upserts is written as one statement: the rows of every table and
-/// the checkpoint, all of them or none, and the merge rule as in a transaction.
+/// the checkpoint, all of them or none, and the merge rule as in a transaction; none
+/// of them when the field mappings moved since the rows were mapped.
 #[tokio::test]
 async fn one_statement_writes_every_tables_rows_and_the_checkpoint_or_nothing() {
     use std::collections::BTreeMap;
@@ -589,7 +590,7 @@ async fn one_statement_writes_every_tables_rows_and_the_checkpoint_or_nothing() 
         }
     };
     // A contact and a deal, each (id, name, version time), up to stream sequence `seq`.
-    let write = |contact: (&str, &str, i64), deal: (&str, &str, i64), seq: u64| {
+    let write_at = |contact: (&str, &str, i64), deal: (&str, &str, i64), seq: u64, revision| {
         let tables = [
             (Table::Contacts, rows(contact.0, contact.1, contact.2)),
             (Table::Deals, rows(deal.0, deal.1, deal.2)),
@@ -597,8 +598,13 @@ async fn one_statement_writes_every_tables_rows_and_the_checkpoint_or_nothing() 
         let pool = pool.clone();
         async move {
             let mut conn = pool.acquire().await.unwrap();
-            tables::upsert_with_checkpoint(&mut conn, &tables, &advance(seq)).await
+            tables::upsert_with_checkpoint(&mut conn, &tables, &advance(seq), revision).await
         }
+    };
+    let write = |contact, deal, seq| async move {
+        let written = write_at(contact, deal, seq, 0).await?;
+        assert!(written, "the mappings' revision is still 0");
+        Ok::<_, sqlx::Error>(())
     };
 
     let refused = write(("1", "Ada", 2_000), ("refused", "Big", 2_000), 7)
@@ -630,5 +636,32 @@ async fn one_statement_writes_every_tables_rows_and_the_checkpoint_or_nothing() 
     assert_eq!(
         checkpoint::position(&pool, "proj-test").await.unwrap(),
         Some((9, 4))
+    );
+
+    // A mapping written since: rows mapped at the old revision are not written, nor
+    // is the checkpoint; at the new one they are.
+    sqlx::query("UPDATE crm_field_mappings_revision SET revision = revision + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stale = write_at(("3", "Cy", 4_000), ("4", "Huge", 4_000), 10, 0)
+        .await
+        .unwrap();
+    assert!(!stale, "rows mapped at a revision gone by were written");
+    assert_eq!(names("contacts").await, ["1=Ada"]);
+    assert_eq!(names("deals").await, ["2=Bigger"]);
+    assert_eq!(
+        checkpoint::position(&pool, "proj-test").await.unwrap(),
+        Some((9, 4))
+    );
+    let current = write_at(("3", "Cy", 4_000), ("4", "Huge", 4_000), 10, 1)
+        .await
+        .unwrap();
+    assert!(current);
+    assert_eq!(names("contacts").await, ["1=Ada", "3=Cy"]);
+    assert_eq!(names("deals").await, ["2=Bigger", "4=Huge"]);
+    assert_eq!(
+        checkpoint::position(&pool, "proj-test").await.unwrap(),
+        Some((10, 6))
     );
 }

@@ -2,9 +2,10 @@
 //!
 //! Projectors, replay and history all land an event's fields with the adapter's
 //! defaults and then with its workspace's mapping for that provider and object. A
-//! projector reads the mappings' revision before each batch's write and reloads
-//! them when it moved, so a mapping written through the API applies to the next batch in every
-//! worker; a replay applies it to history.
+//! projector's batch is written only at the revision it was mapped at (checked in
+//! the statement, or read before its transaction), and mapped anew when the
+//! revision moved, so a mapping written through the API applies to the next batch
+//! in every worker; a replay applies it to history.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,16 +108,35 @@ pub struct Mappings {
 
 impl Mappings {
     /// The mappings as stored now: reloaded when their revision moved.
-    pub async fn current(&self, db: &mut PgConnection) -> sqlx::Result<Arc<MappingSet>> {
+    pub async fn current(
+        &self,
+        db: &mut PgConnection,
+    ) -> sqlx::Result<(Revision, Arc<MappingSet>)> {
         let revision = revision(&mut *db).await?;
         {
             let current = self.current.read().await;
             if current.0 == Some(revision) {
-                return Ok(current.1.clone());
+                return Ok((revision, current.1.clone()));
             }
         }
         let set = Arc::new(MappingSet::load(&mut *db).await?);
         *self.current.write().await = (Some(revision), set.clone());
-        Ok(set)
+        Ok((revision, set))
+    }
+
+    /// The mappings as last read, with their revision, without asking Postgres
+    /// whether they are still current (for a write that checks the revision
+    /// itself); read now if they never were.
+    pub async fn last_read(
+        &self,
+        db: &mut PgConnection,
+    ) -> sqlx::Result<(Revision, Arc<MappingSet>)> {
+        {
+            let current = self.current.read().await;
+            if let Some(revision) = current.0 {
+                return Ok((revision, current.1.clone()));
+            }
+        }
+        self.current(db).await
     }
 }

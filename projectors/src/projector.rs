@@ -22,7 +22,7 @@ use crmsync_adapters::Metrics;
 use crmsync_adapters::Retraction;
 use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version, WorkspaceId};
 
-use crate::mappings::Mappings;
+use crate::mappings::{MappingSet, Mappings};
 use crate::tables::{self, RowKey, Table};
 use crate::{checkpoint, dlq};
 
@@ -497,48 +497,48 @@ impl Projector {
             // ids for the hydrator): the checkpoint alone.
             return checkpoint::advance(conn, &advance).await;
         }
-        // Read under READ COMMITTED, as each statement would read it in a
-        // transaction: a mapping committed before this applies.
-        let mappings = self.mappings.current(&mut *conn).await?;
-        // Table by table in the order of their names, rows in key order: concurrent
-        // workers, and a replay's swap (which locks whole tables by name), lock in
-        // the same order.
-        let mut order = Table::ALL;
-        order.sort_by_key(|t| t.name());
-        let mut tables: Vec<(Table, Vec<(RowKey, FieldSet)>)> = Vec::new();
-        for table in order {
-            let mapped: Vec<(RowKey, FieldSet)> = outcomes()
+        let one_statement = !has_retractions
+            && !outcomes()
                 .flat_map(|o| o.rows.iter())
-                .filter(|(t, _, _)| *t == table)
-                .map(|(_, key, fields)| {
-                    let fields = match mappings.get(table, &key.0, key.1) {
-                        Some(compiled) => compiled.apply(fields),
-                        None => fields.clone(),
-                    };
-                    (key.clone(), fields)
-                })
-                .collect();
-            if !mapped.is_empty() {
-                tables.push((table, mapped));
-            }
+                .any(|(t, _, _)| *t == Table::Activities);
+        if !one_statement {
+            // The activities rule reads before it writes, and retractions update
+            // rows an upsert may insert: a transaction of separate statements. The
+            // mappings' revision is read under READ COMMITTED, as each statement
+            // would read it in a transaction: a mapping committed before this
+            // applies.
+            let (_, mappings) = self.mappings.current(&mut *conn).await?;
+            let tables = map(items, &mappings);
+            return self
+                .write_in_transaction(conn, items, tables, &advance)
+                .await;
         }
-        let fold = |mapped: Vec<(RowKey, FieldSet)>| {
-            let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
-            for (key, set) in mapped {
-                rows.entry(key).or_default().merge(&set);
-            }
-            rows
-        };
-        if !has_retractions && tables.iter().all(|(t, _)| *t != Table::Activities) {
-            // Upserts only: one statement, one round trip.
-            let tables: Vec<(Table, BTreeMap<RowKey, FieldSet>)> = tables
+        // Upserts only: one statement, which writes only if the mappings they were
+        // mapped with are still current (`upsert_with_checkpoint`). So they are read
+        // again only when they moved, not in a round trip before each batch.
+        let (mut revision, mut mappings) = self.mappings.last_read(&mut *conn).await?;
+        loop {
+            let tables: Vec<(Table, BTreeMap<RowKey, FieldSet>)> = map(items, &mappings)
                 .into_iter()
                 .map(|(table, mapped)| (table, fold(mapped)))
                 .collect();
-            return tables::upsert_with_checkpoint(conn, &tables, &advance).await;
+            if tables::upsert_with_checkpoint(conn, &tables, &advance, revision).await? {
+                return Ok(());
+            }
+            // A mapping was written since they were read: map with it.
+            (revision, mappings) = self.mappings.current(&mut *conn).await?;
         }
-        // The activities rule reads before it writes, and retractions update rows
-        // an upsert may insert: a transaction of separate statements.
+    }
+
+    /// [`Self::write`]'s transaction of separate statements.
+    async fn write_in_transaction(
+        &self,
+        conn: &mut PgConnection,
+        items: &[&Decoded],
+        tables: Vec<(Table, Vec<(RowKey, FieldSet)>)>,
+        advance: &checkpoint::Advance<'_>,
+    ) -> sqlx::Result<()> {
+        let outcomes = || items.iter().filter_map(|item| item.outcome.as_ref().ok());
         let mut tx = conn.begin().await?;
         for (table, mut mapped) in tables {
             if table == Table::Activities {
@@ -547,7 +547,7 @@ impl Projector {
             tables::upsert(&mut tx, table, &fold(mapped)).await?;
         }
         tables::retract_all(&mut tx, outcomes().flat_map(|o| o.retractions.iter())).await?;
-        checkpoint::advance(&mut tx, &advance).await?;
+        checkpoint::advance(&mut tx, advance).await?;
         tx.commit().await
     }
 
@@ -728,6 +728,43 @@ impl Projector {
             keep_in_progress(items).await;
         }
     }
+}
+
+/// The rows of `items`, mapped and grouped by table, tables in the order of their
+/// names and rows in key order: concurrent workers, and a replay's swap (which
+/// locks whole tables by name), lock in the same order.
+fn map(items: &[&Decoded], mappings: &MappingSet) -> Vec<(Table, Vec<(RowKey, FieldSet)>)> {
+    let mut order = Table::ALL;
+    order.sort_by_key(|t| t.name());
+    let mut tables = Vec::new();
+    for table in order {
+        let mapped: Vec<(RowKey, FieldSet)> = items
+            .iter()
+            .filter_map(|item| item.outcome.as_ref().ok())
+            .flat_map(|o| o.rows.iter())
+            .filter(|(t, _, _)| *t == table)
+            .map(|(_, key, fields)| {
+                let fields = match mappings.get(table, &key.0, key.1) {
+                    Some(compiled) => compiled.apply(fields),
+                    None => fields.clone(),
+                };
+                (key.clone(), fields)
+            })
+            .collect();
+        if !mapped.is_empty() {
+            tables.push((table, mapped));
+        }
+    }
+    tables
+}
+
+/// Folds a table's changes per row, in key order.
+fn fold(mapped: Vec<(RowKey, FieldSet)>) -> BTreeMap<RowKey, FieldSet> {
+    let mut rows: BTreeMap<RowKey, FieldSet> = BTreeMap::new();
+    for (key, set) in mapped {
+        rows.entry(key).or_default().merge(&set);
+    }
+    rows
 }
 
 /// Tells JetStream that `items` are still being worked on: their ack wait starts

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
+use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres};
 
 use crmsync_adapters::{hubspot, odoo, zoho, MappingError, Retraction, RowChange};
@@ -15,6 +16,7 @@ use crmsync_schema::conflict::{app_born_activity, app_fields, Conflict};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
 use crate::checkpoint;
+use crate::mappings::Revision;
 
 /// A row's key.
 pub type RowKey = (WorkspaceId, Provider, RemoteId);
@@ -269,6 +271,12 @@ pub async fn upsert_into(
 /// its own, so this is as atomic as BEGIN, an upsert per table, the checkpoint and
 /// COMMIT, in one round trip instead of four or more.
 ///
+/// The rows were mapped with the field mappings at `revision`: the statement writes
+/// them only if that is still the mappings' revision as it reads them, and otherwise
+/// writes nothing and answers `false` (read the mappings again, map, and retry). So
+/// a projector need not read the revision in a round trip of its own before each
+/// batch, and a mapping committed before the statement still applies to it.
+///
 /// Each upsert is a `WITH` query, and Postgres runs each to completion. Their order
 /// it leaves open; here each reads the one before it (`count(*)` of its
 /// `RETURNING`, a condition Postgres evaluates once, before the query's first row),
@@ -280,16 +288,25 @@ pub async fn upsert_with_checkpoint(
     conn: &mut PgConnection,
     tables: &[(Table, BTreeMap<RowKey, FieldSet>)],
     advance: &checkpoint::Advance<'_>,
-) -> Result<(), sqlx::Error> {
+    revision: Revision,
+) -> Result<bool, sqlx::Error> {
     if tables.is_empty() {
-        return checkpoint::advance(conn, advance).await;
+        checkpoint::advance(conn, advance).await?;
+        return Ok(true);
     }
+    // The revision is the last parameter, after the tables' six each and the
+    // checkpoint's four. Every part checks it: all read one snapshot, so either all
+    // write or none does.
+    let current = format!(
+        "(SELECT revision FROM crm_field_mappings_revision) = ${}",
+        1 + 6 * tables.len() + 4
+    );
     let mut with = Vec::with_capacity(tables.len());
-    let mut after = String::new();
+    let mut after = format!(" WHERE {current}");
     for (i, (table, _)) in tables.iter().enumerate() {
         let upsert = upsert_sql(*table, table.name(), 1 + 6 * i, &after);
         with.push(format!("t{i} AS ({upsert} RETURNING 1)"));
-        after = format!(" WHERE (SELECT count(*) FROM t{i}) >= 0");
+        after = format!(" WHERE (SELECT count(*) FROM t{i}) >= 0 AND {current}");
     }
     let sql = format!(
         "WITH {} {}",
@@ -300,8 +317,9 @@ pub async fn upsert_with_checkpoint(
     for (_, rows) in tables {
         query = UpsertColumns::of(rows).bind(query);
     }
-    advance.bind(query).execute(conn).await?;
-    Ok(())
+    let written = advance.bind(query).bind(revision).execute(conn).await?;
+    // The checkpoint's upsert touches its row whenever it runs.
+    Ok(written.rows_affected() == 1)
 }
 
 /// The six columns of an upsert, in the order of its parameters.
@@ -309,8 +327,9 @@ struct UpsertColumns<'a> {
     workspaces: Vec<&'a str>,
     providers: Vec<&'a str>,
     ids: Vec<&'a str>,
-    fields: Vec<Value>,
-    versions: Vec<Value>,
+    // Serialised straight into the statement's buffer, not through a `Value` each.
+    fields: Vec<Json<&'a BTreeMap<String, Value>>>,
+    versions: Vec<Json<&'a BTreeMap<String, Version>>>,
     updated: Vec<Option<DateTime<Utc>>>,
 }
 
@@ -328,12 +347,8 @@ impl<'a> UpsertColumns<'a> {
             columns.workspaces.push(ws.as_str());
             columns.providers.push(provider.as_str());
             columns.ids.push(id.as_str());
-            columns
-                .fields
-                .push(serde_json::to_value(&set.fields).unwrap_or(Value::Null));
-            columns
-                .versions
-                .push(serde_json::to_value(&set.versions).unwrap_or(Value::Null));
+            columns.fields.push(Json(&set.fields));
+            columns.versions.push(Json(&set.versions));
             columns.updated.push(set.latest_time());
         }
         columns
