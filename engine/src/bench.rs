@@ -62,6 +62,10 @@ pub struct Figures {
     pub rate: f64,
     pub ceiling_rate: Option<f64>,
     pub ratio: Option<f64>,
+    /// Project only: a second bound, the rate at which the same messages can merely
+    /// be pulled from JetStream and acknowledged (nothing decoded or written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consume_ceiling_rate: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub peak_rss_mb: f64,
@@ -87,6 +91,7 @@ fn figures(scenario: &'static str, events: usize, seconds: f64, ceiling: Option<
         rate,
         ceiling_rate: ceiling,
         ratio: ceiling.map(|c| rate / c),
+        consume_ceiling_rate: None,
         p50_ms: None,
         p99_ms: None,
         peak_rss_mb: peak_rss_mb(),
@@ -254,12 +259,67 @@ async fn project(base: &Settings, n: usize) -> anyhow::Result<Figures> {
     stop.cancel();
     running.await??;
     let peak = peak_rss_mb();
+    let consume = raw_consume_rate(&js, &topology, n, settings.batch_size).await;
     topology.delete(&js).await;
 
     let ceiling = raw_upsert_rate(&pool, &events(n, at)).await?;
     let mut fig = figures("project", n, seconds, Some(ceiling));
     fig.peak_rss_mb = peak;
+    fig.consume_ceiling_rate = Some(consume?);
     Ok(fig)
+}
+
+/// The raw ceiling of reading what projection reads: the same `n` messages pulled
+/// by a durable consumer of the projector's settings, in pulls of the projector's
+/// batch size, each acknowledged, nothing decoded or written; events per second.
+/// Projection does this and the upsert on the same cores, so this bounds it too.
+async fn raw_consume_rate(
+    js: &async_nats::jetstream::Context,
+    topology: &Topology,
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let mut config = topology.projector_consumer(Provider::HubSpot);
+    config.durable_name = Some("bench-raw-consume".to_owned());
+    config.name = config.durable_name.clone();
+    let consumer = js
+        .create_consumer_on_stream(config, topology.events_stream())
+        .await
+        .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+    // Acknowledged a batch at a time in a task of its own, as the projector does,
+    // while the next batch is read.
+    let mut acking = tokio::task::JoinSet::new();
+    let mut batch_in_hand = Vec::with_capacity(batch);
+    for i in 0..n {
+        let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .context("the raw consumer waited 30 s for a message")?
+            .context("the raw consumer's feed ended")?
+            .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+        batch_in_hand.push(msg);
+        if batch_in_hand.len() == batch || i + 1 == n {
+            let full = std::mem::replace(&mut batch_in_hand, Vec::with_capacity(batch));
+            acking.spawn(async move {
+                for msg in full {
+                    msg.ack()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("raw ack: {e}"))?;
+                }
+                anyhow::Ok(())
+            });
+        }
+    }
+    while let Some(acked) = acking.join_next().await {
+        acked??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The raw ceiling of projection: the rows the projector writes for `values` (the
@@ -720,6 +780,14 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
                 opt(f.p99_ms, 1),
                 f.peak_rss_mb
             );
+            if let Some(consume) = f.consume_ceiling_rate {
+                println!(
+                    "{:<8} raw JetStream pull + ack of the same messages: {consume:.0} events/s \
+                     (ratio to it {:.2})",
+                    "",
+                    f.rate / consume
+                );
+            }
         }
     }
     Ok(())

@@ -330,6 +330,8 @@ fn bench_prints_one_json_object_per_scenario_with_every_figure() {
     for ceilinged in [0, 1, 2, 5] {
         assert!(scenarios[ceilinged]["ceiling_rate"].as_f64().unwrap() > 0.0);
     }
+    // Project also says how fast the same messages are merely pulled and acked.
+    assert!(scenarios[1]["consume_ceiling_rate"].as_f64().unwrap() > 0.0);
     for e2e in [3, 4] {
         assert!(
             scenarios[e2e]["p99_ms"].as_f64().unwrap()
