@@ -326,8 +326,8 @@ async fn raw_consume_rate(
 /// adapter's fields and their versions), upserted with a plain `INSERT … SELECT FROM
 /// UNNEST … ON CONFLICT` in batches of 500 events into a scratch copy of the contacts
 /// table (its generated columns and indexes, so the same rows in the same shape);
-/// events per second. Left out, as the engine's own work: decoding, the mapping read,
-/// the per-field merge function and the checkpoint.
+/// events per second. Left out, as the engine's own work: decoding, the mappings'
+/// revision check, the per-field merge function and the checkpoint.
 async fn raw_upsert_rate(pool: &sqlx::PgPool, values: &[Value]) -> anyhow::Result<f64> {
     use crmsync_projectors::Table;
     use crmsync_schema::{FieldSet, Version};

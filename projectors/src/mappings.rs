@@ -5,7 +5,10 @@
 //! projector's batch is written only at the revision it was mapped at (checked in
 //! the statement, or read before its transaction), and mapped anew when the
 //! revision moved, so a mapping written through the API applies to the next batch
-//! in every worker; a replay applies it to history.
+//! in every worker; a replay applies it to history. (The comment on the revision
+//! table in `migrations/0008_field_mappings.sql` says projectors read it once per
+//! batch; a one-statement batch now checks it in the statement instead. Applied
+//! migrations are checksummed, so that file keeps its words.)
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -526,7 +526,15 @@ impl Projector {
                 return Ok(());
             }
             // A mapping was written since they were read: map with it.
+            let refused = revision;
             (revision, mappings) = self.mappings.current(&mut *conn).await?;
+            if revision == refused {
+                // Refused at the revision that is current: not a mapping's doing, and
+                // trying again at once would only repeat it. Held and retried.
+                return Err(sqlx::Error::Protocol(format!(
+                    "the batch statement wrote nothing at the mappings' current revision {revision}"
+                )));
+            }
         }
     }
 
