@@ -285,14 +285,14 @@ async fn raw_consume_rate(
     let consumer = js
         .create_consumer_on_stream(config, topology.events_stream())
         .await
-        .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+        .context("creating the raw consumer")?;
     let started = Instant::now();
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch)
         .messages()
         .await
-        .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+        .context("pulling with the raw consumer")?;
     // Acknowledged a batch at a time in a task of its own, as the projector does,
     // while the next batch is read.
     let mut acking = tokio::task::JoinSet::new();
@@ -302,7 +302,7 @@ async fn raw_consume_rate(
             .await
             .context("the raw consumer waited 30 s for a message")?
             .context("the raw consumer's feed ended")?
-            .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+            .context("the raw consumer's pull")?;
         batch_in_hand.push(msg);
         if batch_in_hand.len() == batch || i + 1 == n {
             let full = std::mem::replace(&mut batch_in_hand, Vec::with_capacity(batch));

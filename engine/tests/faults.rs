@@ -4,8 +4,9 @@
 //! `CRMSYNC_NATS_SERVER`; Postgres from its `bin` directory), so nothing else sharing
 //! the machine's servers notices. Afterwards the counts reconcile: every event whose
 //! webhook was answered 200 is in the stream once, projected once, and nothing was
-//! dead-lettered. And a Postgres connection that goes silent (behind a proxy that
-//! stops passing anything, without a reset) while the projector holds it.
+//! dead-lettered. Also a Postgres connection that goes silent (behind a proxy that
+//! stops passing anything, without a reset) while the projector holds it: the
+//! projector gives it up and goes on.
 
 mod common;
 

@@ -490,7 +490,7 @@ impl Projector {
             stream_seq: items.iter().map(|d| d.seq).max().unwrap_or(0),
             events: items.len() as u64,
         };
-        let outcomes = || items.iter().filter_map(|item| item.outcome.as_ref().ok());
+        let outcomes = || outcomes(items);
         let has_retractions = outcomes().any(|o| !o.retractions.is_empty());
         if !has_retractions && outcomes().all(|o| o.rows.is_empty()) {
             // Events that touch no table (Zoho's change notices, which only name
@@ -546,7 +546,7 @@ impl Projector {
         tables: Vec<(Table, Vec<(RowKey, FieldSet)>)>,
         advance: &checkpoint::Advance<'_>,
     ) -> sqlx::Result<()> {
-        let outcomes = || items.iter().filter_map(|item| item.outcome.as_ref().ok());
+        let outcomes = || outcomes(items);
         let mut tx = conn.begin().await?;
         for (table, mut mapped) in tables {
             if table == Table::Activities {
@@ -738,6 +738,11 @@ impl Projector {
     }
 }
 
+/// What `items` decoded to, where they could be decoded.
+fn outcomes<'a>(items: &'a [&'a Decoded]) -> impl Iterator<Item = &'a Outcome> + 'a {
+    items.iter().filter_map(|item| item.outcome.as_ref().ok())
+}
+
 /// The rows of `items`, mapped and grouped by table, tables in the order of their
 /// names and rows in key order: concurrent workers, and a replay's swap (which
 /// locks whole tables by name), lock in the same order.
@@ -746,9 +751,7 @@ fn map(items: &[&Decoded], mappings: &MappingSet) -> Vec<(Table, Vec<(RowKey, Fi
     order.sort_by_key(|t| t.name());
     let mut tables = Vec::new();
     for table in order {
-        let mapped: Vec<(RowKey, FieldSet)> = items
-            .iter()
-            .filter_map(|item| item.outcome.as_ref().ok())
+        let mapped: Vec<(RowKey, FieldSet)> = outcomes(items)
             .flat_map(|o| o.rows.iter())
             .filter(|(t, _, _)| *t == table)
             .map(|(_, key, fields)| {
