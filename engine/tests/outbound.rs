@@ -1090,9 +1090,15 @@ async fn the_providers_say_whether_they_can_be_connected_and_what_is_missing() {
     bare.stop().await;
 }
 
-/// The CRM record each provider's push of `call` went to: HubSpot's associated contact,
-/// Zoho's `Who_Id`, the Odoo partner the message was posted on.
-fn attached_to(crms: &Crms, key: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+/// The CRM records each provider's push of `call` went to, of `object` (`contacts` or
+/// `deals`): HubSpot's associated records, Zoho's `Who_Id` or `What_Id`, the Odoo
+/// record (`res.partner` or `crm.lead`) the message was posted on.
+fn attached_to(crms: &Crms, key: &str, object: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let zoho_lookup = if object == "deals" {
+        "/What_Id/id"
+    } else {
+        "/Who_Id/id"
+    };
     let hs_calls: Vec<u64> = crms
         .hs
         .snapshot("calls")
@@ -1102,10 +1108,10 @@ fn attached_to(crms: &Crms, key: &str) -> (Vec<String>, Vec<String>, Vec<String>
         .collect();
     let hubspot = crms
         .hs
-        .links("calls", "contacts")
+        .links("calls", object)
         .into_iter()
         .filter(|(call, _)| hs_calls.contains(call))
-        .map(|(_, contact)| contact.to_string())
+        .map(|(_, record)| record.to_string())
         .collect();
     let zoho = crms
         .zs
@@ -1113,7 +1119,7 @@ fn attached_to(crms: &Crms, key: &str) -> (Vec<String>, Vec<String>, Vec<String>
         .iter()
         .filter(|r| r["Subject"].as_str().is_some_and(|s| s.contains(key)))
         .filter_map(|r| {
-            r.pointer("/Who_Id/id")
+            r.pointer(zoho_lookup)
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         })
@@ -1128,6 +1134,14 @@ fn attached_to(crms: &Crms, key: &str) -> (Vec<String>, Vec<String>, Vec<String>
         .map(|(_, (model, id))| format!("{}:{id}", model.as_str().unwrap_or("?")))
         .collect();
     (hubspot, zoho, odoo)
+}
+
+/// The id in `provider` among `(provider, remote id)` rows.
+fn id_in(rows: &[(String, String)], provider: &str) -> String {
+    rows.iter()
+        .find(|(p, _)| p == provider)
+        .map(|(_, id)| id.clone())
+        .unwrap_or_else(|| panic!("no {provider} id in {rows:?}"))
 }
 
 /// Waits until every provider's push of `call` is settled, and returns the states.
@@ -1229,24 +1243,24 @@ async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earli
     );
     let states = settled(&engine, "l-2").await;
     assert!(states.iter().all(|(_, s, _)| s == "sent"), "{states:?}");
-    let id = |provider: &str| {
-        contacts
-            .iter()
-            .find(|(p, _)| p == provider)
-            .map(|(_, id)| id.clone())
-            .unwrap()
-    };
+    let id = |provider: &str| id_in(&contacts, provider);
     use crmsync_schema::Provider::{HubSpot, Odoo, Zoho};
-    assert_eq!(attached_to(&crms, &key("l-2", HubSpot)).0, [id("hubspot")]);
-    assert_eq!(attached_to(&crms, &key("l-2", Zoho)).1, [id("zoho")]);
     assert_eq!(
-        attached_to(&crms, &key("l-2", Odoo)).2,
+        attached_to(&crms, &key("l-2", HubSpot), "contacts").0,
+        [id("hubspot")]
+    );
+    assert_eq!(
+        attached_to(&crms, &key("l-2", Zoho), "contacts").1,
+        [id("zoho")]
+    );
+    assert_eq!(
+        attached_to(&crms, &key("l-2", Odoo), "contacts").2,
         [format!("res.partner:{}", id("odoo"))]
     );
 
     // An email beside the app id wins over its link and re-points it (in Zoho here).
     let moved = ids_of(emails[3].clone()).await;
-    let moved_zoho = moved.iter().find(|(p, _)| p == "zoho").unwrap().1.clone();
+    let moved_zoho = id_in(&moved, "zoho");
     let mut repoint = outcome(&emails[3], 6);
     repoint["contact"] = json!({"app_id": "c-42", "email": emails[3]});
     repoint["provider"] = json!("zoho");
@@ -1262,7 +1276,7 @@ async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earli
     .await
     .expect("l-6 is sent");
     assert_eq!(
-        attached_to(&crms, &key("l-6", Zoho)).1,
+        attached_to(&crms, &key("l-6", Zoho), "contacts").1,
         [moved_zoho.as_str()]
     );
     let relinked: String = sqlx::query_scalar(
@@ -1276,13 +1290,7 @@ async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earli
 
     // HubSpot merges the linked contact with another (into a record of a new id, as
     // HubSpot does): the link follows the merge.
-    let other = ids_of(emails[1].clone()).await;
-    let other = other
-        .iter()
-        .find(|(p, _)| p == "hubspot")
-        .unwrap()
-        .1
-        .clone();
+    let other = id_in(&ids_of(emails[1].clone()).await, "hubspot");
     let merged = crms
         .hs
         .merge(
@@ -1317,20 +1325,49 @@ async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earli
     })
     .await
     .expect("l-3 is sent");
-    assert_eq!(attached_to(&crms, &key("l-3", HubSpot)).0, [survivor]);
+    assert_eq!(
+        attached_to(&crms, &key("l-3", HubSpot), "contacts").0,
+        [survivor]
+    );
 
-    // A deal named by app id and CRM id, then by app id alone.
-    let deal = crms.hs.create(
+    // A deal named by app id and CRM id in each CRM (a new HubSpot deal, a Zoho deal
+    // and an Odoo lead the emulators seeded), then by app id alone in all three at
+    // once: each CRM's call goes to its own deal.
+    let hubspot_deal = crms.hs.create(
         "deals",
         [("dealname".to_owned(), "Renewal".to_owned())].into(),
     );
-    for (call, named) in [
-        ("l-4", json!({"app_id": "d-7", "crm_id": deal.to_string()})),
-        ("l-5", json!({"app_id": "d-7"})),
-    ] {
+    let zoho_deal = crms.zs.records("Deals")[0]["id"]
+        .as_str()
+        .expect("the Zoho emulator seeds deals")
+        .to_owned();
+    let odoo_lead = *crms
+        .od
+        .ids("crm.lead")
+        .first()
+        .expect("the Odoo emulator seeds leads");
+    let deals = [
+        (HubSpot, "l-4-hubspot", hubspot_deal.to_string()),
+        (Zoho, "l-4-zoho", zoho_deal),
+        (Odoo, "l-4-odoo", odoo_lead.to_string()),
+    ];
+    // Where each provider's call went: (deal, and the contact it names beside it).
+    let went_to = |call: &str, provider| {
+        let key = key(call, provider);
+        let [deals, contacts] = ["deals", "contacts"].map(|object| {
+            let (h, z, o) = attached_to(&crms, &key, object);
+            match provider {
+                HubSpot => h,
+                Zoho => z,
+                Odoo => o,
+            }
+        });
+        (deals, contacts)
+    };
+    for (provider, call, deal) in &deals {
         let mut push = outcome(&emails[2], 5);
-        push["deal"] = named;
-        push["provider"] = json!("hubspot");
+        push["deal"] = json!({"app_id": "d-7", "crm_id": deal});
+        push["provider"] = json!(provider.as_str());
         assert_eq!(
             post(&engine, &format!("/crm/calls/{call}/push-to-crm"), &push)
                 .await
@@ -1342,37 +1379,43 @@ async fn contacts_and_deals_named_by_the_apps_own_id_resolve_through_links_earli
         })
         .await
         .unwrap_or_else(|| panic!("{call} is sent"));
-        let call_ids: Vec<u64> = crms
-            .hs
-            .snapshot("calls")
-            .into_iter()
-            .filter(|(_, p)| {
-                p.get("hs_call_title")
-                    .is_some_and(|t| t.contains(&key(call, HubSpot)))
-            })
-            .map(|(id, _)| id)
-            .collect();
-        let deals: Vec<u64> = crms
-            .hs
-            .links("calls", "deals")
-            .into_iter()
-            .filter(|(c, _)| call_ids.contains(c))
-            .map(|(_, d)| d)
-            .collect();
-        assert_eq!(deals, [deal], "{call}");
-        // The link is recorded before the next push names it alone.
+        // The link is recorded before the next push names the deal alone.
         eventually(Duration::from_secs(30), || async {
             sqlx::query_scalar::<_, String>(
                 "SELECT crm_id FROM crm_entity_links
-                 WHERE entity_type = 'deal' AND app_id = 'd-7' AND provider = 'hubspot'",
+                 WHERE entity_type = 'deal' AND app_id = 'd-7' AND provider = $1",
             )
+            .bind(provider.as_str())
             .fetch_optional(&engine.pool)
             .await
             .unwrap()
-            .filter(|d| *d == deal.to_string())
+            .filter(|d| d == deal)
         })
         .await
-        .expect("the deal is linked");
+        .unwrap_or_else(|| panic!("the {provider} deal is linked"));
+    }
+    let mut alone = outcome(&emails[2], 7);
+    alone["deal"] = json!({"app_id": "d-7"});
+    assert_eq!(
+        post(&engine, "/crm/calls/l-5/push-to-crm", &alone).await.0,
+        202
+    );
+    let states = settled(&engine, "l-5").await;
+    assert!(states.iter().all(|(_, s, _)| s == "sent"), "{states:?}");
+    let contact = ids_of(emails[2].clone()).await;
+    for (provider, call, deal) in &deals {
+        for call in [*call, "l-5"] {
+            let (to_deals, to_contacts) = went_to(call, *provider);
+            match provider {
+                // Odoo posts the note on the lead instead of the partner.
+                Odoo => assert_eq!(to_deals, [format!("crm.lead:{deal}")], "{call}"),
+                _ => {
+                    assert_eq!(to_deals, [deal.as_str()], "{call} in {provider}");
+                    let contact = id_in(&contact, provider.as_str());
+                    assert_eq!(to_contacts, [contact], "{call} in {provider}");
+                }
+            }
+        }
     }
     common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
