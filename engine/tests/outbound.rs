@@ -648,7 +648,7 @@ async fn two_thousand_outcomes_through_storms_lost_answers_and_a_killed_worker_l
     // Two workers push at once, as replicas do; they share each connection's
     // allowance through Postgres.
     let mut worker = Some(EngineProcess::worker(&env, 1));
-    let _beside = EngineProcess::worker(&env, 3);
+    let beside = EngineProcess::worker(&env, 3);
     let emails = shared_contacts(&engine).await;
 
     // Storms of 429s, 5xx, requests that hang, and answers lost after the CRM made
@@ -696,22 +696,40 @@ async fn two_thousand_outcomes_through_storms_lost_answers_and_a_killed_worker_l
                 .unwrap()
         }
     };
+    let sent_so_far = || count("SELECT count(*) FROM crm_call_pushes WHERE state = 'sent'");
+    let sent_at_least = |n: i64| async move {
+        eventually(Duration::from_secs(300), || async {
+            (sent_so_far().await >= n).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{n} pushes sent"));
+    };
     // kill -9 the worker mid-load, and start another.
-    eventually(Duration::from_secs(300), || async {
-        (count("SELECT count(*) FROM crm_call_pushes WHERE state = 'sent'").await >= 600)
-            .then_some(())
-    })
-    .await
-    .expect("pushes are under way");
+    sent_at_least(600).await;
     worker.take().unwrap().kill();
     let _worker = EngineProcess::worker(&env, 2);
-
-    let settled = eventually(Duration::from_secs(600), || async {
-        let n = count(
+    // Once more have gone, the worker beside stops (SIGTERM, mid-push): it exits
+    // cleanly, and the new worker pushes all that is left on its own.
+    sent_at_least(sent_so_far().await + 300).await;
+    let log = beside.log();
+    // Waited for off the runtime: the emulators answering its last requests run on it.
+    let stopped = tokio::task::spawn_blocking(move || beside.terminate())
+        .await
+        .unwrap();
+    assert!(stopped.success(), "worker log:\n{log}");
+    let settled_so_far = || {
+        count(
             "SELECT count(*) FROM crm_call_pushes
              WHERE state IN ('sent', 'failed', 'dead_lettered')",
         )
-        .await;
+    };
+    assert!(
+        settled_so_far().await < total,
+        "pushes are left for the new worker"
+    );
+
+    let settled = eventually(Duration::from_secs(600), || async {
+        let n = settled_so_far().await;
         (n == total).then_some(n)
     })
     .await;
