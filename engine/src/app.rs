@@ -154,6 +154,11 @@ impl Engine {
             subjects: topology.subjects.clone(),
             metrics,
             hubspot_secret: settings.hubspot_webhook_key(),
+            hubspot_signatures: if settings.hubspot_legacy_signatures {
+                crmsync_adapters::hubspot::webhook::Accept::Legacy
+            } else {
+                crmsync_adapters::hubspot::webhook::Accept::V3
+            },
             public_url: settings.public_url.clone(),
             max_body_bytes: settings.webhook_max_bytes,
             latest_migration: db::latest_migration(),

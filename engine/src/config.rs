@@ -37,6 +37,7 @@ pub const VARIABLES: &[Variable] = &[
     var("CRM_HUBSPOT_CLIENT_ID", "(none)", "HubSpot app client id"),
     var("CRM_HUBSPOT_CLIENT_SECRET", "(none)", "HubSpot app client secret; HubSpot signs webhooks with it (secret)"),
     var("CRM_HUBSPOT_WEBHOOK_SECRET", "(client secret)", "overrides the key for HubSpot webhook signatures (secret)"),
+    var("CRM_HUBSPOT_LEGACY_SIGNATURES", "false", "true: also accept HubSpot webhooks signed only with v1 or v2, which carry no timestamp, so a captured request can be replayed; false: the v3 signature is required (HubSpot sends it with every request)"),
     var("CRM_HUBSPOT_API_URL", "https://api.hubapi.com", "HubSpot API base URL (the sandbox or a proxy)"),
     var("CRM_HUBSPOT_AUTH_URL", "https://app.hubspot.com", "HubSpot authorize base URL"),
     var("CRM_ZOHO_CLIENT_ID", "(none)", "Zoho CRM client id"),
@@ -94,6 +95,7 @@ pub struct Settings {
     pub hubspot_client_id: Option<String>,
     pub hubspot_client_secret: Option<Secret<String>>,
     pub hubspot_webhook_secret: Option<Secret<String>>,
+    pub hubspot_legacy_signatures: bool,
     pub hubspot_api_url: String,
     pub hubspot_auth_url: String,
     pub zoho_client_id: Option<String>,
@@ -166,6 +168,18 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         let raw = self.or_default(name);
         check_url(name, &raw, schemes, false)?;
         Ok(raw.trim_end_matches('/').to_owned())
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        let raw = self.or_default(name);
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(ConfigError {
+                name,
+                problem: format!("must be true or false, got {raw:?}"),
+            }),
+        }
     }
 
     fn secret(&self, name: &str) -> Option<Secret<String>> {
@@ -297,6 +311,7 @@ impl Settings {
             hubspot_client_id: r.get("CRM_HUBSPOT_CLIENT_ID"),
             hubspot_client_secret: r.secret("CRM_HUBSPOT_CLIENT_SECRET"),
             hubspot_webhook_secret: r.secret("CRM_HUBSPOT_WEBHOOK_SECRET"),
+            hubspot_legacy_signatures: r.flag("CRM_HUBSPOT_LEGACY_SIGNATURES")?,
             hubspot_api_url: r.url("CRM_HUBSPOT_API_URL", &["http", "https"])?,
             hubspot_auth_url: r.url("CRM_HUBSPOT_AUTH_URL", &["http", "https"])?,
             zoho_client_id: r.get("CRM_ZOHO_CLIENT_ID"),

@@ -71,7 +71,7 @@ async fn merges_point_losers_at_the_survivor_and_restores_revive() {
         f.deletion("contact", 1, t + 20),
         f.restore("contact", 1, t + 30),
     ];
-    let last = engine.post_events(Signature::V1, &events).await;
+    let last = engine.post_events(Signature::V3, &events).await;
     engine.wait_projected(last).await;
     let rows = common::contact_rows(&engine.pool, "9").await;
     let by_id = |id: &str| rows.iter().find(|r| r["remote_id"] == id).unwrap().clone();

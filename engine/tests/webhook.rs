@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use common::{TestEngine, PUBLIC_URL, SECRET, WEBHOOK_PATH};
 use crmsync_sandbox::hubspot::webhooks::{
-    sample_contacts_batch, signed_headers, EventFactory, Signature,
+    delivery_headers, sample_contacts_batch, signed_headers, EventFactory, Signature,
 };
 
 fn batch() -> Vec<u8> {
@@ -23,7 +23,8 @@ fn header<'a>(msg: &'a async_nats::jetstream::message::StreamMessage, name: &str
 
 #[tokio::test]
 async fn signed_batches_of_every_version_are_stored_as_binary_cloudevents() {
-    let engine = TestEngine::start(&[]).await;
+    // v1 and v2 alone are taken only where legacy signatures are accepted.
+    let engine = TestEngine::start(&[("CRM_HUBSPOT_LEGACY_SIGNATURES", "true")]).await;
     let mut total = 0;
     for signature in [Signature::V1, Signature::V2, Signature::V3] {
         let mut f = EventFactory::new(62515);
@@ -47,6 +48,15 @@ async fn signed_batches_of_every_version_are_stored_as_binary_cloudevents() {
         assert_eq!(answer["accepted"], 2);
         assert_eq!(answer["stored"], 2);
         total += 2;
+        // The same version's signature over a body one byte off: refused.
+        let uri = format!("{PUBLIC_URL}{WEBHOOK_PATH}");
+        let now = Utc::now().timestamp_millis();
+        let headers = signed_headers(signature, SECRET, &uri, body.as_bytes(), now);
+        let mut tampered = body.into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] ^= 1;
+        let refused = engine.post_with(WEBHOOK_PATH, &headers, &tampered).await;
+        assert_eq!(refused.status(), 401, "{signature:?} over another body");
     }
     assert_eq!(engine.events_in_stream().await, total);
 
@@ -96,9 +106,19 @@ async fn bad_signatures_are_refused_with_401_and_store_nothing() {
             tampered.clone(),
         ),
         (
-            "v1 over another body",
+            "v1 alone (the v3 headers stripped)",
             signed_headers(Signature::V1, SECRET, &uri, &body, now),
-            tampered,
+            body.clone(),
+        ),
+        (
+            "v2 alone",
+            signed_headers(Signature::V2, SECRET, &uri, &body, now),
+            body.clone(),
+        ),
+        (
+            "a stale v3 beside a good v1, as a replayed delivery",
+            delivery_headers(Signature::V1, SECRET, &uri, &body, now - 6 * 60 * 1000),
+            body.clone(),
         ),
         (
             "wrong secret",
@@ -107,7 +127,7 @@ async fn bad_signatures_are_refused_with_401_and_store_nothing() {
         ),
         (
             "internal address signed",
-            signed_headers(Signature::V2, SECRET, &engine.url(WEBHOOK_PATH), &body, now),
+            signed_headers(Signature::V3, SECRET, &engine.url(WEBHOOK_PATH), &body, now),
             body.clone(),
         ),
         (
@@ -141,10 +161,15 @@ async fn bad_signatures_are_refused_with_401_and_store_nothing() {
     }
     assert_eq!(engine.events_in_stream().await, 0);
     let metrics = engine.metrics().await;
-    assert!(metrics.contains(r#"crm_webhook_verification_failures_total{provider="hubspot",reason="stale_timestamp"} 2"#), "{metrics}");
+    for (reason, n) in [("stale_timestamp", 3), ("legacy_refused", 2)] {
+        let line = format!(
+            r#"crm_webhook_verification_failures_total{{provider="hubspot",reason="{reason}"}} {n}"#
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     assert!(
         metrics.contains(
-            r#"crm_requests_total{provider="hubspot",object="webhook",verb="POST",status="401"} 7"#
+            r#"crm_requests_total{provider="hubspot",object="webhook",verb="POST",status="401"} 9"#
         ),
         "{metrics}"
     );

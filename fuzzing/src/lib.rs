@@ -18,7 +18,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::value::RawValue;
 
-use crmsync_adapters::hubspot::webhook::{self, SignedRequest, VerifyError};
+use crmsync_adapters::hubspot::webhook::{self, Accept, SignedRequest, VerifyError};
 use crmsync_adapters::zoho::notification::Notification;
 use crmsync_schema::binding::{self, decode_header_value, encode_header_value};
 use crmsync_schema::cloudevents::{AttributesReader, Data, Event};
@@ -107,7 +107,8 @@ fn legacy<'a>(base: SignedRequest<'a>, signature: &'a str, version: &'a str) -> 
 }
 
 /// HubSpot webhooks: any headers are refused without a panic; a body signed with the
-/// secret verifies under v1, v2 and v3, and one changed byte of signature or body, or
+/// secret verifies under v3, and under v1 or v2 only where legacy signatures are
+/// accepted; one changed byte of signature or body, or
 /// a timestamp outside the window, is refused; whatever a batch holds is stored
 /// (parsed or as `unparsed`) with a valid subject.
 ///
@@ -126,9 +127,10 @@ pub fn hubspot_webhook(data: &[u8]) {
         signature_v3: sig3.as_deref(),
         timestamp: ts.as_deref(),
     };
-    // Random bytes cannot forge a MAC; a success would mean the check is broken.
+    // Random bytes cannot forge a MAC, even where v1 and v2 are accepted; a success
+    // would mean the check is broken.
     assert!(
-        webhook::verify(&arbitrary, SECRET, now()).is_err(),
+        webhook::verify(&arbitrary, SECRET, now(), Accept::Legacy).is_err(),
         "an unsigned request verified"
     );
 
@@ -144,20 +146,20 @@ pub fn hubspot_webhook(data: &[u8]) {
         timestamp: Some(&ms.to_string()),
     };
     assert_eq!(
-        webhook::verify(&signed, SECRET, now()),
+        webhook::verify(&signed, SECRET, now(), Accept::V3),
         Ok(webhook::SignatureVersion::V3)
     );
     let v1 = webhook::sign_v1(SECRET, body);
     let v2 = webhook::sign_v2(SECRET, "POST", URI, body);
     let legacy = |signature, version| legacy(signed, signature, version);
-    assert_eq!(
-        webhook::verify(&legacy(&v1, "v1"), SECRET, now()),
-        Ok(webhook::SignatureVersion::V1)
-    );
-    assert_eq!(
-        webhook::verify(&legacy(&v2, "v2"), SECRET, now()),
-        Ok(webhook::SignatureVersion::V2)
-    );
+    for (request, version) in [
+        (legacy(&v1, "v1"), webhook::SignatureVersion::V1),
+        (legacy(&v2, "v2"), webhook::SignatureVersion::V2),
+    ] {
+        let verify = |accept| webhook::verify(&request, SECRET, now(), accept);
+        assert_eq!(verify(Accept::Legacy), Ok(version));
+        assert_eq!(verify(Accept::V3), Err(VerifyError::LegacyRefused));
+    }
 
     // One byte off, chosen by the input, anywhere in the signature or the body.
     let pick = data.len();
@@ -168,7 +170,8 @@ pub fn hubspot_webhook(data: &[u8]) {
     mac[at] ^= 1 << (pick % 8);
     let forged = base64::engine::general_purpose::STANDARD.encode(&mac);
     let refused = |req: SignedRequest<'_>, why: VerifyError| {
-        assert_eq!(webhook::verify(&req, SECRET, now()), Err(why), "{req:?}");
+        let verified = webhook::verify(&req, SECRET, now(), Accept::Legacy);
+        assert_eq!(verified, Err(why), "{req:?}");
     };
     refused(
         SignedRequest {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The key HubSpot signs webhooks with (the app's client secret).
     pub hubspot_secret: Option<Secret<String>>,
+    /// Whether HubSpot webhooks signed only with v1 or v2 are taken.
+    pub hubspot_signatures: crmsync_adapters::hubspot::webhook::Accept,
     /// The URL providers call, e.g. `https://crm.example.com`; signatures cover it.
     pub public_url: Option<String>,
     /// The largest webhook body accepted, in bytes.
@@ -75,7 +77,7 @@ pub fn routes() -> Documented<Arc<AppState>> {
         .merge(health::routes())
         .post(
             "/crm/webhooks/hubspot",
-            signed("HubSpot webhook batches (v1, v2 or v3 signature); 200 once every event is stored")
+            signed("HubSpot webhook batches (v3 signature; v1 or v2 alone only with CRM_HUBSPOT_LEGACY_SIGNATURES); 200 once every event is stored")
                 .body("HubSpot's array of webhook events")
                 .errors(&[413, 415]),
             webhooks::hubspot::receive,

@@ -49,6 +49,20 @@ impl SignatureVersion {
     }
 }
 
+/// Which signatures [`verify`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accept {
+    /// v3 only, the default. HubSpot signs every request to an app with v3 (and with
+    /// v1 or v2 beside it, for older receivers); its timestamp bounds the replay of a
+    /// captured request to five minutes.
+    #[default]
+    V3,
+    /// v3 when the request carries it, else v1 or v2. Neither of those covers a time,
+    /// so a request captured once verifies for good: only JetStream's duplicate
+    /// window keeps its events from being stored again.
+    Legacy,
+}
+
 /// Why a signature was refused. The messages are safe to show the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -62,6 +76,8 @@ pub enum VerifyError {
     StaleTimestamp,
     #[error("the signature does not match the request")]
     Mismatch,
+    #[error("only a v3 signature is accepted: X-HubSpot-Signature-v3 is missing")]
+    LegacyRefused,
 }
 
 /// The parts of a webhook request that its signature covers.
@@ -119,11 +135,13 @@ fn hex_matches(expected: &[u8; 32], given: &str) -> bool {
     }
 }
 
-/// Checks the request's signature with `secret`, as HubSpot computes it.
+/// Checks the request's signature with `secret`, as HubSpot computes it: v3 when
+/// present, else v1 or v2 where `accept` allows them.
 pub fn verify(
     req: &SignedRequest<'_>,
     secret: &[u8],
     now: DateTime<Utc>,
+    accept: Accept,
 ) -> Result<SignatureVersion, VerifyError> {
     if let Some(sig) = req.signature_v3 {
         let ts = req.timestamp.ok_or(VerifyError::BadTimestamp)?;
@@ -140,6 +158,9 @@ pub fn verify(
             .map_err(|_| VerifyError::Mismatch);
     }
     let sig = req.signature.ok_or(VerifyError::Missing)?;
+    if accept == Accept::V3 {
+        return Err(VerifyError::LegacyRefused);
+    }
     let version = match req.signature_version.map(str::trim) {
         None | Some("v1") => SignatureVersion::V1,
         Some("v2") => SignatureVersion::V2,
@@ -446,14 +467,20 @@ mod tests {
             signature: Some(expected),
             ..req(BODY)
         };
-        assert_eq!(verify(&r, SECRET, now()), Ok(SignatureVersion::V1));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Ok(SignatureVersion::V1)
+        );
         let upper = expected.to_uppercase();
         let r = SignedRequest {
             signature: Some(&upper),
             signature_version: Some("v1"),
             ..req(BODY)
         };
-        assert_eq!(verify(&r, SECRET, now()), Ok(SignatureVersion::V1));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Ok(SignatureVersion::V1)
+        );
     }
 
     #[test]
@@ -464,20 +491,26 @@ mod tests {
             signature_version: Some("v2"),
             ..req(BODY)
         };
-        assert_eq!(verify(&good, SECRET, now()), Ok(SignatureVersion::V2));
+        assert_eq!(
+            verify(&good, SECRET, now(), Accept::Legacy),
+            Ok(SignatureVersion::V2)
+        );
         let reordered = SignedRequest {
             uri: "https://crm.example.com/crm/webhooks/hubspot?a=2&x=1",
             ..good
         };
         assert_eq!(
-            verify(&reordered, SECRET, now()),
+            verify(&reordered, SECRET, now(), Accept::Legacy),
             Err(VerifyError::Mismatch)
         );
         let as_v1 = SignedRequest {
             signature_version: None,
             ..good
         };
-        assert_eq!(verify(&as_v1, SECRET, now()), Err(VerifyError::Mismatch));
+        assert_eq!(
+            verify(&as_v1, SECRET, now(), Accept::Legacy),
+            Err(VerifyError::Mismatch)
+        );
     }
 
     #[test]
@@ -498,7 +531,11 @@ mod tests {
                 timestamp: Some(&ts),
                 ..req(BODY)
             };
-            assert_eq!(verify(&r, SECRET, now()), want, "offset {offset}");
+            assert_eq!(
+                verify(&r, SECRET, now(), Accept::Legacy),
+                want,
+                "offset {offset}"
+            );
         }
     }
 
@@ -511,7 +548,10 @@ mod tests {
             signature: Some(&sig),
             ..req(&body)
         };
-        assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::Mismatch));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Err(VerifyError::Mismatch)
+        );
 
         let ts = now().timestamp_millis();
         let mut sig = sign_v3(SECRET, "POST", URI, BODY, ts).into_bytes();
@@ -523,12 +563,18 @@ mod tests {
             timestamp: Some(&ts),
             ..req(BODY)
         };
-        assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::Mismatch));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Err(VerifyError::Mismatch)
+        );
         let r = SignedRequest {
             signature: Some("zz"),
             ..req(BODY)
         };
-        assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::Mismatch));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Err(VerifyError::Mismatch)
+        );
     }
 
     #[test]
@@ -539,7 +585,10 @@ mod tests {
                 timestamp: Some(&ts),
                 ..req(BODY)
             };
-            assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::StaleTimestamp));
+            assert_eq!(
+                verify(&r, SECRET, now(), Accept::Legacy),
+                Err(VerifyError::StaleTimestamp)
+            );
         }
     }
 
@@ -566,20 +615,71 @@ mod tests {
     }
 
     #[test]
+    fn v1_and_v2_alone_are_refused_unless_legacy_signatures_are_accepted() {
+        let ts = now().timestamp_millis();
+        let v3 = sign_v3(SECRET, "POST", URI, BODY, ts);
+        let ts = ts.to_string();
+        let signed = SignedRequest {
+            signature_v3: Some(&v3),
+            timestamp: Some(&ts),
+            ..req(BODY)
+        };
+        assert_eq!(
+            verify(&signed, SECRET, now(), Accept::V3),
+            Ok(SignatureVersion::V3)
+        );
+        let v1 = sign_v1(SECRET, BODY);
+        let v2 = sign_v2(SECRET, "POST", URI, BODY);
+        for (sig, version) in [(&v1, "v1"), (&v2, "v2")] {
+            // As HubSpot sends it, both: the v3 decides.
+            let both = SignedRequest {
+                signature: Some(sig),
+                signature_version: Some(version),
+                ..signed
+            };
+            assert_eq!(
+                verify(&both, SECRET, now(), Accept::V3),
+                Ok(SignatureVersion::V3)
+            );
+            // The v3 headers stripped (a captured request replayed): refused.
+            let alone = SignedRequest {
+                signature_v3: None,
+                timestamp: None,
+                ..both
+            };
+            assert_eq!(
+                verify(&alone, SECRET, now(), Accept::V3),
+                Err(VerifyError::LegacyRefused),
+                "{version}"
+            );
+            assert!(verify(&alone, SECRET, now(), Accept::Legacy).is_ok());
+        }
+    }
+
+    #[test]
     fn missing_or_odd_headers_are_refused_clearly() {
-        assert_eq!(verify(&req(BODY), SECRET, now()), Err(VerifyError::Missing));
+        assert_eq!(
+            verify(&req(BODY), SECRET, now(), Accept::Legacy),
+            Err(VerifyError::Missing)
+        );
         let r = SignedRequest {
             signature: Some("00"),
             signature_version: Some("v9"),
             ..req(BODY)
         };
-        assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::UnknownVersion));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Err(VerifyError::UnknownVersion)
+        );
         let r = SignedRequest {
             signature_v3: Some("AAAA"),
             timestamp: Some("yesterday"),
             ..req(BODY)
         };
-        assert_eq!(verify(&r, SECRET, now()), Err(VerifyError::BadTimestamp));
+        assert_eq!(
+            verify(&r, SECRET, now(), Accept::Legacy),
+            Err(VerifyError::BadTimestamp)
+        );
     }
 
     #[test]

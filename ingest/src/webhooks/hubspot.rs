@@ -57,16 +57,22 @@ async fn handle(
         signature_v3: header(webhook::SIGNATURE_V3),
         timestamp: header(webhook::TIMESTAMP),
     };
-    if let Err(e) = webhook::verify(&request, secret.expose().as_bytes(), Utc::now()) {
+    let secret = secret.expose().as_bytes();
+    if let Err(e) = webhook::verify(&request, secret, Utc::now(), state.hubspot_signatures) {
         let reason = match e {
             VerifyError::Missing => "missing",
             VerifyError::UnknownVersion => "unknown_version",
             VerifyError::BadTimestamp => "bad_timestamp",
             VerifyError::StaleTimestamp => "stale_timestamp",
             VerifyError::Mismatch => "mismatch",
+            VerifyError::LegacyRefused => "legacy_refused",
         };
         count_refused(&state.metrics, "hubspot", reason);
-        tracing::warn!(reason, "HubSpot webhook refused: bad signature");
+        if e == VerifyError::LegacyRefused {
+            tracing::warn!(reason, "HubSpot webhook refused: signed with v1 or v2 alone (set CRM_HUBSPOT_LEGACY_SIGNATURES=true to accept those)");
+        } else {
+            tracing::warn!(reason, "HubSpot webhook refused: bad signature");
+        }
         return Err(ApiError::Unauthorized(e.to_string()));
     }
     require_json(headers)?;
