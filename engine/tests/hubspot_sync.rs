@@ -16,6 +16,7 @@ use common::hubspot::start;
 use crmsync_engine::hubspot::backfill::backfill;
 use crmsync_engine::hubspot::poller::OBJECTS;
 use crmsync_sandbox::hubspot::{Config, HubSpotSandbox};
+use crmsync_testkit::eventually;
 
 /// Canonical columns compared per table, with the HubSpot property each comes from.
 fn compared(api_type: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
@@ -266,5 +267,78 @@ async fn a_backfill_resumes_after_the_last_stored_page() {
         cursors.get(&resume).await.unwrap().is_none(),
         "a finished backfill forgets its cursor"
     );
+    portal.engine.stop().await;
+}
+
+/// Whether the contact `id` of the test portal is projected as deleted, and its first
+/// name.
+async fn contact_row(pool: &sqlx::PgPool, id: u64) -> Option<(bool, Option<String>)> {
+    sqlx::query_as(
+        "SELECT deleted, first_name FROM contacts
+         WHERE workspace_id = '62515' AND provider = 'hubspot' AND remote_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revoked_token() {
+    let config = Config {
+        contacts: 20,
+        companies: 2,
+        deals: 2,
+        ..Config::default()
+    };
+    let portal = start(
+        config,
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_POLL_LOOKBACK_SECS", "5"),
+        ],
+    )
+    .await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
+    // Every webhook is lost: only polling brings changes in.
+    hs.webhooks
+        .set_target(Some(engine.url("/crm/webhooks/hubspot")));
+    hs.faults().set("drop-webhooks=1".parse().unwrap());
+    portal.connect("acme").await;
+    let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
+    let (edited, untouched) = (ids[0], ids[1]);
+    let first_name_is = |want: &'static str| async move {
+        eventually(Duration::from_secs(60), || async {
+            let row = contact_row(&engine.pool, edited).await?;
+            (row.1.as_deref() == Some(want)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the poller brings in first name {want}"))
+    };
+
+    // An edit now moves the poll cursor to now.
+    let name = |v: &str| [("firstname".to_owned(), v.to_owned())].into();
+    hs.update("contacts", edited, &name("Edited")).unwrap();
+    first_name_is("Edited").await;
+
+    // A contact last edited at the seed, years ago, is deleted: archiving does not
+    // move its last modification, but it changed when it was archived.
+    let (deleted, _) = contact_row(&engine.pool, untouched)
+        .await
+        .expect("projected by the first poll");
+    assert!(!deleted);
+    hs.archive("contacts", untouched);
+    eventually(Duration::from_secs(60), || async {
+        let (deleted, _) = contact_row(&engine.pool, untouched).await?;
+        deleted.then_some(())
+    })
+    .await
+    .expect("the poller finds the deletion");
+
+    // HubSpot stops taking the access token before its stored expiry: the poller's
+    // 401 expires it, and the next cycle refreshes it.
+    hs.expire_access_tokens();
+    hs.update("contacts", edited, &name("Again")).unwrap();
+    first_name_is("Again").await;
     portal.engine.stop().await;
 }

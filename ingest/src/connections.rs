@@ -377,6 +377,65 @@ pub async fn invalidate_access_token(
     Ok(())
 }
 
+/// Access tokens a provider refused (revoked, or expired before the stored expiry):
+/// each is marked expired so that the next caller refreshes it, at most once a
+/// [`Refusals::EVERY`] per workspace (providers throttle refreshes, and a 401 that a
+/// refresh does not cure needs the user, not a refresh loop).
+#[derive(Debug)]
+pub struct Refusals {
+    provider: &'static str,
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Refusals {
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    pub fn new(provider: &'static str) -> Self {
+        Self {
+            provider,
+            last: std::sync::Mutex::default(),
+        }
+    }
+
+    /// After a failed call: an answer that the token is not valid expires the
+    /// workspace's stored access token, when it was not expired within the minute.
+    pub async fn observe(
+        &self,
+        pool: &PgPool,
+        workspace: &str,
+        error: &crmsync_adapters::ProviderError,
+    ) {
+        if error.kind != crmsync_adapters::ErrorKind::Unauthorized {
+            return;
+        }
+        let due = {
+            let mut last = self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            let due = last
+                .get(workspace)
+                .is_none_or(|at| now.duration_since(*at) >= Self::EVERY);
+            if due {
+                last.insert(workspace.to_owned(), now);
+            }
+            due
+        };
+        if due {
+            let provider = self.provider;
+            tracing::info!(
+                workspace,
+                provider,
+                "the provider refused the access token; refreshing it"
+            );
+            if let Err(e) = invalidate_access_token(pool, workspace, provider).await {
+                tracing::warn!(error = %e, "could not mark the access token expired");
+            }
+        }
+    }
+}
+
 /// The connection a Zoho notification channel belongs to.
 #[derive(Debug, Clone)]
 pub struct ChannelOwner {

@@ -36,18 +36,30 @@ pub fn properties_of(object: &str) -> Vec<&'static str> {
     properties
 }
 
-fn time(object: &HsObject) -> DateTime<Utc> {
-    let modified = object
-        .properties
-        .get("hs_lastmodifieddate")
-        .or_else(|| object.properties.get("lastmodifieddate"))
-        .and_then(|v| v.as_str())
-        .or(object.archived_at.as_deref())
-        .or(object.updated_at.as_deref());
-    modified
+/// When `object` last changed: an archived record when it was archived (its last edit
+/// may be long before, and archiving does not move it), any other when it was last
+/// modified.
+pub fn changed_at(object: &HsObject) -> Option<DateTime<Utc>> {
+    let archived = object
+        .archived
+        .then_some(object.archived_at.as_deref())
+        .flatten();
+    let modified = || {
+        object
+            .properties
+            .get("hs_lastmodifieddate")
+            .or_else(|| object.properties.get("lastmodifieddate"))
+            .and_then(|v| v.as_str())
+    };
+    archived
+        .or_else(modified)
+        .or(object.updated_at.as_deref())
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_default()
+}
+
+fn time(object: &HsObject) -> DateTime<Utc> {
+    changed_at(object).unwrap_or_default()
 }
 
 /// The raw event of a snapshot of `object` in `portal`.

@@ -65,10 +65,16 @@ impl Source for HubSpot {
         }
         let client = self.client(&workspace).await.map_err(client_outcome)?;
         let api_type = api_type_of(object).expect("filtered in wanted()");
-        let records = client
+        let records = match client
             .batch_read(api_type, &ids, &properties_of(object))
             .await
-            .map_err(|e| Outcome::Retry(e.to_string()))?;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.observe(&workspace, &e).await;
+                return Err(Outcome::Retry(e.to_string()));
+            }
+        };
         let portal_id = WorkspaceId::parse(portal).map_err(|e| Outcome::Skip(e.to_string()))?;
         let object_type =
             crmsync_schema::ObjectType::parse(object).map_err(|e| Outcome::Skip(e.to_string()))?;

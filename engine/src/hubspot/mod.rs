@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::hubspot::client::HubSpotClient;
 use crmsync_adapters::hubspot::oauth::OAuthApp;
-use crmsync_adapters::{Metrics, RateLimiter, RateLimits, Secret, Vault};
+use crmsync_adapters::{Metrics, ProviderError, RateLimiter, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 /// Everything needed to call HubSpot for any connected workspace.
@@ -28,6 +28,8 @@ pub struct HubSpot {
     metrics: Arc<Metrics>,
     limits: RateLimits,
     clients: Mutex<HashMap<String, HubSpotClient>>,
+    /// Tokens HubSpot refused, expired for a refresh.
+    refused: connections::Refusals,
 }
 
 /// An active connection: the workspace and its portal.
@@ -53,7 +55,15 @@ impl HubSpot {
             metrics,
             limits,
             clients: Mutex::new(HashMap::new()),
+            refused: connections::Refusals::new("hubspot"),
         }
+    }
+
+    /// After a failed call: a 401 (a token revoked, or expired before its stored
+    /// expiry) expires the stored access token, so that the next client refreshes it
+    /// (once a minute at most).
+    pub async fn observe(&self, workspace: &str, error: &ProviderError) {
+        self.refused.observe(&self.pool, workspace, error).await;
     }
 
     /// A client for `workspace` with a fresh access token; one rate limiter per

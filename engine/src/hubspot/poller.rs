@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::hubspot::client::{HsObject, HubSpotClient};
-use crmsync_adapters::hubspot::snapshot::{links_event, object_of, properties_of, snapshot_event};
+use crmsync_adapters::hubspot::snapshot::{
+    changed_at, links_event, object_of, properties_of, snapshot_event,
+};
+use crmsync_adapters::{ErrorKind, ProviderError};
 use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{Provider, Subjects, WorkspaceId};
 
@@ -55,12 +58,7 @@ pub fn cursor_key(workspace: &str, portal: &str, api_type: &str) -> String {
 }
 
 fn modified_ms(record: &HsObject) -> i64 {
-    ["hs_lastmodifieddate", "lastmodifieddate"]
-        .iter()
-        .find_map(|p| record.properties.get(*p).and_then(|v| v.as_str()))
-        .or(record.archived_at.as_deref())
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map_or(0, |t| t.timestamp_millis())
+    changed_at(record).map_or(0, |t| t.timestamp_millis())
 }
 
 async fn store(
@@ -259,6 +257,7 @@ pub async fn run(
                             continue;
                         }
                     };
+                    let mut refused = false;
                     for api_type in OBJECTS {
                         if pause::is_paused(
                             pool,
@@ -307,11 +306,21 @@ pub async fn run(
                             }
                         };
                         sync_log::record(hubspot.pool(), run).await;
+                        if let Err(e) = &polled {
+                            if let Some(p) = e.downcast_ref::<ProviderError>() {
+                                hubspot.observe(&connection.workspace, p).await;
+                                if p.kind == ErrorKind::Unauthorized {
+                                    // The rest would be refused too: next cycle.
+                                    refused = true;
+                                    break;
+                                }
+                            }
+                        }
                     }
                     // The sweep reads every object's links: not while any is stopped.
                     let stopped =
                         pause::is_paused(pool, &connection.workspace, Provider::HubSpot, "?").await;
-                    if sweep && !stopped {
+                    if sweep && !stopped && !refused {
                         let started = Utc::now();
                         let run = match sweep_links(&client, &js, &subjects, &connection).await {
                             Ok(n) => {

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_adapters::zoho::oauth::ZohoApp;
-use crmsync_adapters::{ErrorKind, Metrics, ProviderError, RateLimits, Secret, Vault};
+use crmsync_adapters::{Metrics, ProviderError, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 const PROVIDER: &str = "zoho";
@@ -35,13 +35,9 @@ pub struct Zoho {
     limits: RateLimits,
     concurrency: usize,
     clients: Mutex<HashMap<String, ZohoClient>>,
-    /// When each workspace's token was last expired after a refusal.
-    refused: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// Tokens Zoho refused, expired for a refresh.
+    refused: connections::Refusals,
 }
-
-/// A refused token is refreshed at most this often (Zoho throttles refreshes; a 401
-/// that a refresh does not cure needs the user, not a refresh loop).
-const REFRESH_AFTER_REFUSAL_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An active connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +72,7 @@ impl Zoho {
             limits,
             concurrency,
             clients: Mutex::new(HashMap::new()),
-            refused: std::sync::Mutex::new(HashMap::new()),
+            refused: connections::Refusals::new(PROVIDER),
         }
     }
 
@@ -126,31 +122,7 @@ impl Zoho {
     /// After a failed call: an `INVALID_TOKEN` answer expires the stored access
     /// token, so that the next client refreshes it (once a minute at most).
     pub async fn observe(&self, workspace: &str, error: &ProviderError) {
-        if error.kind != ErrorKind::Unauthorized {
-            return;
-        }
-        let due = {
-            let mut refused = self
-                .refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = std::time::Instant::now();
-            let due = refused
-                .get(workspace)
-                .is_none_or(|at| now.duration_since(*at) >= REFRESH_AFTER_REFUSAL_EVERY);
-            if due {
-                refused.insert(workspace.to_owned(), now);
-            }
-            due
-        };
-        if due {
-            tracing::info!(workspace, "Zoho refused the access token; refreshing it");
-            if let Err(e) =
-                connections::invalidate_access_token(&self.pool, workspace, PROVIDER).await
-            {
-                tracing::warn!(error = %e, "could not mark the access token expired");
-            }
-        }
+        self.refused.observe(&self.pool, workspace, error).await;
     }
 
     /// The workspace connected to `org`, if any.
