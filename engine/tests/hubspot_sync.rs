@@ -342,3 +342,73 @@ async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revok
     first_name_is("Again").await;
     portal.engine.stop().await;
 }
+
+#[tokio::test]
+async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
+    let config = Config {
+        contacts: 1_000,
+        companies: 2,
+        deals: 2,
+        ..Config::default()
+    };
+    // The engine's own poller keeps away (its first cycle runs before the connection
+    // exists): the test polls by hand.
+    let portal = start(config, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
+    hs.faults().set("drop-webhooks=1".parse().unwrap());
+    portal.connect("acme").await;
+    let hubspot = engine.hubspot.clone().expect("the engine syncs HubSpot");
+    let connection = hubspot.connected().await.unwrap().remove(0);
+    let client = hubspot.client("acme").await.unwrap();
+    let cursors = engine
+        .js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .unwrap();
+    let poll = || {
+        crmsync_engine::hubspot::poller::poll_once(
+            &client,
+            &engine.js,
+            &engine.topology.subjects,
+            &cursors,
+            &connection,
+            "contacts",
+            Duration::from_secs(1),
+        )
+    };
+    let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
+    let (early, late) = (ids[0], ids[ids.len() - 1]);
+
+    // Every request takes 4 s, so the first poll's scan (five pages of 200 in id
+    // order, then the archived) takes about half a minute: page k is read between
+    // 4(k-1) and 4k s. The first record is edited after page 1 was read, the last
+    // before page 5. (Were the machine so slow that page 1 came after the first edit,
+    // the test would pass without showing anything; it cannot fail for it.)
+    hs.faults()
+        .set("drop-webhooks=1,latency=4s".parse().unwrap());
+    let name = |v: &str| [("firstname".to_owned(), v.to_owned())].into();
+    let scan = tokio::spawn({
+        let hs = hs.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            hs.update("contacts", early, &name("Early")).unwrap();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            hs.update("contacts", late, &name("Late")).unwrap();
+        }
+    });
+    let first = poll().await.unwrap();
+    scan.await.unwrap();
+    assert_eq!(first.records, 1_000, "{first:?}");
+
+    // The next poll reads the first record's edit, which the scan had passed.
+    poll().await.unwrap();
+    for (id, want) in [(early, "Early"), (late, "Late")] {
+        eventually(Duration::from_secs(30), || async {
+            let row = contact_row(&engine.pool, id).await?;
+            (row.1.as_deref() == Some(want)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("contact {id} projected with first name {want}"));
+    }
+    portal.engine.stop().await;
+}

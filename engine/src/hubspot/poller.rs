@@ -127,7 +127,14 @@ pub async fn sweep_links(
     Ok(stored)
 }
 
-/// One poll of one object of one connection.
+/// One poll of one object of one connection: every record modified since the cursor
+/// (less the lookback), in id order, then the archived ones.
+///
+/// The cursor moves to the newest modification seen, but never past the poll's own
+/// start. The scan is in id order, so a long one (a first poll, or catching up) may
+/// read a record early and a later edit of another late: an edit made to the first
+/// while the scan went on is not in this poll, and a cursor at the later edit would
+/// put it behind the next poll too.
 #[allow(clippy::too_many_arguments)]
 pub async fn poll_once(
     client: &HubSpotClient,
@@ -138,6 +145,7 @@ pub async fn poll_once(
     api_type: &str,
     lookback: Duration,
 ) -> anyhow::Result<PollReport> {
+    let started_ms = Utc::now().timestamp_millis();
     let key = cursor_key(&connection.workspace, &connection.portal, api_type);
     let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
     let cursor = stored.value;
@@ -202,7 +210,9 @@ pub async fn poll_once(
             None => break,
         }
     }
-    let next = Cursor { since_ms: newest };
+    let next = Cursor {
+        since_ms: newest.min(started_ms).max(cursor.since_ms),
+    };
     let advanced = crate::cursor::advance(cursors, &key, &stored, &next).await?;
     if !advanced {
         tracing::info!(workspace = %connection.workspace, api_type, "another poller advanced the cursor first");
