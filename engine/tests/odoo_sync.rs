@@ -264,6 +264,84 @@ async fn polling_loses_nothing_to_late_commits_shared_seconds_no_op_writes_or_de
 }
 
 #[tokio::test]
+async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
+    let db = start(
+        Config::default(),
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "3600"),
+            ("CRM_POLL_LOOKBACK_SECS", "30"),
+        ],
+    )
+    .await;
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
+    assert_eq!(status, 200, "{answer}");
+    // A poll here reads, and sweeps, every time (as `POST /crm/odoo/poll` does).
+    let poll = || async {
+        let (status, polled) = db
+            .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+            .await;
+        assert_eq!(status, 200, "{polled}");
+        polled
+    };
+    poll().await;
+    let email_of = |id: String| {
+        let pool = db.engine.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT email FROM contacts WHERE provider = 'odoo' AND remote_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+        }
+    };
+    let id: String = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar(
+            "SELECT remote_id FROM contacts WHERE provider = 'odoo' AND NOT deleted
+             ORDER BY remote_id LIMIT 1",
+        )
+        .fetch_optional(&db.engine.pool)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("the first poll projects the contacts");
+
+    // A long transaction updates a projected partner; others write a minute later,
+    // and a poll moves the cursor well past the update's stamp plus the overlap.
+    let mut late = db.odoo.begin_transaction();
+    let partner: i64 = id.parse().unwrap();
+    late.write(
+        "res.partner",
+        &[partner],
+        json!({"email": "committed.late@example.com"}),
+    )
+    .unwrap();
+    db.odoo.advance_clock(chrono::Duration::seconds(60));
+    db.odoo.mutate(20);
+    poll().await;
+    // It commits now, stamped a minute before the newest writes: no overlap reaches
+    // it, but the sweep sees its write date is later than the one projected.
+    late.commit();
+    poll().await;
+    db.odoo.set_clock(None);
+    assert_eq!(
+        eventually(Duration::from_secs(10), || async {
+            email_of(id.clone())
+                .await
+                .filter(|e| e == "committed.late@example.com")
+        })
+        .await
+        .as_deref(),
+        Some("committed.late@example.com"),
+        "the late update was found"
+    );
+    db.engine.stop().await;
+}
+
+#[tokio::test]
 async fn a_transaction_that_commits_late_with_an_early_stamp_is_found_by_the_overlap() {
     let db = start(
         Config::default(),

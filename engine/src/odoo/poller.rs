@@ -9,17 +9,18 @@
 //!   each poll starts again `CRM_POLL_LOOKBACK_SECS` before its cursor (the overlap
 //!   window), and rows read again dedupe in JetStream by `(id, write_date, content)`
 //!   — so do the no-op writes that bump `write_date`;
-//! - deleted records vanish: every few polls, the ids of partners (by `is_company`)
-//!   and leads are compared with the projection's: those gone become tombstones (as
-//!   does a partner's row in the table it left when `is_company` changed), and those
-//!   live but never projected (a transaction that committed later than the overlap
-//!   window) are read. Done activities vanish too; activities are not projected yet,
+//! - deleted records vanish: every few polls, the ids and write dates of partners (by
+//!   `is_company`) and leads are compared with the projection's: those gone become
+//!   tombstones (as does a partner's row in the table it left when `is_company`
+//!   changed), and those live but never projected, or written later than the state
+//!   projected (a transaction that committed later than the overlap window), are
+//!   read again. Done activities vanish too; activities are not projected yet,
 //!   so their ids are not swept.
 //!
 //! Cursors advance by compare-and-set in `crm_cursors`, only after the events are
 //! stored.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -212,9 +213,47 @@ impl Odoo {
         Ok(())
     }
 
-    /// Compares each projected table's ids with Odoo's: stores a tombstone for every
-    /// record gone (or moved to the other partner table), and reads every live record
-    /// never projected. Returns how many tombstones.
+    /// Every record of `model` matching `domain`, archived ones included, with its
+    /// write date; read by id, a page at a time.
+    async fn write_dates(
+        &self,
+        client: &OdooClient,
+        model: &str,
+        domain: &Value,
+    ) -> anyhow::Result<BTreeMap<String, Option<DateTime<Utc>>>> {
+        const SWEEP_PAGE: usize = 2_000;
+        let mut found = BTreeMap::new();
+        let mut after = 0i64;
+        loop {
+            let mut page_domain = domain.as_array().cloned().unwrap_or_default();
+            page_domain.push(json!(["id", ">", after]));
+            let page = client
+                .search_read(
+                    model,
+                    Value::Array(page_domain),
+                    &["id", "write_date"],
+                    "id asc",
+                    SWEEP_PAGE,
+                )
+                .await?;
+            for row in &page {
+                if let Some(id) = row.get("id").and_then(Value::as_i64) {
+                    found.insert(id.to_string(), write_date(row));
+                    after = after.max(id);
+                }
+            }
+            if page.len() < SWEEP_PAGE {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Compares each projected table with Odoo: stores a tombstone for every record
+    /// gone (or moved to the other partner table), and reads again every live record
+    /// never projected or written after the state projected. (A transaction that
+    /// commits after the poll's overlap window has passed its early stamp is found
+    /// here: its write date is later than the projection's, though before the
+    /// cursor.) Returns how many tombstones.
     pub async fn sweep_deletes(
         &self,
         client: &OdooClient,
@@ -246,12 +285,7 @@ impl Odoo {
             .bind(account.as_str())
             .fetch_all(self.pool())
             .await?;
-            let live: BTreeSet<String> = client
-                .search_ids(model, domain)
-                .await?
-                .into_iter()
-                .map(|id| id.to_string())
-                .collect();
+            let live = self.write_dates(client, model, &domain).await?;
             if live.is_empty() && projected.len() > 1 {
                 tracing::warn!(workspace = %connection.workspace, table, "Odoo answered no ids at all; not sweeping");
                 continue;
@@ -260,7 +294,7 @@ impl Odoo {
             let object = ObjectType::parse(object)?;
             let events: Vec<_> = projected
                 .iter()
-                .filter(|(id, _)| !live.contains(id))
+                .filter(|(id, _)| !live.contains_key(id))
                 .filter_map(|(id, newest)| {
                     // Never before the newest state projected: clocks differ.
                     let at = newest.map_or(now, |n| now.max(n + chrono::Duration::seconds(1)));
@@ -274,13 +308,20 @@ impl Odoo {
             if model == "res.partner" {
                 gone_partners.extend(events.iter().map(|e| e.id.as_str().to_owned()));
             }
-            let known: BTreeSet<&str> = projected.iter().map(|(id, _)| id.as_str()).collect();
-            let unseen: Vec<i64> = live
+            let known: BTreeMap<&str, Option<DateTime<Utc>>> = projected
                 .iter()
-                .filter(|id| !known.contains(id.as_str()))
-                .filter_map(|id| id.parse().ok())
+                .map(|(id, at)| (id.as_str(), *at))
                 .collect();
-            self.read_ids(client, &account, model, &unseen).await?;
+            let behind: Vec<i64> = live
+                .iter()
+                .filter(|(id, written)| match known.get(id.as_str()) {
+                    None => true,
+                    Some(projected) => written.is_some_and(|w| projected.is_none_or(|p| w > p)),
+                })
+                .filter_map(|(id, _)| id.parse().ok())
+                .collect();
+            tracing::debug!(workspace = %connection.workspace, table, gone = events.len(), read_again = behind.len(), "swept");
+            self.read_ids(client, &account, model, &behind).await?;
         }
         // Deleting a partner empties the many2one fields pointing at it without
         // touching those records' write_date (ON DELETE SET NULL): read them again.
