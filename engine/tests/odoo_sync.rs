@@ -263,8 +263,9 @@ async fn polling_loses_nothing_to_late_commits_shared_seconds_no_op_writes_or_de
     db.engine.stop().await;
 }
 
-#[tokio::test]
-async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
+/// An Odoo connected to an engine whose own polls keep away (hourly), with an overlap
+/// window of 30 s.
+async fn connected_with_a_short_overlap() -> common::odoo::Db {
     let db = start(
         Config::default(),
         &[
@@ -275,15 +276,22 @@ async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
     .await;
     let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
     assert_eq!(status, 200, "{answer}");
-    // A poll here reads, and sweeps, every time (as `POST /crm/odoo/poll` does).
-    let poll = || async {
-        let (status, polled) = db
-            .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
-            .await;
-        assert_eq!(status, 200, "{polled}");
-        polled
-    };
-    poll().await;
+    db
+}
+
+/// A poll now; it reads, and sweeps, every time (as `POST /crm/odoo/poll` does).
+async fn poll(db: &common::odoo::Db) -> Value {
+    let (status, polled) = db
+        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    polled
+}
+
+#[tokio::test]
+async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
+    let db = connected_with_a_short_overlap().await;
+    poll(&db).await;
     let email_of = |id: String| {
         let pool = db.engine.pool.clone();
         async move {
@@ -321,11 +329,11 @@ async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
     .unwrap();
     db.odoo.advance_clock(chrono::Duration::seconds(60));
     db.odoo.mutate(20);
-    poll().await;
+    poll(&db).await;
     // It commits now, stamped a minute before the newest writes: no overlap reaches
     // it, but the sweep sees its write date is later than the one projected.
     late.commit();
-    poll().await;
+    poll(&db).await;
     db.odoo.set_clock(None);
     assert_eq!(
         eventually(Duration::from_secs(10), || async {
@@ -343,24 +351,8 @@ async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
 
 #[tokio::test]
 async fn a_transaction_that_commits_late_with_an_early_stamp_is_found_by_the_overlap() {
-    let db = start(
-        Config::default(),
-        &[
-            ("CRM_POLL_INTERVAL_SECS", "3600"),
-            ("CRM_POLL_LOOKBACK_SECS", "30"),
-        ],
-    )
-    .await;
-    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
-    assert_eq!(status, 200, "{answer}");
-    let poll = || async {
-        let (status, polled) = db
-            .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
-            .await;
-        assert_eq!(status, 200, "{polled}");
-        polled
-    };
-    poll().await;
+    let db = connected_with_a_short_overlap().await;
+    poll(&db).await;
 
     // A long transaction starts and writes; meanwhile others write ten seconds later
     // and a poll moves the cursor past them.
@@ -373,12 +365,12 @@ async fn a_transaction_that_commits_late_with_an_early_stamp_is_found_by_the_ove
         .unwrap();
     db.odoo.advance_clock(chrono::Duration::seconds(10));
     db.odoo.mutate(20);
-    poll().await;
+    poll(&db).await;
     // Now it commits, stamped with its start: before the cursor.
     late.commit();
     let stamp = db.odoo.stored_write_date("res.partner", id).unwrap();
     assert!(stamp.and_utc() < db.odoo.now() - chrono::Duration::seconds(9));
-    poll().await;
+    poll(&db).await;
     db.odoo.set_clock(None);
     assert_eq!(
         eventually(Duration::from_secs(10), || async {
