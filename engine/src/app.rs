@@ -218,6 +218,11 @@ impl Engine {
         self.zoho.clone()
     }
 
+    /// The Odoo connector, when this process syncs Odoo.
+    pub fn odoo(&self) -> Option<Arc<crate::odoo::Odoo>> {
+        self.odoo.clone()
+    }
+
     /// Serves and consumes until `stop` is cancelled; then stops taking requests,
     /// finishes in-flight batches (bounded by CRM_SHUTDOWN_TIMEOUT_SECS) and returns.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {

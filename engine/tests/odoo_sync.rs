@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use common::differences;
 use common::hubspot::API_TOKEN;
 use crmsync_adapters::odoo::client::OdooClient;
+use crmsync_engine::odoo::poller::PollReport;
 use crmsync_sandbox::odoo::{Config, OdooVersion};
 use crmsync_testkit::eventually;
 
@@ -279,19 +280,17 @@ async fn connected_with_a_short_overlap() -> common::odoo::Db {
     db
 }
 
-/// A poll now; it reads, and sweeps, every time (as `POST /crm/odoo/poll` does).
-async fn poll(db: &common::odoo::Db) -> Value {
-    let (status, polled) = db
-        .post("/crm/odoo/poll", &json!({"workspace": "acme"}))
-        .await;
-    assert_eq!(status, 200, "{polled}");
-    polled
+/// A poll now, with the delete sweep (as `POST /crm/odoo/poll` does) or without it
+/// (as four scheduled polls in five are); its report.
+async fn poll(db: &common::odoo::Db, sweep: bool) -> PollReport {
+    let odoo = db.engine.odoo.as_ref().expect("the engine syncs Odoo");
+    odoo.poll("acme", sweep).await.expect("the poll runs")
 }
 
 #[tokio::test]
 async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
     let db = connected_with_a_short_overlap().await;
-    poll(&db).await;
+    poll(&db, false).await;
     let email_of = |id: String| {
         let pool = db.engine.pool.clone();
         async move {
@@ -329,11 +328,15 @@ async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
     .unwrap();
     db.odoo.advance_clock(chrono::Duration::seconds(60));
     db.odoo.mutate(20);
-    poll(&db).await;
-    // It commits now, stamped a minute before the newest writes: no overlap reaches
-    // it, but the sweep sees its write date is later than the one projected.
+    let before = poll(&db, false).await;
+    // It commits now, stamped a minute before the newest writes: the next poll's
+    // overlap does not reach back to it, but the sweep sees that its write date is
+    // later than the one projected.
     late.commit();
-    poll(&db).await;
+    let stamp = db.odoo.stored_write_date("res.partner", partner).unwrap();
+    let cursor = before.cursors["res.partner"].expect("a partner cursor");
+    assert!(stamp.and_utc() < cursor - chrono::Duration::seconds(30));
+    poll(&db, true).await;
     db.odoo.set_clock(None);
     assert_eq!(
         eventually(Duration::from_secs(10), || async {
@@ -351,8 +354,9 @@ async fn an_update_that_commits_later_than_the_overlap_is_found_by_the_sweep() {
 
 #[tokio::test]
 async fn a_transaction_that_commits_late_with_an_early_stamp_is_found_by_the_overlap() {
+    // No sweep: it would find the new record whatever the overlap did.
     let db = connected_with_a_short_overlap().await;
-    poll(&db).await;
+    poll(&db, false).await;
 
     // A long transaction starts and writes; meanwhile others write ten seconds later
     // and a poll moves the cursor past them.
@@ -365,12 +369,12 @@ async fn a_transaction_that_commits_late_with_an_early_stamp_is_found_by_the_ove
         .unwrap();
     db.odoo.advance_clock(chrono::Duration::seconds(10));
     db.odoo.mutate(20);
-    poll(&db).await;
+    poll(&db, false).await;
     // Now it commits, stamped with its start: before the cursor.
     late.commit();
     let stamp = db.odoo.stored_write_date("res.partner", id).unwrap();
     assert!(stamp.and_utc() < db.odoo.now() - chrono::Duration::seconds(9));
-    poll(&db).await;
+    poll(&db, false).await;
     db.odoo.set_clock(None);
     assert_eq!(
         eventually(Duration::from_secs(10), || async {

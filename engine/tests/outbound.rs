@@ -711,9 +711,8 @@ async fn two_thousand_outcomes_through_storms_lost_answers_and_a_killed_worker_l
     // Once more have gone, the worker beside stops (SIGTERM, mid-push): it exits
     // cleanly, and the new worker pushes all that is left on its own.
     sent_at_least(sent_so_far().await + 300).await;
-    let log = beside.log();
     // Waited for off the runtime: the emulators answering its last requests run on it.
-    let stopped = tokio::task::spawn_blocking(move || beside.terminate())
+    let (stopped, log) = tokio::task::spawn_blocking(move || beside.terminate())
         .await
         .unwrap();
     assert!(stopped.success(), "worker log:\n{log}");

@@ -207,9 +207,8 @@ async fn worker_processes_killed_or_stopped_mid_load_lose_and_double_nothing() {
             // A rolling restart: a third worker starts, the second stops on SIGTERM
             // mid-load, finishing its batch and leaving the rest for redelivery.
             third = Some(EngineProcess::worker(&env, 3));
-            let second = second.take().unwrap();
-            let log = second.log();
-            assert!(second.terminate().success(), "worker log:\n{log}");
+            let (status, log) = second.take().unwrap().terminate();
+            assert!(status.success(), "worker log:\n{log}");
         }
     }
     let last = third.expect("the third worker runs");
@@ -242,9 +241,10 @@ async fn worker_processes_killed_or_stopped_mid_load_lose_and_double_nothing() {
     assert!(migrations.iter().all(|(_, ok)| *ok));
 
     // SIGTERM: both stop within the shutdown timeout, cleanly.
-    let logs = (last.log(), api.log());
-    assert!(last.terminate().success(), "worker log:\n{}", logs.0);
-    assert!(api.terminate().success(), "API log:\n{}", logs.1);
+    let (status, log) = last.terminate();
+    assert!(status.success(), "worker log:\n{log}");
+    let (status, log) = api.terminate();
+    assert!(status.success(), "API log:\n{log}");
     topology.delete(&js).await;
 }
 

@@ -253,11 +253,14 @@ impl Odoo {
     /// never projected or written after the state projected. (A transaction that
     /// commits after the poll's overlap window has passed its early stamp is found
     /// here: its write date is later than the projection's, though before the
-    /// cursor.) Returns how many tombstones.
+    /// cursor.) A record written since its model's `scanned_from` was read by the poll
+    /// just made (or is read by the next one), so it is not read again here. Returns
+    /// how many tombstones.
     pub async fn sweep_deletes(
         &self,
         client: &OdooClient,
         connection: &Connected,
+        scanned_from: &BTreeMap<String, DateTime<Utc>>,
     ) -> anyhow::Result<usize> {
         let account = WorkspaceId::parse(connection.account.clone())?;
         let mut gone = 0;
@@ -314,9 +317,14 @@ impl Odoo {
                 .collect();
             let behind: Vec<i64> = live
                 .iter()
-                .filter(|(id, written)| match known.get(id.as_str()) {
-                    None => true,
-                    Some(projected) => written.is_some_and(|w| projected.is_none_or(|p| w > p)),
+                .filter(|(id, written)| {
+                    let behind = match known.get(id.as_str()) {
+                        None => true,
+                        Some(projected) => written.is_some_and(|w| projected.is_none_or(|p| w > p)),
+                    };
+                    let polled = written
+                        .is_some_and(|w| scanned_from.get(model).is_some_and(|from| w >= *from));
+                    behind && !polled
                 })
                 .filter_map(|(id, _)| id.parse().ok())
                 .collect();
@@ -399,7 +407,15 @@ impl Odoo {
             report.cursors.insert(model.to_owned(), newest);
         }
         if sweep {
-            report.deleted = self.sweep_deletes(&client, connection).await?;
+            // What the next poll reads again anyway: from each cursor less the overlap.
+            let scanned_from = report
+                .cursors
+                .iter()
+                .filter_map(|(model, cursor)| Some((model.clone(), (*cursor)? - self.lookback)))
+                .collect();
+            report.deleted = self
+                .sweep_deletes(&client, connection, &scanned_from)
+                .await?;
             report.swept = true;
         }
         Ok(report)

@@ -39,6 +39,8 @@ pub struct TestEngine {
     pub hubspot: Option<std::sync::Arc<crmsync_engine::hubspot::HubSpot>>,
     /// The Zoho connector, when the engine syncs Zoho.
     pub zoho: Option<std::sync::Arc<crmsync_engine::zoho::Zoho>>,
+    /// The Odoo connector, when the engine syncs Odoo.
+    pub odoo: Option<std::sync::Arc<crmsync_engine::odoo::Odoo>>,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -93,6 +95,7 @@ impl TestEngine {
         let js = engine.state.js.clone();
         let hubspot = engine.hubspot();
         let zoho = engine.zoho();
+        let odoo = engine.odoo();
         let stop = CancellationToken::new();
         let handle = Some(tokio::spawn(engine.run_until_stopped(stop.clone())));
         Self {
@@ -104,6 +107,7 @@ impl TestEngine {
             http: reqwest::Client::new(),
             hubspot,
             zoho,
+            odoo,
             stop,
             handle,
         }
@@ -130,6 +134,7 @@ impl TestEngine {
             http: reqwest::Client::new(),
             hubspot: engine.hubspot(),
             zoho: engine.zoho(),
+            odoo: engine.odoo(),
             stop: stop.clone(),
             handle: Some(tokio::spawn(engine.run_until_stopped(stop))),
         };
@@ -306,15 +311,27 @@ impl EngineProcess {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then waits for the process to exit; its exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then waits for the process to exit: its exit status and all it
+    /// logged. A process still running after a minute and a half (three times the
+    /// default shutdown timeout) is killed, and the test fails with its log.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
-        self.child.wait().unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("still running 90 s after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// What the process has logged so far.
