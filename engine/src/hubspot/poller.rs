@@ -346,6 +346,9 @@ pub async fn run(
                             }
                             Err(e) => {
                                 tracing::warn!(workspace = %connection.workspace, error = %e, "link sweep failed");
+                                if let Some(p) = e.downcast_ref::<ProviderError>() {
+                                    hubspot.observe(&connection.workspace, p).await;
+                                }
                                 log(None, "sweep", started, 0, Some(format!("{e:#}")), json!({}))
                             }
                         };
