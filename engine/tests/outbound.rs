@@ -1107,6 +1107,47 @@ async fn the_providers_say_whether_they_can_be_connected_and_what_is_missing() {
     bare.stop().await;
 }
 
+#[tokio::test]
+async fn a_push_refused_for_its_token_refreshes_it_and_is_sent() {
+    let crms = start_crms(5).await;
+    // No polls to refresh the token first: the push must.
+    let env = engine_env(&crms, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let engine = TestEngine::start_env(crmsync_engine::Role::All, &env).await;
+    oauth_connect(&engine, "hubspot").await;
+    oauth_connect(&engine, "zoho").await;
+    // Both CRMs stop taking the access tokens long before their stored expiry.
+    crms.hs.expire_access_tokens();
+    crms.zs.expire_access_tokens();
+    let hubspot_contact = crms.hs.snapshot("contacts").into_keys().next().unwrap();
+    let zoho_contact = crms.zs.records("Contacts")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (provider, contact) in [
+        ("hubspot", hubspot_contact.to_string()),
+        ("zoho", zoho_contact),
+    ] {
+        let call = format!("refused-{provider}");
+        let mut body = outcome("nobody@example.com", 1);
+        body["contact"] = json!({"crm_id": contact});
+        body["provider"] = json!(provider);
+        let (status, answer) =
+            post(&engine, &format!("/crm/calls/{call}/push-to-crm"), &body).await;
+        assert_eq!(status, 202, "{answer}");
+        let state = eventually(Duration::from_secs(60), || async {
+            let (state, reason) = push_state(&engine, &call).await?;
+            (state != "queued").then_some((state, reason))
+        })
+        .await;
+        assert_eq!(
+            state.as_ref().map(|(s, _)| s.as_str()),
+            Some("sent"),
+            "{provider}: {state:?}"
+        );
+    }
+    engine.stop().await;
+}
+
 /// The CRM records each provider's push of `call` went to, of `object` (`contacts` or
 /// `deals`): HubSpot's associated records, Zoho's `Who_Id` or `What_Id`, the Odoo
 /// record (`res.partner` or `crm.lead`) the message was posted on.

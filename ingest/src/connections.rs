@@ -398,16 +398,21 @@ impl Refusals {
     }
 
     /// After a failed call: an answer that the token is not valid expires the
-    /// workspace's stored access token, when it was not expired within the minute.
+    /// workspace's stored access token (see [`Refusals::refused`]).
     pub async fn observe(
         &self,
         pool: &PgPool,
         workspace: &str,
         error: &crmsync_adapters::ProviderError,
     ) {
-        if error.kind != crmsync_adapters::ErrorKind::Unauthorized {
-            return;
+        if error.kind == crmsync_adapters::ErrorKind::Unauthorized {
+            self.refused(pool, workspace).await;
         }
+    }
+
+    /// The provider refused the workspace's access token: it is expired, when it was
+    /// not expired within the minute.
+    pub async fn refused(&self, pool: &PgPool, workspace: &str) {
         let due = {
             let mut last = self
                 .last

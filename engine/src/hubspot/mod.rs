@@ -66,6 +66,11 @@ impl HubSpot {
         self.refused.observe(&self.pool, workspace, error).await;
     }
 
+    /// HubSpot answered 401 to a call with the workspace's token (see `observe`).
+    pub async fn token_refused(&self, workspace: &str) {
+        self.refused.refused(&self.pool, workspace).await;
+    }
+
     /// A client for `workspace` with a fresh access token; one rate limiter per
     /// connection (`CRM_SYNC_RPS`, bursts of twice that).
     pub async fn client(&self, workspace: &str) -> anyhow::Result<HubSpotClient> {

@@ -78,6 +78,9 @@ pub enum PushError {
 pub struct Reason {
     pub text: String,
     pub log: String,
+    /// The CRM refused the access token (a 401): it is expired for a refresh
+    /// before the retry.
+    pub token_refused: bool,
 }
 
 impl From<String> for Reason {
@@ -86,6 +89,7 @@ impl From<String> for Reason {
         Reason {
             log: text.clone(),
             text,
+            token_refused: false,
         }
     }
 }
@@ -101,6 +105,7 @@ impl From<ProviderError> for PushError {
         let reason = Reason {
             log: provider_log(&e),
             text: e.to_string(),
+            token_refused: e.kind == crmsync_adapters::ErrorKind::Unauthorized,
         };
         if e.kind.retryable() || e.kind == crmsync_adapters::ErrorKind::Unauthorized {
             PushError::Retry(reason)
@@ -113,13 +118,16 @@ impl From<ProviderError> for PushError {
 impl From<anyhow::Error> for PushError {
     fn from(e: anyhow::Error) -> Self {
         // A provider's own message stays out of the log line, at any depth.
-        let log = match e.chain().find_map(|c| c.downcast_ref::<ProviderError>()) {
+        let provider = e.chain().find_map(|c| c.downcast_ref::<ProviderError>());
+        let log = match provider {
             Some(p) if !p.message.is_empty() => e.to_string().replace(&p.message, "…"),
             _ => e.to_string(),
         };
         PushError::Retry(Reason {
             text: format!("{e:#}"),
             log,
+            token_refused: provider
+                .is_some_and(|p| p.kind == crmsync_adapters::ErrorKind::Unauthorized),
         })
     }
 }
@@ -518,6 +526,24 @@ impl Dispatcher {
         self.create(command).await
     }
 
+    /// After a 401: the workspace's stored access token is expired, so the retry
+    /// refreshes it (Odoo's API keys are not refreshed).
+    async fn token_refused(&self, command: &Command) {
+        match command.provider {
+            Provider::HubSpot => {
+                if let Some(hs) = &self.hubspot {
+                    hs.token_refused(&command.workspace).await;
+                }
+            }
+            Provider::Zoho => {
+                if let Some(z) = &self.zoho {
+                    z.token_refused(&command.workspace).await;
+                }
+            }
+            Provider::Odoo => {}
+        }
+    }
+
     async fn find(&self, command: &Command) -> Result<Option<String>, PushError> {
         match command.provider {
             Provider::HubSpot => match &self.hubspot {
@@ -860,6 +886,9 @@ impl Dispatcher {
             Err(PushError::Retry(reason))
                 if i64::from(attempts) < self.topology.policy.max_deliver =>
             {
+                if reason.token_refused {
+                    self.token_refused(command).await;
+                }
                 // Not before the CRM's search shows what this attempt may have made.
                 let after = self
                     .retry_delay(usize::try_from(attempts).unwrap_or(1))

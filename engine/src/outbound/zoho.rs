@@ -94,6 +94,7 @@ pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<Strin
             Err(PushError::Fail(Reason {
                 text: format!("Zoho refused the call: {code} {message}"),
                 log: format!("Zoho refused the call: {code}"),
+                token_refused: false,
             }))
         }
     }

@@ -125,6 +125,11 @@ impl Zoho {
         self.refused.observe(&self.pool, workspace, error).await;
     }
 
+    /// Zoho answered 401 to a call with the workspace's token (see `observe`).
+    pub async fn token_refused(&self, workspace: &str) {
+        self.refused.refused(&self.pool, workspace).await;
+    }
+
     /// The workspace connected to `org`, if any.
     pub async fn workspace_of(&self, org: &str) -> anyhow::Result<Option<String>> {
         sqlx::query_scalar(
