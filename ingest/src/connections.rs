@@ -397,17 +397,23 @@ impl Refusals {
         }
     }
 
-    /// After a failed call: an answer that the token is not valid expires the
-    /// workspace's stored access token (see [`Refusals::refused`]).
+    /// After a failed call: a provider's answer, anywhere in `error`'s chain, that
+    /// the token is not valid expires the workspace's stored access token (see
+    /// [`Refusals::refused`]). Whether that was the failure.
     pub async fn observe(
         &self,
         pool: &PgPool,
         workspace: &str,
-        error: &crmsync_adapters::ProviderError,
-    ) {
-        if error.kind == crmsync_adapters::ErrorKind::Unauthorized {
+        error: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> bool {
+        let error: &(dyn std::error::Error + 'static) = error;
+        let refused = std::iter::successors(Some(error), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<crmsync_adapters::ProviderError>())
+            .any(|p| p.kind == crmsync_adapters::ErrorKind::Unauthorized);
+        if refused {
             self.refused(pool, workspace).await;
         }
+        refused
     }
 
     /// The provider refused the workspace's access token: it is expired, when it was

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::hubspot::client::HubSpotClient;
 use crmsync_adapters::hubspot::oauth::OAuthApp;
-use crmsync_adapters::{Metrics, ProviderError, RateLimiter, RateLimits, Secret, Vault};
+use crmsync_adapters::{Metrics, RateLimiter, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 /// Everything needed to call HubSpot for any connected workspace.
@@ -61,9 +61,13 @@ impl HubSpot {
 
     /// After a failed call: a 401 (a token revoked, or expired before its stored
     /// expiry) expires the stored access token, so that the next client refreshes it
-    /// (once a minute at most).
-    pub async fn observe(&self, workspace: &str, error: &ProviderError) {
-        self.refused.observe(&self.pool, workspace, error).await;
+    /// (once a minute at most). Whether that was the failure.
+    pub async fn observe(
+        &self,
+        workspace: &str,
+        error: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> bool {
+        self.refused.observe(&self.pool, workspace, error).await
     }
 
     /// HubSpot answered 401 to a call with the workspace's token (see `observe`).

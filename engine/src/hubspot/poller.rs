@@ -20,7 +20,6 @@ use crmsync_adapters::hubspot::client::{HsObject, HubSpotClient};
 use crmsync_adapters::hubspot::snapshot::{
     changed_at, links_event, object_of, properties_of, snapshot_event,
 };
-use crmsync_adapters::{ErrorKind, ProviderError};
 use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{Provider, Subjects, WorkspaceId};
 
@@ -317,13 +316,10 @@ pub async fn run(
                         };
                         sync_log::record(hubspot.pool(), run).await;
                         if let Err(e) = &polled {
-                            if let Some(p) = e.downcast_ref::<ProviderError>() {
-                                hubspot.observe(&connection.workspace, p).await;
-                                if p.kind == ErrorKind::Unauthorized {
-                                    // The rest would be refused too: next cycle.
-                                    refused = true;
-                                    break;
-                                }
+                            if hubspot.observe(&connection.workspace, e.as_ref()).await {
+                                // The rest would be refused too: next cycle.
+                                refused = true;
+                                break;
                             }
                         }
                     }
@@ -346,9 +342,7 @@ pub async fn run(
                             }
                             Err(e) => {
                                 tracing::warn!(workspace = %connection.workspace, error = %e, "link sweep failed");
-                                if let Some(p) = e.downcast_ref::<ProviderError>() {
-                                    hubspot.observe(&connection.workspace, p).await;
-                                }
+                                hubspot.observe(&connection.workspace, e.as_ref()).await;
                                 log(None, "sweep", started, 0, Some(format!("{e:#}")), json!({}))
                             }
                         };

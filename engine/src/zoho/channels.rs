@@ -149,9 +149,7 @@ pub async fn run(
                             tracing::info!(workspace = %connection.workspace, ?kept, "Zoho notification channel kept")
                         }
                         Err(e) => {
-                            if let Some(p) = e.downcast_ref::<crmsync_adapters::ProviderError>() {
-                                zoho.observe(&connection.workspace, p).await;
-                            }
+                            zoho.observe(&connection.workspace, e.as_ref()).await;
                             tracing::warn!(workspace = %connection.workspace, error = %format!("{e:#}"), "Zoho notification channel not kept; polling covers it")
                         }
                     }

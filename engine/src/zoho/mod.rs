@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use crate::budget::{budget_key, PgBudget};
 use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_adapters::zoho::oauth::ZohoApp;
-use crmsync_adapters::{Metrics, ProviderError, RateLimits, Secret, Vault};
+use crmsync_adapters::{Metrics, RateLimits, Secret, Vault};
 use crmsync_ingest::connections;
 
 const PROVIDER: &str = "zoho";
@@ -120,9 +120,14 @@ impl Zoho {
     }
 
     /// After a failed call: an `INVALID_TOKEN` answer expires the stored access
-    /// token, so that the next client refreshes it (once a minute at most).
-    pub async fn observe(&self, workspace: &str, error: &ProviderError) {
-        self.refused.observe(&self.pool, workspace, error).await;
+    /// token, so that the next client refreshes it (once a minute at most). Whether
+    /// that was the failure.
+    pub async fn observe(
+        &self,
+        workspace: &str,
+        error: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> bool {
+        self.refused.observe(&self.pool, workspace, error).await
     }
 
     /// Zoho answered 401 to a call with the workspace's token (see `observe`).

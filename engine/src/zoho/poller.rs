@@ -25,7 +25,6 @@ use crmsync_adapters::zoho::client::{PageAt, ZohoClient};
 use crmsync_adapters::zoho::mapping::fields_to_read;
 use crmsync_adapters::zoho::snapshot::{deleted_event, snapshot_event};
 use crmsync_adapters::zoho::MODULES;
-use crmsync_adapters::ProviderError;
 use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{ObjectType, Provider, Subjects, WorkspaceId};
 
@@ -334,12 +333,9 @@ async fn poll_connection(
             }
             Err(e) => {
                 tracing::warn!(workspace = %connection.workspace, module, error = %e, "Zoho poll failed");
-                if let Some(p) = e.downcast_ref::<ProviderError>() {
-                    zoho.observe(&connection.workspace, p).await;
-                    if p.kind == crmsync_adapters::ErrorKind::Unauthorized {
-                        // The other modules would be refused too: next cycle.
-                        break;
-                    }
+                if zoho.observe(&connection.workspace, e.as_ref()).await {
+                    // The other modules would be refused too: next cycle.
+                    break;
                 }
             }
         }
