@@ -283,16 +283,39 @@ async fn contact_row(pool: &sqlx::PgPool, id: u64) -> Option<(bool, Option<Strin
     .unwrap()
 }
 
-#[tokio::test]
-async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revoked_token() {
+/// Waits up to `within` for contact `id` to be projected with first name `want`.
+async fn first_name_becomes(pool: &sqlx::PgPool, id: u64, want: &str, within: Duration) {
+    eventually(within, || async {
+        let row = contact_row(pool, id).await?;
+        (row.1.as_deref() == Some(want)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("contact {id} projected with first name {want}"));
+}
+
+/// A portal of `contacts` contacts (and two companies and deals) connected to an
+/// engine with `env`, every webhook lost: only polling brings changes in.
+async fn polled_alone(contacts: usize, env: &[(&str, &str)]) -> common::hubspot::Portal {
     let config = Config {
-        contacts: 20,
+        contacts,
         companies: 2,
         deals: 2,
         ..Config::default()
     };
-    let portal = start(
-        config,
+    let portal = start(config, env).await;
+    portal
+        .hs
+        .webhooks
+        .set_target(Some(portal.engine.url("/crm/webhooks/hubspot")));
+    portal.hs.faults().set("drop-webhooks=1".parse().unwrap());
+    portal.connect("acme").await;
+    portal
+}
+
+#[tokio::test]
+async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revoked_token() {
+    let portal = polled_alone(
+        20,
         &[
             ("CRM_POLL_INTERVAL_SECS", "1"),
             ("CRM_POLL_LOOKBACK_SECS", "5"),
@@ -300,21 +323,10 @@ async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revok
     )
     .await;
     let (hs, engine) = (&portal.hs, &portal.engine);
-    // Every webhook is lost: only polling brings changes in.
-    hs.webhooks
-        .set_target(Some(engine.url("/crm/webhooks/hubspot")));
-    hs.faults().set("drop-webhooks=1".parse().unwrap());
-    portal.connect("acme").await;
     let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
     let (edited, untouched) = (ids[0], ids[1]);
-    let first_name_is = |want: &'static str| async move {
-        eventually(Duration::from_secs(60), || async {
-            let row = contact_row(&engine.pool, edited).await?;
-            (row.1.as_deref() == Some(want)).then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("the poller brings in first name {want}"))
-    };
+    let first_name_is =
+        |want| first_name_becomes(&engine.pool, edited, want, Duration::from_secs(60));
 
     // An edit now moves the poll cursor to now.
     let name = |v: &str| [("firstname".to_owned(), v.to_owned())].into();
@@ -345,18 +357,10 @@ async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revok
 
 #[tokio::test]
 async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
-    let config = Config {
-        contacts: 1_000,
-        companies: 2,
-        deals: 2,
-        ..Config::default()
-    };
     // The engine's own poller keeps away (its first cycle runs before the connection
     // exists): the test polls by hand.
-    let portal = start(config, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let portal = polled_alone(1_000, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
     let (hs, engine) = (&portal.hs, &portal.engine);
-    hs.faults().set("drop-webhooks=1".parse().unwrap());
-    portal.connect("acme").await;
     let hubspot = engine.hubspot.clone().expect("the engine syncs HubSpot");
     let connection = hubspot.connected().await.unwrap().remove(0);
     let client = hubspot.client("acme").await.unwrap();
@@ -403,12 +407,7 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
     // The next poll reads the first record's edit, which the scan had passed.
     poll().await.unwrap();
     for (id, want) in [(early, "Early"), (late, "Late")] {
-        eventually(Duration::from_secs(30), || async {
-            let row = contact_row(&engine.pool, id).await?;
-            (row.1.as_deref() == Some(want)).then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("contact {id} projected with first name {want}"));
+        first_name_becomes(&engine.pool, id, want, Duration::from_secs(30)).await;
     }
     portal.engine.stop().await;
 }
