@@ -400,14 +400,13 @@ async fn backfill_zoho(
         settings.zoho_concurrency,
     );
     let connection = zoho.connection(&opts.workspace).await?;
-    let client = zoho.client(&connection.workspace).await?;
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for (module, object) in modules {
         refuse_if_stopped(engine, &opts.workspace, Provider::Zoho, object).await?;
         let started = chrono::Utc::now();
         let result = run_backfill(
-            &client,
+            &zoho,
             &engine.state.js,
             &engine.topology.subjects,
             cursors,
@@ -462,14 +461,13 @@ async fn backfill_hubspot(
                 opts.workspace
             )
         })?;
-    let client = hubspot.client(&connection.workspace).await?;
     let mut stderr = std::io::stderr();
     let mut total = 0;
     for object in objects {
         refuse_if_stopped(engine, &opts.workspace, Provider::HubSpot, object).await?;
         let started = chrono::Utc::now();
         let result = run_backfill(
-            &client,
+            &hubspot,
             &engine.state.js,
             &engine.topology.subjects,
             cursors,

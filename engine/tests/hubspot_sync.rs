@@ -129,7 +129,6 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
     let hubspot: Arc<_> = engine.hubspot.clone().expect("the engine syncs HubSpot");
     let connection = hubspot.connected().await.unwrap().remove(0);
     assert_eq!(connection.portal, "62515");
-    let client = hubspot.client("acme").await.unwrap();
     let cursors = engine
         .js
         .get_key_value(engine.topology.cursor_bucket())
@@ -139,7 +138,7 @@ async fn a_portal_stays_in_step_through_dropped_webhooks_and_429_storms() {
     let mut stored = 0;
     for api_type in OBJECTS {
         stored += backfill(
-            &client,
+            &hubspot,
             &engine.js,
             &engine.topology.subjects,
             &cursors,
@@ -244,10 +243,9 @@ async fn a_backfill_resumes_after_the_last_stored_page() {
 
     let hubspot = engine.hubspot.clone().unwrap();
     let connection = hubspot.connected().await.unwrap().remove(0);
-    let client = hubspot.client("acme").await.unwrap();
     let mut progress = Vec::new();
     let stored = backfill(
-        &client,
+        &hubspot,
         &engine.js,
         &engine.topology.subjects,
         &cursors,
@@ -267,6 +265,79 @@ async fn a_backfill_resumes_after_the_last_stored_page() {
         cursors.get(&resume).await.unwrap().is_none(),
         "a finished backfill forgets its cursor"
     );
+    portal.engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_backfill_outlives_its_access_token() {
+    let portal = start(
+        Config {
+            contacts: 1_000,
+            ..Config::default()
+        },
+        &[("CRM_POLL_INTERVAL_SECS", "3600")],
+    )
+    .await;
+    portal.connect("acme").await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
+    let hubspot = engine.hubspot.clone().unwrap();
+    let connection = hubspot.connected().await.unwrap().remove(0);
+    let cursors = engine
+        .js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .unwrap();
+    let resume = crmsync_engine::hubspot::backfill::resume_key("acme", "62515", "contacts");
+
+    // Pages of 100 come slowly; once the first is stored, the token expires early (as
+    // if the backfill had run for 30 minutes, or the token had been revoked).
+    hs.faults().set("latency=150ms".parse().unwrap());
+    let backfilling = {
+        let (hubspot, js, subjects) = (
+            hubspot.clone(),
+            engine.js.clone(),
+            engine.topology.subjects.clone(),
+        );
+        let (cursors, connection) = (cursors.clone(), connection.clone());
+        tokio::spawn(async move {
+            let mut progress = Vec::new();
+            let stored = backfill(
+                &hubspot,
+                &js,
+                &subjects,
+                &cursors,
+                &connection,
+                "contacts",
+                &mut progress,
+            )
+            .await;
+            (stored, String::from_utf8(progress).unwrap())
+        })
+    };
+    let first_page = eventually(Duration::from_secs(30), || async {
+        cursors.get(&resume).await.ok().flatten()
+    })
+    .await;
+    assert!(first_page.is_some(), "the first page is stored");
+    hs.expire_access_tokens();
+
+    let (stored, progress) = backfilling.await.unwrap();
+    assert_eq!(stored.unwrap(), 1_000, "{progress}");
+    assert!(
+        progress.contains("contacts: HubSpot refused the access token; refreshing it and resuming"),
+        "{progress}"
+    );
+    assert!(
+        progress.ends_with("contacts: done, 1000 records\n"),
+        "{progress}"
+    );
+    hs.faults().set(Default::default());
+    let projected = eventually(Duration::from_secs(30), || async {
+        let n = projected(&engine.pool, "62515", "contacts").await.len();
+        (n == 1_000).then_some(n)
+    })
+    .await;
+    assert_eq!(projected, Some(1_000), "every contact is projected");
     portal.engine.stop().await;
 }
 

@@ -377,6 +377,26 @@ pub async fn invalidate_access_token(
     Ok(())
 }
 
+/// A long run with one token (a backfill) that goes on with a refreshed one when the
+/// provider refuses it: at most once a [`Refusals::EVERY`], since a token refused
+/// again so soon after its refresh is not a matter of expiry.
+#[derive(Debug, Default)]
+pub struct Refreshes {
+    last: Option<std::time::Instant>,
+}
+
+impl Refreshes {
+    /// After a failed run, whose token was `refused` or not ([`Refusals::observe`]):
+    /// whether to run again with a refreshed token.
+    pub fn again(&mut self, refused: bool) -> bool {
+        let again = refused && self.last.is_none_or(|at| at.elapsed() >= Refusals::EVERY);
+        if again {
+            self.last = Some(std::time::Instant::now());
+        }
+        again
+    }
+}
+
 /// Access tokens a provider refused (revoked, or expired before the stored expiry):
 /// each is marked expired so that the next caller refreshes it, at most once a
 /// [`Refusals::EVERY`] per workspace (providers throttle refreshes, and a 401 that a

@@ -1,16 +1,21 @@
 //! Backfill: every record of a portal, paged through the list API and stored as
 //! snapshot events, resuming after a crash from the last stored page (its `after`
 //! cursor is kept in the `crm_cursors` bucket until the object is done).
+//!
+//! A backfill of a large portal outlives its access token (HubSpot's last 30
+//! minutes), and a token can be revoked early: when HubSpot refuses it, the stored
+//! token is expired, refreshed, and the backfill resumes from its last stored page.
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 
 use crmsync_adapters::hubspot::client::HubSpotClient;
 use crmsync_adapters::hubspot::snapshot::{object_of, properties_of, snapshot_event};
+use crmsync_ingest::connections::Refreshes;
 use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{Subjects, WorkspaceId};
 
-use super::Connected;
+use super::{Connected, HubSpot};
 
 pub fn resume_key(workspace: &str, portal: &str, api_type: &str) -> String {
     format!(
@@ -22,16 +27,57 @@ pub fn resume_key(workspace: &str, portal: &str, api_type: &str) -> String {
 
 /// Backfills one object; returns the number of records stored. Progress goes to
 /// `progress` (stderr for the CLI) one line a page.
-#[allow(clippy::too_many_arguments)]
 pub async fn backfill(
+    hubspot: &HubSpot,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cursors: &kv::Store,
+    connection: &Connected,
+    api_type: &str,
+    progress: &mut (dyn std::io::Write + Send),
+) -> anyhow::Result<u64> {
+    let workspace = connection.workspace.as_str();
+    let mut stored = 0;
+    let mut refreshes = Refreshes::default();
+    loop {
+        let client = hubspot.client(workspace).await?;
+        let pages = pages(
+            &client,
+            js,
+            subjects,
+            cursors,
+            connection,
+            api_type,
+            progress,
+            &mut stored,
+        );
+        let Err(error) = pages.await else {
+            return Ok(stored);
+        };
+        let refused = hubspot.observe(workspace, error.as_ref()).await;
+        if !refreshes.again(refused) {
+            return Err(error);
+        }
+        let _ = writeln!(
+            progress,
+            "{api_type}: HubSpot refused the access token; refreshing it and resuming"
+        );
+    }
+}
+
+/// The pages of one object from its resume point, with one client; `stored` counts
+/// the records stored.
+#[allow(clippy::too_many_arguments)]
+async fn pages(
     client: &HubSpotClient,
     js: &jetstream::Context,
     subjects: &Subjects,
     cursors: &kv::Store,
     connection: &Connected,
     api_type: &str,
-    progress: &mut dyn std::io::Write,
-) -> anyhow::Result<u64> {
+    progress: &mut (dyn std::io::Write + Send),
+    stored: &mut u64,
+) -> anyhow::Result<()> {
     let key = resume_key(&connection.workspace, &connection.portal, api_type);
     let mut after: Option<String> = cursors
         .get(&key)
@@ -45,7 +91,6 @@ pub async fn backfill(
     let portal = WorkspaceId::parse(connection.portal.clone())?;
     let object = object_of(api_type).context("unknown object type")?;
     let properties = properties_of(object.as_str());
-    let mut stored = 0u64;
     let mut pages = 0u64;
     loop {
         let page = client
@@ -59,7 +104,7 @@ pub async fn backfill(
         publish_all(js, subjects, &events)
             .await
             .context("storing backfilled records")?;
-        stored += events.len() as u64;
+        *stored += events.len() as u64;
         pages += 1;
         match page.after {
             Some(a) => {
@@ -78,5 +123,5 @@ pub async fn backfill(
         .await
         .context("clearing the backfill resume point")?;
     let _ = writeln!(progress, "{api_type}: done, {stored} records");
-    Ok(stored)
+    Ok(())
 }

@@ -2,6 +2,10 @@
 //! snapshot events. The resume point is the newest modification stored so far (kept
 //! in the `crm_cursors` bucket until the module is done): a crashed backfill starts
 //! again from there rather than from the beginning.
+//!
+//! A backfill of a large org outlives its access token (Zoho's last an hour), and a
+//! token can be revoked early: when Zoho refuses it, the stored token is expired,
+//! refreshed, and the backfill resumes from its last stored page.
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
@@ -11,7 +15,8 @@ use crmsync_adapters::zoho::client::ZohoClient;
 use crmsync_schema::{ObjectType, Subjects, WorkspaceId};
 
 use super::poller::{scan, store_records};
-use super::Connected;
+use super::{Connected, Zoho};
+use crmsync_ingest::connections::Refreshes;
 
 pub fn resume_key(workspace: &str, org: &str, module: &str) -> String {
     format!(
@@ -25,15 +30,57 @@ pub fn resume_key(workspace: &str, org: &str, module: &str) -> String {
 /// `progress` (stderr for the CLI), one line a page.
 #[allow(clippy::too_many_arguments)]
 pub async fn backfill(
-    client: &ZohoClient,
+    zoho: &Zoho,
     js: &jetstream::Context,
     subjects: &Subjects,
     cursors: &kv::Store,
     connection: &Connected,
     module: &str,
     object: &str,
-    progress: &mut dyn std::io::Write,
+    progress: &mut (dyn std::io::Write + Send),
 ) -> anyhow::Result<u64> {
+    let workspace = connection.workspace.as_str();
+    let mut stored = 0;
+    let mut refreshes = Refreshes::default();
+    loop {
+        let client = zoho.client(workspace).await?;
+        let pages = pages(
+            &client,
+            js,
+            subjects,
+            cursors,
+            connection,
+            (module, object),
+            progress,
+            &mut stored,
+        );
+        let Err(error) = pages.await else {
+            return Ok(stored);
+        };
+        let refused = zoho.observe(workspace, error.as_ref()).await;
+        if !refreshes.again(refused) {
+            return Err(error);
+        }
+        let _ = writeln!(
+            progress,
+            "{module}: Zoho refused the access token; refreshing it and resuming"
+        );
+    }
+}
+
+/// The pages of one module from its resume point, with one client; `stored` counts
+/// the records stored.
+#[allow(clippy::too_many_arguments)]
+async fn pages(
+    client: &ZohoClient,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cursors: &kv::Store,
+    connection: &Connected,
+    (module, object): (&str, &str),
+    progress: &mut (dyn std::io::Write + Send),
+    stored: &mut u64,
+) -> anyhow::Result<()> {
     let key = resume_key(&connection.workspace, &connection.org, module);
     let resume: Option<i64> = cursors
         .get(&key)
@@ -47,12 +94,13 @@ pub async fn backfill(
     }
     let org = WorkspaceId::parse(connection.org.clone())?;
     let object = ObjectType::parse(object)?;
-    let mut stored = 0u64;
+    let mut read = 0u64;
     let mut pages = 0u64;
     let scanned = scan(client, module, since, |page, at| {
         let (org, object, key) = (&org, &object, &key);
         let count = page.len() as u64;
-        stored += count;
+        read += count;
+        *stored += count;
         pages += 1;
         let line = format!("{module}: {stored} records ({pages} pages)");
         let _ = writeln!(progress, "{line}");
@@ -67,11 +115,11 @@ pub async fn backfill(
         }
     })
     .await?;
-    debug_assert_eq!(scanned.records as u64, stored);
+    debug_assert_eq!(scanned.records as u64, read);
     cursors
         .delete(&key)
         .await
         .context("clearing the backfill resume point")?;
     let _ = writeln!(progress, "{module}: done, {stored} records");
-    Ok(stored)
+    Ok(())
 }
