@@ -20,11 +20,23 @@ pub async fn find(hs: &HubSpot, command: &Command) -> Result<Option<String>, Pus
                 "filterGroups": [{"filters": [{"propertyName": "hs_call_title",
                     "operator": "CONTAINS_TOKEN", "value": command.key}]}],
                 "properties": ["hs_call_title"],
-                "limit": 1,
+                "limit": 10,
             }),
         )
         .await?;
-    Ok(existing.results.first().map(|r| r.id.clone()))
+    // The search matches tokens, not text: only a title that ends with the key itself
+    // is this push's.
+    let ending = format!("[{}]", command.key);
+    Ok(existing
+        .results
+        .iter()
+        .find(|r| {
+            r.properties
+                .get("hs_call_title")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with(&ending))
+        })
+        .map(|r| r.id.clone()))
 }
 
 pub async fn push(hs: &HubSpot, pool: &PgPool, command: &Command) -> Result<String, PushError> {

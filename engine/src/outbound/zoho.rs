@@ -20,8 +20,16 @@ pub async fn find(zoho: &Zoho, command: &Command) -> Result<Option<String>, Push
     let existing = client
         .search("Calls", &format!("(Subject:starts_with:[{}])", command.key))
         .await?;
+    // Zoho's search matches words: only a subject that starts with the key itself is
+    // this push's.
+    let start = format!("[{}]", command.key);
     Ok(existing
         .iter()
+        .filter(|r| {
+            r.get("Subject")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.starts_with(&start))
+        })
         .find_map(|r| r.get("id").and_then(Value::as_str))
         .map(str::to_owned))
 }
