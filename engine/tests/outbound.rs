@@ -555,6 +555,156 @@ async fn a_push_that_cannot_succeed_is_dead_lettered_and_can_be_retried_or_disca
     engine.stop().await;
 }
 
+async fn push_row(engine: &TestEngine, call: &str) -> (String, Option<String>, i32) {
+    sqlx::query_as("SELECT state, reason, attempts FROM crm_call_pushes WHERE call_id = $1")
+        .bind(call)
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_push_made_again_while_its_first_attempt_runs_is_the_one_that_counts() {
+    let (crms, engine) = start().await;
+    oauth_connect(&engine, "hubspot").await;
+    let email: String = eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar(
+            "SELECT email FROM contacts WHERE provider = 'hubspot' AND NOT deleted
+               AND email IS NOT NULL ORDER BY email LIMIT 1",
+        )
+        .fetch_optional(&engine.pool)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("a HubSpot contact is projected");
+
+    // The first push names nobody HubSpot knows, and its attempt is slow (its search
+    // for an earlier copy); meanwhile the app pushes the call again, corrected.
+    crms.hs.faults().set("latency=2s".parse().unwrap());
+    let mut wrong = outcome("nobody@nowhere.example", 1);
+    wrong["provider"] = json!("hubspot");
+    assert_eq!(
+        post(&engine, "/crm/calls/again/push-to-crm", &wrong)
+            .await
+            .0,
+        202
+    );
+    let tried = eventually(Duration::from_secs(20), || async {
+        (push_row(&engine, "again").await.2 >= 1).then_some(())
+    })
+    .await;
+    assert!(tried.is_some(), "the first push is being tried");
+    let mut right = outcome(&email, 1);
+    right["provider"] = json!("hubspot");
+    assert_eq!(
+        post(&engine, "/crm/calls/again/push-to-crm", &right)
+            .await
+            .0,
+        202
+    );
+    crms.hs.faults().set(Default::default());
+
+    // The first attempt's failure neither overwrites the second push nor ends it.
+    let settled = eventually(Duration::from_secs(60), || async {
+        let row = push_row(&engine, "again").await;
+        (row.0 != "queued").then_some(row)
+    })
+    .await
+    .expect("the push settles");
+    assert_eq!(settled.0, "sent", "{settled:?}");
+    assert_eq!(settled.1, None, "{settled:?}");
+    let key = crmsync_ingest::calls::push_key("acme", "again", crmsync_schema::Provider::HubSpot);
+    assert_eq!(
+        records_by_key(&crms).get(&key),
+        Some(&1),
+        "one call in HubSpot"
+    );
+    assert_eq!(
+        push_dead_letters(&engine).await,
+        0,
+        "the superseded push is not dead-lettered"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_crm_out_of_api_credits_holds_pushes_without_spending_their_attempts() {
+    let crms = start_crms(5).await;
+    let env = engine_env(
+        &crms,
+        &[("CRM_POLL_INTERVAL_SECS", "3600"), ("CRM_MAX_DELIVER", "2")],
+    )
+    .await;
+    let engine = TestEngine::start_env(crmsync_engine::Role::All, &env).await;
+    oauth_connect(&engine, "zoho").await;
+    let contact = crms.zs.records("Contacts")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The org's allowance for the day is spent (other integrations used it).
+    crms.zs.set_credits_per_day(crms.zs.credits_used());
+    let mut body = outcome("nobody@example.com", 1);
+    body["contact"] = json!({"crm_id": contact});
+    body["provider"] = json!("zoho");
+    assert_eq!(
+        post(&engine, "/crm/calls/held/push-to-crm", &body).await.0,
+        202
+    );
+    // Refused for its rate again and again: more times than CRM_MAX_DELIVER, and
+    // still queued, its attempts unspent.
+    let mut refusals = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let held = loop {
+        let (state, reason, attempts, at): (
+            String,
+            Option<String>,
+            i32,
+            chrono::DateTime<chrono::Utc>,
+        ) = sqlx::query_as(
+            "SELECT state, reason, attempts, updated_at FROM crm_call_pushes
+             WHERE call_id = 'held'",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        if state != "queued" {
+            break Err((state, reason, attempts));
+        }
+        if reason
+            .as_deref()
+            .is_some_and(|r| r.contains("credit limit"))
+        {
+            refusals.insert(at);
+        }
+        if refusals.len() > 3 {
+            break Ok(attempts);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push is refused for its rate several times: {refusals:?} {reason:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(held, Ok(attempts) if attempts <= 1), "{held:?}");
+
+    // The allowance comes back: the push goes out, once.
+    crms.zs.set_credits_per_day(1_000_000);
+    let state = eventually(Duration::from_secs(60), || async {
+        let row = push_row(&engine, "held").await;
+        (row.0 != "queued").then_some(row)
+    })
+    .await;
+    assert_eq!(
+        state.as_ref().map(|r| r.0.as_str()),
+        Some("sent"),
+        "{state:?}"
+    );
+    assert_eq!(push_dead_letters(&engine).await, 0);
+    engine.stop().await;
+}
+
 /// The dead letters of pushes (not the stream advisories beside them).
 async fn push_dead_letters(engine: &TestEngine) -> i64 {
     let mut after = None;

@@ -80,6 +80,11 @@ pub struct Command {
     /// Left in the CRM record; found again before any second create.
     pub key: String,
     pub outcome: Outcome,
+    /// Which push of the call this is (the row's `pushes`): a command older than the
+    /// row's latest push is stale, and is dropped. Absent from commands queued before
+    /// it was added, which count as current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<i32>,
 }
 
 /// The idempotency key of a call's push to a provider.
@@ -294,6 +299,7 @@ async fn push_inner(
             provider: *provider,
             key: push_key(ws.as_str(), &call_id, *provider),
             outcome: outcome.clone(),
+            push: Some(pushes),
         };
         let mut event = EventBuilderV10::new()
             .id(format!("push-{}-{digest}", command.key))

@@ -131,15 +131,18 @@ pub async fn retry(
             .ok()
             .and_then(|e| serde_json::from_slice::<Command>(&data_bytes(&e)).ok());
         if let Some(c) = command {
+            // Not when the call was pushed again since: the retried command is stale
+            // (the dispatcher drops it) and the newer push's state stands.
             sqlx::query(
                 "UPDATE crm_call_pushes SET state = 'queued', reason = 'retried from the DLQ',
                         attempts = 0, updated_at = now()
                  WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
-                   AND state <> 'sent'",
+                   AND state <> 'sent' AND ($4::int IS NULL OR pushes = $4)",
             )
             .bind(&c.workspace)
             .bind(&c.call_id)
             .bind(c.provider.as_str())
+            .bind(c.push)
             .execute(&state.pool)
             .await
             .map_err(ApiError::internal)?;

@@ -78,9 +78,25 @@ pub enum PushError {
 pub struct Reason {
     pub text: String,
     pub log: String,
-    /// The CRM refused the access token (a 401): it is expired for a refresh
-    /// before the retry.
-    pub token_refused: bool,
+    /// The provider's own kind of failure, when the failure was its answer: a 401
+    /// expires the access token for a refresh before the retry; a 429 is no attempt.
+    pub kind: Option<crmsync_adapters::ErrorKind>,
+}
+
+impl Reason {
+    /// The CRM refused the access token.
+    pub fn token_refused(&self) -> bool {
+        self.kind == Some(crmsync_adapters::ErrorKind::Unauthorized)
+    }
+
+    /// The CRM refused the call for its rate: no fault of the push, and no attempt.
+    /// Its `Retry-After`, when it said.
+    pub fn throttled(&self) -> Option<Option<Duration>> {
+        match self.kind {
+            Some(crmsync_adapters::ErrorKind::RateLimited { retry_after }) => Some(retry_after),
+            _ => None,
+        }
+    }
 }
 
 impl From<String> for Reason {
@@ -89,7 +105,7 @@ impl From<String> for Reason {
         Reason {
             log: text.clone(),
             text,
-            token_refused: false,
+            kind: None,
         }
     }
 }
@@ -105,7 +121,7 @@ impl From<ProviderError> for PushError {
         let reason = Reason {
             log: provider_log(&e),
             text: e.to_string(),
-            token_refused: e.kind == crmsync_adapters::ErrorKind::Unauthorized,
+            kind: Some(e.kind),
         };
         if e.kind.retryable() || e.kind == crmsync_adapters::ErrorKind::Unauthorized {
             PushError::Retry(reason)
@@ -126,8 +142,7 @@ impl From<anyhow::Error> for PushError {
         PushError::Retry(Reason {
             text: format!("{e:#}"),
             log,
-            token_refused: provider
-                .is_some_and(|p| p.kind == crmsync_adapters::ErrorKind::Unauthorized),
+            kind: provider.map(|p| p.kind),
         })
     }
 }
@@ -156,18 +171,21 @@ pub struct Dispatcher {
     pub limits: RateLimits,
 }
 
-/// A push's row as its lease found it: state, CRM id, attempts (this one included),
-/// seconds since the last attempt ended.
-type LeaseRow = (String, Option<String>, i32, f64);
-
 /// A push's row as its lease found it.
+#[derive(sqlx::FromRow)]
 struct Leased {
     state: String,
     crm_id: Option<String>,
+    /// This one included.
     attempts: i32,
-    /// Since the last attempt ended.
-    since_last: Duration,
+    /// The call's latest push (commands of earlier ones are stale).
+    pushes: i32,
+    reason: Option<String>,
+    /// Seconds since the push was last tried (the last attempt's end, or its start
+    /// when its end was never recorded); none when it never was.
+    since_tried: Option<f64>,
     /// This holder of the lease.
+    #[sqlx(skip)]
     owner: String,
 }
 
@@ -711,15 +729,8 @@ impl Dispatcher {
         // the push's row, renewed while it works, gone with a crashed worker.
         let owner = uuid::Uuid::new_v4().to_string();
         match self.lease(&command, &owner).await {
-            Ok(Some((state, crm_id, attempts, since))) => {
-                let since = Duration::try_from_secs_f64(since).unwrap_or_default();
-                let leased = Leased {
-                    state,
-                    crm_id,
-                    attempts,
-                    since_last: since,
-                    owner: owner.clone(),
-                };
+            Ok(Some(mut leased)) => {
+                leased.owner.clone_from(&owner);
                 self.handle_leased(&msg, &command, consumer, &leased).await;
                 let _ = self.release(&command, &owner).await;
             }
@@ -740,30 +751,29 @@ impl Dispatcher {
         }
     }
 
-    /// Takes the push's lease, counting an attempt unless it was sent already; its
-    /// state, attempts (this one included) and seconds since the last one ended, when
-    /// taken.
     /// Takes the push's lease for `owner`, counting an attempt (and marking its start)
-    /// when it is queued; its state, CRM id, attempts (this one included) and the
-    /// seconds since the row last changed (the last attempt's end, or its start when
-    /// its end was never recorded).
-    async fn lease(&self, command: &Command, owner: &str) -> Result<Option<LeaseRow>, sqlx::Error> {
+    /// when it is queued and `command` is its latest push; the row as it was found.
+    async fn lease(&self, command: &Command, owner: &str) -> Result<Option<Leased>, sqlx::Error> {
         sqlx::query_as(
             "UPDATE crm_call_pushes p SET lease_until = now() + interval '30 seconds',
                     lease_owner = $4::uuid,
-                    attempts = p.attempts + CASE WHEN p.state = 'queued' THEN 1 ELSE 0 END,
-                    updated_at = CASE WHEN p.state = 'queued' THEN now() ELSE p.updated_at END
-             FROM (SELECT updated_at AS before FROM crm_call_pushes
-                   WHERE workspace_id = $1 AND call_id = $2 AND provider = $3) o
+                    attempts = p.attempts + CASE WHEN t.tries THEN 1 ELSE 0 END,
+                    updated_at = CASE WHEN t.tries THEN now() ELSE p.updated_at END,
+                    tried_at = CASE WHEN t.tries THEN now() ELSE p.tried_at END
+             FROM (SELECT tried_at AS before,
+                          state = 'queued' AND ($5::int IS NULL OR pushes <= $5) AS tries
+                   FROM crm_call_pushes
+                   WHERE workspace_id = $1 AND call_id = $2 AND provider = $3) t
              WHERE p.workspace_id = $1 AND p.call_id = $2 AND p.provider = $3
                AND (p.lease_until IS NULL OR p.lease_until < now())
-             RETURNING p.state, p.crm_id, p.attempts,
-                       extract(epoch FROM now() - o.before)::float8",
+             RETURNING p.state, p.crm_id, p.attempts, p.pushes, p.reason,
+                       extract(epoch FROM now() - t.before)::float8 AS since_tried",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
         .bind(command.provider.as_str())
         .bind(owner)
+        .bind(command.push)
         .fetch_optional(&self.pool)
         .await
     }
@@ -803,7 +813,9 @@ impl Dispatcher {
         // after the attempt began, and its state write may have failed).
         sqlx::query(
             "UPDATE crm_call_pushes SET lease_until = NULL, lease_owner = NULL,
-                    updated_at = CASE WHEN state = 'queued' THEN now() ELSE updated_at END
+                    updated_at = CASE WHEN state = 'queued' THEN now() ELSE updated_at END,
+                    tried_at = CASE WHEN state = 'queued' AND tried_at IS NOT NULL
+                                    THEN now() ELSE tried_at END
              WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
                AND lease_owner = $4::uuid",
         )
@@ -833,13 +845,24 @@ impl Dispatcher {
             state,
             crm_id,
             attempts,
-            since_last,
+            pushes,
+            reason,
+            since_tried,
             owner,
         } = leased;
-        let (attempts, since_last) = (*attempts, *since_last);
-        if state == "failed" || state == "dead_lettered" {
-            // Settled already (a stale copy, or a dead letter whose ack was lost).
+        let attempts = *attempts;
+        if command.push.is_some_and(|p| p < *pushes) {
+            // The call was pushed again since: the newer command carries its outcome.
+            tracing::debug!(provider = %command.provider, "a stale push command dropped");
             let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        if state == "failed" || state == "dead_lettered" {
+            // Settled already, but its dead letter may not have been written (NATS
+            // away then): written again (the same id, so JetStream keeps one), then
+            // the command is done.
+            let reason = reason.as_deref().unwrap_or("failed");
+            self.dead_letter(msg, consumer, reason).await;
             return;
         }
         if state == "sent" {
@@ -859,7 +882,8 @@ impl Dispatcher {
         }
         // Keep the message ours while the CRM is slow.
         let pushed = {
-            let push = self.push(command, (attempts > 1).then_some(since_last));
+            let since_tried = since_tried.and_then(|s| Duration::try_from_secs_f64(s).ok());
+            let push = self.push(command, since_tried);
             tokio::pin!(push);
             let mut beat = tokio::time::interval(self.beat_every());
             beat.tick().await;
@@ -883,35 +907,68 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "pushed, but not yet recorded; the redelivery will find the record");
                 }
             },
-            Err(PushError::Retry(reason))
-                if i64::from(attempts) < self.topology.policy.max_deliver =>
-            {
-                if reason.token_refused {
+            Err(PushError::Retry(reason)) => {
+                // Not before the CRM's search shows what this attempt may have made.
+                let delay = self.retry_delay(usize::try_from(attempts).unwrap_or(1));
+                let (state, after) = match reason.throttled() {
+                    // The CRM's rate, not the push, failed (a daily allowance spent,
+                    // another integration's burst): no attempt, however long it lasts.
+                    Some(retry_after) => ("throttled", retry_after.unwrap_or(delay)),
+                    None if i64::from(attempts) < self.topology.policy.max_deliver => {
+                        ("queued", delay)
+                    }
+                    None => ("dead_lettered", Duration::ZERO),
+                };
+                if reason.token_refused() {
                     self.token_refused(command).await;
                 }
-                // Not before the CRM's search shows what this attempt may have made.
-                let after = self
-                    .retry_delay(usize::try_from(attempts).unwrap_or(1))
-                    .max(SEARCH_LAG);
-                tracing::info!(%provider, attempts, ?after, reason = reason.log, "push failed; trying again later");
-                let _ = self
-                    .set_state(command, "queued", None, Some(&reason.text))
-                    .await;
-                let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
-            }
-            Err(PushError::Retry(reason)) => {
-                tracing::warn!(%provider, attempts, reason = reason.log, "push dead-lettered after its last attempt");
-                let _ = self
-                    .set_state(command, "dead_lettered", None, Some(&reason.text))
-                    .await;
-                self.dead_letter(msg, consumer, &reason.text).await;
+                if !self.settle(command, state, &reason.text).await {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                } else if state == "dead_lettered" {
+                    tracing::warn!(%provider, attempts, reason = reason.log, "push dead-lettered after its last attempt");
+                    self.dead_letter(msg, consumer, &reason.text).await;
+                } else {
+                    let after = after.clamp(SEARCH_LAG, MAX_DEFERRAL);
+                    tracing::info!(%provider, attempts, ?after, reason = reason.log, "push failed; trying again later");
+                    let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
+                }
             }
             Err(PushError::Fail(reason)) => {
-                tracing::warn!(%provider, reason = reason.log, "push failed for good");
-                let _ = self
-                    .set_state(command, "failed", None, Some(&reason.text))
-                    .await;
-                self.dead_letter(msg, consumer, &reason.text).await;
+                if self.settle(command, "failed", &reason.text).await {
+                    tracing::warn!(%provider, reason = reason.log, "push failed for good");
+                    self.dead_letter(msg, consumer, &reason.text).await;
+                } else {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+    }
+
+    /// Records an attempt that did not send: `queued` for another, `throttled` (queued,
+    /// the attempt not counted), `failed` or `dead_lettered`. False when the call was
+    /// pushed again meanwhile: the newer command carries on, and this one is done.
+    async fn settle(&self, command: &Command, state: &str, reason: &str) -> bool {
+        let written = sqlx::query(
+            "UPDATE crm_call_pushes SET state = CASE WHEN $4 = 'throttled' THEN 'queued' ELSE $4 END,
+                    reason = $5, updated_at = now(),
+                    attempts = attempts - CASE WHEN $4 = 'throttled' THEN 1 ELSE 0 END
+             WHERE workspace_id = $1 AND call_id = $2 AND provider = $3
+               AND state <> 'sent' AND ($6::int IS NULL OR pushes = $6)",
+        )
+        .bind(&command.workspace)
+        .bind(&command.call_id)
+        .bind(command.provider.as_str())
+        .bind(state)
+        .bind(reason)
+        .bind(command.push)
+        .execute(&self.pool)
+        .await;
+        match written {
+            Ok(done) => done.rows_affected() > 0,
+            Err(e) => {
+                // Unrecorded, the attempt is still this command's to settle.
+                tracing::warn!(error = %e, "a push's state could not be written");
+                true
             }
         }
     }

@@ -101,7 +101,7 @@ fn unexpected(answer: &Value, what: &str) -> PushError {
     PushError::Retry(Reason {
         text: format!("Odoo answered {answer} for {what}"),
         log: format!("Odoo answered no id for {what}"),
-        token_refused: false,
+        kind: None,
     })
 }
 

@@ -102,7 +102,7 @@ pub async fn push(zoho: &Zoho, pool: &PgPool, command: &Command) -> Result<Strin
             Err(PushError::Fail(Reason {
                 text: format!("Zoho refused the call: {code} {message}"),
                 log: format!("Zoho refused the call: {code}"),
-                token_refused: false,
+                kind: None,
             }))
         }
     }

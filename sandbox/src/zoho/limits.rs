@@ -7,6 +7,7 @@
 //! sends no `Retry-After`). A request refused for auth or concurrency costs nothing.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -19,7 +20,7 @@ const WINDOW_MS: i64 = 24 * 3_600_000;
 /// The org's limits and what is in use.
 #[derive(Debug)]
 pub struct Limits {
-    credits_per_day: u64,
+    credits_per_day: AtomicU64,
     concurrency: usize,
     spent: Mutex<VecDeque<(i64, u64)>>,
     in_flight: Mutex<HashMap<String, usize>>,
@@ -66,7 +67,7 @@ pub fn coql_cost(limit: usize) -> u64 {
 impl Limits {
     pub fn new(credits_per_day: u64, concurrency: usize) -> Arc<Self> {
         Arc::new(Self {
-            credits_per_day,
+            credits_per_day: AtomicU64::new(credits_per_day),
             concurrency: concurrency.max(1),
             spent: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -109,7 +110,7 @@ impl Limits {
         }
         let mut spent = lock(&self.spent);
         let used = Self::used_locked(&mut spent);
-        if used + credits > self.credits_per_day {
+        if used + credits > self.credits_per_day.load(Ordering::Relaxed) {
             return Err(ApiError::too_many_requests(
                 "You have reached the API credit limit of your edition for the last 24 hours",
             ));
@@ -123,7 +124,14 @@ impl Limits {
     }
 
     pub fn credits_remaining(&self) -> u64 {
-        self.credits_per_day.saturating_sub(self.credits_used())
+        self.credits_per_day
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.credits_used())
+    }
+
+    /// The org's edition changed: `credits` a day from now on.
+    pub fn set_credits_per_day(&self, credits: u64) {
+        self.credits_per_day.store(credits, Ordering::Relaxed);
     }
 
     pub fn requests_in_flight(&self) -> usize {

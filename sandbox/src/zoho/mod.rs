@@ -350,6 +350,12 @@ impl ZohoSandbox {
         self.limits.credits_remaining()
     }
 
+    /// Sets the org's API credits per rolling 24 hours (a spent allowance: at most
+    /// what is used).
+    pub fn set_credits_per_day(&self, credits: u64) {
+        self.limits.set_credits_per_day(credits);
+    }
+
     /// Notification callbacks posted so far (whatever the receiver answered).
     pub fn callbacks_sent(&self) -> u64 {
         self.callbacks_sent.load(Ordering::Relaxed)
