@@ -989,10 +989,15 @@ async fn fields_get_describes_types_labels_and_relations() {
 }
 
 #[tokio::test]
-async fn version_info_answers_17_or_19() {
-    for (version, text, major) in [
-        (OdooVersion::V17, "17.0", 17),
-        (OdooVersion::V19, "19.0", 19),
+async fn version_info_answers_17_saas_18_or_19() {
+    for (version, text, version_info) in [
+        (OdooVersion::V17, "17.0", json!([17, 0, 0, "final", 0, ""])),
+        (
+            OdooVersion::Saas18,
+            "saas~18.2",
+            json!(["saas~18", 2, 0, "final", 0, "e"]),
+        ),
+        (OdooVersion::V19, "19.0", json!([19, 0, 0, "final", 0, ""])),
     ] {
         let o = odoo(Config {
             version,
@@ -1013,10 +1018,7 @@ async fn version_info_answers_17_or_19() {
         let info = &posted["result"];
         assert_eq!(info["server_version"], text);
         assert_eq!(info["server_serie"], text);
-        assert_eq!(
-            info["server_version_info"],
-            json!([major, 0, 0, "final", 0, ""])
-        );
+        assert_eq!(info["server_version_info"], version_info);
         assert_eq!(info["protocol_version"], json!(1));
         let got: Value = o
             .http

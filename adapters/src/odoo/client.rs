@@ -412,13 +412,23 @@ async fn server_version(http: &reqwest::Client, base: &str) -> Result<(u64, Stri
     let major = info
         .0
         .get(0)
-        .and_then(Value::as_u64)
+        .and_then(major_version)
         .ok_or_else(|| ConnectError::NotOdoo(base.to_owned()))?;
     let label = info
         .1
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| major.to_string());
     Ok((major, label))
+}
+
+/// The major version in the first place of Odoo's `version_info`: a number (`17`),
+/// or on Odoo Online's releases between majors the series' name (`"saas~18"`).
+fn major_version(first: &Value) -> Option<u64> {
+    match first {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.strip_prefix("saas~")?.split('.').next()?.parse().ok(),
+        _ => None,
+    }
 }
 
 fn kind_name(v: &Value) -> &'static str {
@@ -445,5 +455,15 @@ mod tests {
         let json2 = json!({"name": "odoo.exceptions.AccessError", "message": "no"});
         assert_eq!(kind_of(&exception(&json2).0), ErrorKind::Rejected);
         assert!(kind_of("odoo.exceptions.SomethingNew").retryable());
+    }
+
+    #[test]
+    fn major_versions_are_read_from_numbered_and_saas_releases() {
+        assert_eq!(major_version(&json!(17)), Some(17));
+        assert_eq!(major_version(&json!("saas~18")), Some(18));
+        assert_eq!(major_version(&json!("saas~17.4")), Some(17));
+        for not_odoo in [json!("18"), json!("saas~"), json!(null), json!(-1)] {
+            assert_eq!(major_version(&not_odoo), None, "{not_odoo}");
+        }
     }
 }

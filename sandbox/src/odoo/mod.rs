@@ -70,6 +70,9 @@ pub use transactions::TxHandle;
 pub enum OdooVersion {
     /// JSON-RPC only.
     V17,
+    /// Odoo Online's release between 18 and 19 (`saas~18.2`): JSON-RPC only. Its
+    /// version info starts with the text `"saas~18"`, not a number.
+    Saas18,
     /// JSON-RPC and JSON-2.
     V19,
 }
@@ -78,6 +81,7 @@ impl OdooVersion {
     pub fn as_str(self) -> &'static str {
         match self {
             OdooVersion::V17 => "17.0",
+            OdooVersion::Saas18 => "saas~18.2",
             OdooVersion::V19 => "19.0",
         }
     }
@@ -85,7 +89,18 @@ impl OdooVersion {
     pub fn major(self) -> u32 {
         match self {
             OdooVersion::V17 => 17,
+            OdooVersion::Saas18 => 18,
             OdooVersion::V19 => 19,
+        }
+    }
+
+    /// `server_version_info`, as Odoo's `release.version_info`: a SaaS release
+    /// names its series in the first place (`"saas~18"`), and Odoo Online is the
+    /// Enterprise edition (`"e"`).
+    pub fn info(self) -> serde_json::Value {
+        match self {
+            OdooVersion::Saas18 => serde_json::json!(["saas~18", 2, 0, "final", 0, "e"]),
+            other => serde_json::json!([other.major(), 0, 0, "final", 0, ""]),
         }
     }
 

@@ -29,10 +29,9 @@ use super::seed::ADMIN_UID;
 use super::{OdooSandbox, OdooVersion};
 
 pub(crate) fn version_info(version: OdooVersion) -> Value {
-    let major = version.major();
     json!({
         "server_version": version.as_str(),
-        "server_version_info": [major, 0, 0, "final", 0, ""],
+        "server_version_info": version.info(),
         "server_serie": version.as_str(),
         "protocol_version": 1,
     })
