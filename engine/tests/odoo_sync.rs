@@ -87,6 +87,22 @@ async fn connecting_checks_the_key_and_says_what_is_wrong() {
     db.engine.stop().await;
 }
 
+#[tokio::test]
+async fn a_new_api_key_is_used_once_the_connection_is_made_again() {
+    let (db, _) = common::odoo::connected(20, 5, 5).await;
+    // The user's key expires (Odoo 17+ keys can), and they make a new one.
+    db.odoo.rotate_api_key();
+    let acme = json!({"workspace": "acme"});
+    let poll = || db.post("/crm/odoo/poll", &acme);
+    let (status, refused) = poll().await;
+    assert_ne!(status, 200, "the old key is refused: {refused}");
+    let (status, answer) = db.post("/crm/odoo/connect", &db.connect_body()).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, polled) = poll().await;
+    assert_eq!(status, 200, "the new key is used at once: {polled}");
+    db.engine.stop().await;
+}
+
 /// Canonical columns compared, with the Odoo field each comes from.
 const PARTNER: &[(&str, &str)] = &[("name", "name"), ("email", "email"), ("phone", "phone")];
 const LEAD: &[(&str, &str)] = &[

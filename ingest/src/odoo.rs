@@ -130,6 +130,9 @@ pub async fn connect(
         "protocol": client.protocol().as_str(),
         "scheduler": {"enabled": true, "interval_secs": state.odoo_poll_interval.as_secs()},
         "log_activity": body.log_activity,
+        // Each connect stores a key (a new one, perhaps): workers' clients made
+        // with an earlier one are made again.
+        "connected_at": chrono::Utc::now().to_rfc3339(),
     });
     connections::save(
         &state.pool,

@@ -25,7 +25,8 @@ use crmsync_schema::{Provider, Subjects};
 
 pub const PROVIDER: &str = "odoo";
 
-/// API keys do not expire and are not refreshed.
+/// API keys are not refreshed: one that expires (Odoo 17+ can set a date) or is
+/// revoked is replaced by connecting again with a new one.
 struct NoRefresh;
 
 impl Refresh for NoRefresh {
@@ -121,16 +122,18 @@ impl Odoo {
             .collect())
     }
 
-    /// A client for `connection` (authenticated once, then kept while the
-    /// connection's settings stay the same).
+    /// A client for `connection` (authenticated once, then kept until the
+    /// connection is made again: another server, login or key).
     pub async fn client(&self, connection: &Connected) -> anyhow::Result<OdooClient> {
         let mut clients = self.clients.lock().await;
-        // Polls rewrite their status in the settings: only these name the server.
+        // Polls rewrite their status in the settings: only these name the server and
+        // the key (stored at `connected_at`).
         let identity = serde_json::json!([
             connection.account,
             connection.settings.get("url"),
             connection.settings.get("database"),
             connection.settings.get("login"),
+            connection.settings.get("connected_at"),
         ]);
         if let Some((known, client)) = clients.get(&connection.workspace) {
             if *known == identity {

@@ -28,7 +28,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn authenticate(sb: &OdooSandbox, headers: &HeaderMap) -> Result<i64, OdooError> {
     let auth = header(headers, header::AUTHORIZATION.as_str()).unwrap_or("");
     let (scheme, token) = auth.split_once(' ').unwrap_or((auth, ""));
-    if scheme.eq_ignore_ascii_case("bearer") && crate::secret_eq(Some(token.trim()), &sb.api_key) {
+    if scheme.eq_ignore_ascii_case("bearer") && sb.is_api_key(Some(token.trim())) {
         Ok(ADMIN_UID)
     } else {
         Err(OdooError::unauthorized("Invalid apikey"))

@@ -159,7 +159,8 @@ fn too_many_requests() -> Response {
 pub struct OdooSandbox {
     database: String,
     login: String,
-    api_key: String,
+    /// The user's API key: revoked and replaced by `rotate_api_key`.
+    api_key: std::sync::RwLock<String>,
     version: OdooVersion,
     store: Arc<RwLock<Store>>,
     clock: clock::Clock,
@@ -178,7 +179,7 @@ impl OdooSandbox {
             driver: Mutex::new(Driver::new(config.seed, config.contacts, config.deals)),
             database: config.database,
             login: config.login,
-            api_key: config.api_key,
+            api_key: std::sync::RwLock::new(config.api_key),
             version: config.version,
             store: Arc::new(RwLock::new(db)),
             clock,
@@ -220,11 +221,35 @@ impl OdooSandbox {
             "base_url": base_url,
             "database": self.database,
             "login": self.login,
-            "api_key": self.api_key,
+            "api_key": self.api_key(),
             "uid": seed::ADMIN_UID,
             "version": self.version.as_str(),
             "json2": self.version.has_json2(),
         })
+    }
+
+    /// The user's API key now.
+    pub fn api_key(&self) -> String {
+        self.api_key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `given` is the user's API key (in constant time).
+    pub(crate) fn is_api_key(&self, given: Option<&str>) -> bool {
+        crate::secret_eq(given, &self.api_key())
+    }
+
+    /// The user revokes the API key and makes a new one (as on an expired key):
+    /// the old one is refused from now on. Returns the new key.
+    pub fn rotate_api_key(&self) -> String {
+        let mut key = self
+            .api_key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *key = format!("odoo-sandbox-key-{}", uuid::Uuid::new_v4().simple());
+        key.clone()
     }
 
     pub fn faults(&self) -> &Arc<FaultState> {

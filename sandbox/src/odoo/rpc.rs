@@ -72,9 +72,8 @@ impl OdooSandbox {
 
     /// The uid a login and key authenticate, if any.
     fn login_uid(&self, login: &Value, key: &Value) -> Option<i64> {
-        (login.as_str() == Some(self.login.as_str())
-            && crate::secret_eq(key.as_str(), &self.api_key))
-        .then_some(ADMIN_UID)
+        (login.as_str() == Some(self.login.as_str()) && self.is_api_key(key.as_str()))
+            .then_some(ADMIN_UID)
     }
 
     /// `security.check(db, uid, key)`: the uid must be the key's user.
@@ -88,7 +87,7 @@ impl OdooSandbox {
             _ => None,
         };
         match uid {
-            Some(ADMIN_UID) if crate::secret_eq(key.as_str(), &self.api_key) => Ok(ADMIN_UID),
+            Some(ADMIN_UID) if self.is_api_key(key.as_str()) => Ok(ADMIN_UID),
             _ => Err(OdooError::access_denied()),
         }
     }
