@@ -1209,6 +1209,10 @@ async fn odoo_can_log_calls_as_done_activities_once_each_through_lost_answers() 
         );
         let body = bodies.iter().find(|b| b.contains(&key)).unwrap();
         assert!(body.contains("done") && body.contains("Feedback"), "{body}");
+        assert!(
+            !body.contains("&lt;"),
+            "the feedback is text, not markup: {body}"
+        );
     }
     common::events::assert_contract(&engine.js, &engine.topology).await;
     engine.stop().await;
@@ -1339,6 +1343,11 @@ fn attached_to(crms: &Crms, key: &str, object: &str) -> (Vec<String>, Vec<String
         .iter()
         .zip(models.iter().zip(ids.iter()))
         .filter(|(b, _)| b.as_str().is_some_and(|b| b.contains(key)))
+        .inspect(|(b, _)| {
+            // The note is posted as html, not as text showing its tags.
+            let b = b.as_str().unwrap_or_default();
+            assert!(b.contains("<b>") && !b.contains("&lt;"), "{b}");
+        })
         .map(|(_, (model, id))| format!("{}:{id}", model.as_str().unwrap_or("?")))
         .collect();
     (hubspot, zoho, odoo)

@@ -65,6 +65,8 @@ pub struct OdooClient {
     config: OdooConfig,
     uid: i64,
     protocol: Protocol,
+    /// The server's major version (a SaaS series counts as its major).
+    major: u64,
     version: String,
     limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
@@ -175,6 +177,7 @@ impl OdooClient {
             } else {
                 Protocol::JsonRpc
             },
+            major,
             version: label,
             limiter,
             retry: RetryPolicy::default(),
@@ -197,6 +200,10 @@ impl OdooClient {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    pub fn major(&self) -> u64 {
+        self.major
     }
 
     /// One call, no retry.

@@ -54,18 +54,6 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     if let Some(found) = find(odoo, command).await? {
         return Ok(found);
     }
-    let text = body_text(command);
-    let body = format!(
-        "<p><b>{}</b> ({} s, {})</p>{}<p data-crmsync=\"{}\">crmsync {}</p>",
-        escape(&title(command)),
-        o.duration_secs,
-        o.started_at.to_rfc3339(),
-        text.split("\n\n")
-            .map(|p| format!("<p>{}</p>", escape(p)))
-            .collect::<String>(),
-        command.key,
-        command.key,
-    );
     let log_activity = connection
         .settings
         .get("log_activity")
@@ -76,14 +64,31 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
             Some(activity) => activity,
             None => create_activity(&client, command, model, id).await?,
         };
+        // The feedback is text: Odoo renders it into the "done" message escaped.
         let mut named = Map::new();
-        named.insert("feedback".into(), json!(body));
+        named.insert("feedback".into(), json!(feedback_text(command)));
         client
             .call_once("mail.activity", "action_feedback", Some(&[activity]), named)
             .await?
     } else {
+        let text = body_text(command);
+        let body = format!(
+            "<p><b>{}</b> ({} s, {})</p>{}<p data-crmsync=\"{}\">crmsync {}</p>",
+            escape(&title(command)),
+            o.duration_secs,
+            o.started_at.to_rfc3339(),
+            text.split("\n\n")
+                .map(|p| format!("<p>{}</p>", escape(p)))
+                .collect::<String>(),
+            command.key,
+            command.key,
+        );
         let mut named = Map::new();
         named.insert("body".into(), json!(body));
+        if client.major() >= 17 {
+            // Since Odoo 17 a body sent as a string is text, escaped, unless said.
+            named.insert("body_is_html".into(), json!(true));
+        }
         named.insert("message_type".into(), json!("comment"));
         named.insert("subtype_xmlid".into(), json!("mail.mt_note"));
         client
@@ -93,6 +98,20 @@ pub async fn push(odoo: &Odoo, pool: &PgPool, command: &Command) -> Result<Strin
     first_id(&answer)
         .map(|id| id.to_string())
         .ok_or_else(|| unexpected(&answer, "the call"))
+}
+
+/// The call as plain text, for an activity's feedback: its title, length and time,
+/// the summary and notes, and the key that finds it again.
+fn feedback_text(command: &Command) -> String {
+    let o = &command.outcome;
+    format!(
+        "{} ({} s, {})\n{}\ncrmsync {}",
+        title(command),
+        o.duration_secs,
+        o.started_at.to_rfc3339(),
+        body_text(command),
+        command.key,
+    )
 }
 
 /// An answer without an id: worth another attempt (found by its key if it was made);

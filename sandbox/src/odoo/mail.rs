@@ -150,7 +150,9 @@ pub(crate) fn activity_done(
             if db.exists(tm.name, tid) {
                 let mut body = format!("<div><p>{label} done</p>");
                 if !feedback.is_empty() {
-                    body.push_str(&format!("<div>Feedback: {feedback}</div>"));
+                    // The "done" template prints the feedback as text, line by line.
+                    let lines: Vec<String> = feedback.split('\n').map(store::escape_html).collect();
+                    body.push_str(&format!("<div>Feedback: {}</div>", lines.join("<br>")));
                 }
                 body.push_str("</div>");
                 let mid = post_message(
