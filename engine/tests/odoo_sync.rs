@@ -104,7 +104,12 @@ async fn a_new_api_key_is_used_once_the_connection_is_made_again() {
 }
 
 /// Canonical columns compared, with the Odoo field each comes from.
-const PARTNER: &[(&str, &str)] = &[("name", "name"), ("email", "email"), ("phone", "phone")];
+const PARTNER: &[(&str, &str)] = &[
+    ("name", "name"),
+    ("email", "email"),
+    ("phone", "phone"),
+    ("active", "active"),
+];
 const LEAD: &[(&str, &str)] = &[
     ("name", "name"),
     ("expected_revenue", "amount"),
@@ -113,6 +118,15 @@ const LEAD: &[(&str, &str)] = &[
 ];
 
 type Records = BTreeMap<String, BTreeMap<String, Value>>;
+
+/// A compared column's value: `active` as the boolean it is, any other `false` (Odoo's
+/// "empty") as null.
+fn compared(column: &str, v: Option<&Value>) -> Value {
+    match v {
+        Some(Value::Bool(b)) if column == "active" => Value::Bool(*b),
+        _ => plain(v),
+    }
+}
 
 fn plain(v: Option<&Value>) -> Value {
     match v {
@@ -135,7 +149,7 @@ async fn odoo_state(client: &OdooClient, model: &str, columns: &[(&str, &str)]) 
         .map(|r| {
             let row = columns
                 .iter()
-                .map(|(f, c)| ((*c).to_owned(), plain(r.get(*f))))
+                .map(|(f, c)| ((*c).to_owned(), compared(c, r.get(*f))))
                 .collect();
             (r["id"].to_string(), row)
         })
@@ -154,7 +168,7 @@ async fn projected(pool: &sqlx::PgPool, tables: &[&str], columns: &[(&str, &str)
         for (id, fields) in rows {
             let row = columns
                 .iter()
-                .map(|(_, c)| ((*c).to_owned(), plain(fields.get(*c))))
+                .map(|(_, c)| ((*c).to_owned(), compared(c, fields.get(*c))))
                 .collect();
             assert!(
                 out.insert(id.clone(), row).is_none(),

@@ -222,6 +222,12 @@ pub fn snapshot_changes(
                 let value = many2one(value).map_or_else(|| plain(value), |(id, _)| id);
                 fields.set(canonical, value, version);
             }
+            // A boolean, not Odoo's `false` for "empty": an archived record (a lost
+            // lead) says so.
+            None if name == "active" => {
+                let active = value.as_bool().map_or_else(|| plain(value), Value::Bool);
+                fields.set("active", active, version);
+            }
             None if object == "contact" && name == "name" => {
                 let full = plain(value);
                 let (first, last) = split_name(&full);
@@ -330,12 +336,23 @@ mod tests {
         assert_eq!(f["company_name"], json!("Analytical Engines"));
         assert_eq!(f["job_title"], json!("Countess"));
         assert_eq!(f["email"], Value::Null);
+        assert_eq!(f["active"], json!(true));
         assert!(!f.contains_key("write_date"));
         let lead = json!({"id": 9, "name": "Renewal", "stage_id": [2, "Qualified"],
             "expected_revenue": 1200.5, "partner_id": false, "user_id": [2, "Mitchell"],
-            "date_deadline": "2024-06-01"});
+            "date_deadline": "2024-06-01", "active": false});
         let d = snapshot_changes("deal", lead.to_string().as_bytes(), &version()).unwrap();
         let f = &d[0].fields.fields;
+        assert_eq!(
+            f["active"],
+            json!(false),
+            "a lost lead is archived, not blank"
+        );
+        assert_eq!(
+            f["contact_id"],
+            Value::Null,
+            "Odoo's false is blank elsewhere"
+        );
         assert_eq!(f["stage"], json!("Qualified"));
         assert_eq!(f["amount"], json!(1200.5));
         assert_eq!(f["owner_id"], json!(2));
