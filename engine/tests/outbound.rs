@@ -705,6 +705,51 @@ async fn a_crm_out_of_api_credits_holds_pushes_without_spending_their_attempts()
     engine.stop().await;
 }
 
+#[tokio::test]
+async fn a_failed_push_whose_dead_letter_could_not_be_written_is_dead_lettered_when_it_returns() {
+    let (crms, engine) = start().await;
+    let c = crms.od.credentials(&crms.od_url);
+    let (status, _) = post(
+        &engine,
+        "/crm/odoo/connect",
+        &json!({"workspace": "acme", "url": crms.od_url, "database": c["database"],
+                "login": c["login"], "api_key": c["api_key"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The DLQ is away (its stream lost) when the push fails for good.
+    engine
+        .js
+        .delete_stream(engine.topology.dlq_stream())
+        .await
+        .unwrap();
+    let mut lost = outcome("nobody@nowhere.example", 1);
+    lost["provider"] = json!("odoo");
+    assert_eq!(
+        post(&engine, "/crm/calls/unlettered/push-to-crm", &lost)
+            .await
+            .0,
+        202
+    );
+    let failed = eventually(Duration::from_secs(20), || async {
+        push_state(&engine, "unlettered")
+            .await
+            .filter(|(state, _)| state == "failed")
+    })
+    .await;
+    assert!(failed.is_some(), "the push failed for good");
+
+    // The DLQ comes back: the command, still unacknowledged, returns and its dead
+    // letter is written then.
+    engine.topology.ensure(&engine.js).await.unwrap();
+    let lettered = eventually(Duration::from_secs(30), || async {
+        (push_dead_letters(&engine).await == 1).then_some(())
+    })
+    .await;
+    assert!(lettered.is_some(), "the failed push is in the DLQ");
+    engine.stop().await;
+}
+
 /// The dead letters of pushes (not the stream advisories beside them).
 async fn push_dead_letters(engine: &TestEngine) -> i64 {
     let mut after = None;
