@@ -629,6 +629,63 @@ async fn a_push_made_again_while_its_first_attempt_runs_is_the_one_that_counts()
 }
 
 #[tokio::test]
+async fn a_push_made_again_after_an_unanswered_create_finds_the_call_behind_the_search_lag() {
+    let crms = start_crms(5).await;
+    let env = engine_env(&crms, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let engine = TestEngine::start_env(crmsync_engine::Role::All, &env).await;
+    oauth_connect(&engine, "hubspot").await;
+    let contact = crms.hs.snapshot("contacts").into_keys().next().unwrap();
+    let mut body = outcome("nobody@example.com", 1);
+    body["contact"] = json!({"crm_id": contact.to_string()});
+    body["provider"] = json!("hubspot");
+
+    // HubSpot makes the call but its answer is lost; the search shows the call only
+    // after its index lag (two seconds in the emulator).
+    crms.hs
+        .faults()
+        .set("lost-created=1,hang=10ms".parse().unwrap());
+    assert_eq!(
+        post(&engine, "/crm/calls/unanswered/push-to-crm", &body)
+            .await
+            .0,
+        202
+    );
+    let tried = eventually(Duration::from_secs(20), || async {
+        let (state, reason, attempts) = push_row(&engine, "unanswered").await;
+        (state == "queued" && attempts == 1 && reason.is_some()).then_some(())
+    })
+    .await;
+    assert!(tried.is_some(), "the first attempt ended unanswered");
+    crms.hs.faults().set(Default::default());
+    // The app, seeing no result, pushes the call again at once: a new push, its
+    // attempts counted afresh, must still wait for the search to show the call.
+    assert_eq!(
+        post(&engine, "/crm/calls/unanswered/push-to-crm", &body)
+            .await
+            .0,
+        202
+    );
+    let settled = eventually(Duration::from_secs(60), || async {
+        let row = push_row(&engine, "unanswered").await;
+        (row.0 != "queued").then_some(row)
+    })
+    .await;
+    assert_eq!(
+        settled.as_ref().map(|r| r.0.as_str()),
+        Some("sent"),
+        "{settled:?}"
+    );
+    let key =
+        crmsync_ingest::calls::push_key("acme", "unanswered", crmsync_schema::Provider::HubSpot);
+    assert_eq!(
+        records_by_key(&crms).get(&key),
+        Some(&1),
+        "one call in HubSpot"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn a_crm_out_of_api_credits_holds_pushes_without_spending_their_attempts() {
     let crms = start_crms(5).await;
     let env = engine_env(

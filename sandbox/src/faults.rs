@@ -12,6 +12,7 @@
 //! | `errors=P` | a request fails with 500 or 502 with probability P |
 //! | `timeouts=P` | a request hangs for `hang` (default 30s) and then gets 504, with probability P |
 //! | `lost=P` | a request is carried out, then its answer is lost: it hangs for `hang` and gets 504, with probability P (the caller cannot tell it from a timeout) |
+//! | `lost-created=P` | the same, for answers `201 Created` only: a record is made and the caller does not learn it |
 //! | `hang=D` | how long a timed-out request hangs |
 //! | `storm=ON/PERIOD` | in every PERIOD counted from when the faults were set, the first ON answers 429 to everything |
 //! | `drop-webhooks=P` | an outgoing webhook delivery is silently lost with probability P |
@@ -35,6 +36,8 @@ pub struct Faults {
     pub error_rate: f64,
     pub timeout_rate: f64,
     pub lost_rate: f64,
+    /// Of answers `201 Created` only.
+    pub lost_created_rate: f64,
     pub hang: Duration,
     pub storm: Option<(Duration, Duration)>,
     pub drop_webhooks: f64,
@@ -47,6 +50,7 @@ impl Default for Faults {
             error_rate: 0.0,
             timeout_rate: 0.0,
             lost_rate: 0.0,
+            lost_created_rate: 0.0,
             hang: Duration::from_secs(30),
             storm: None,
             drop_webhooks: 0.0,
@@ -90,6 +94,7 @@ impl FromStr for Faults {
                 "errors" => f.error_rate = probability(value)?,
                 "timeouts" => f.timeout_rate = probability(value)?,
                 "lost" => f.lost_rate = probability(value)?,
+                "lost-created" => f.lost_created_rate = probability(value)?,
                 "hang" => f.hang = duration(value)?,
                 "drop-webhooks" => f.drop_webhooks = probability(value)?,
                 "storm" => {
@@ -104,7 +109,7 @@ impl FromStr for Faults {
                 }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}`: expected latency, errors, timeouts, lost, hang, storm or drop-webhooks"
+                        "unknown fault `{other}`: expected latency, errors, timeouts, lost, lost-created, hang, storm or drop-webhooks"
                     ))
                 }
             }
@@ -219,7 +224,8 @@ pub async fn apply(State(state): State<Arc<FaultState>>, request: Request, next:
         return (status, Body::from("injected failure")).into_response();
     }
     let answer = next.run(request).await;
-    if state.roll(f.lost_rate) {
+    let created = answer.status() == StatusCode::CREATED;
+    if state.roll(f.lost_rate) || (created && state.roll(f.lost_created_rate)) {
         tokio::time::sleep(f.hang).await;
         return (
             StatusCode::GATEWAY_TIMEOUT,
@@ -248,6 +254,8 @@ mod tests {
         );
         assert_eq!(f.hang, Duration::from_millis(1500));
         assert_eq!(f.lost_rate, 0.1);
+        let created: Faults = "lost-created=1".parse().unwrap();
+        assert_eq!(created.lost_created_rate, 1.0);
         assert_eq!("".parse::<Faults>().unwrap(), Faults::default());
         for (bad, why) in [
             ("errors=2", "probability"),
