@@ -85,8 +85,10 @@ impl SharedBudget for PgBudget {
     }
 }
 
-/// The budget key of a workspace's connection to `provider` (`what` names a budget of
-/// its own beside it, such as HubSpot's searches).
-pub fn budget_key(provider: crmsync_schema::Provider, workspace: &str, what: &str) -> String {
-    format!("{provider}/{what}/{workspace}")
+/// The budget key of a CRM account (HubSpot portal, Zoho org, Odoo database) at
+/// `provider`: the providers count requests by account, so every workspace connected
+/// to it shares it. `what` names a budget of its own beside it, such as HubSpot's
+/// searches. (Before 2026-11-29 the key named the workspace.)
+pub fn budget_key(provider: crmsync_schema::Provider, account: &str, what: &str) -> String {
+    format!("{provider}/{what}/{account}")
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use common::differences;
 use common::hubspot::start;
@@ -338,6 +338,36 @@ async fn a_backfill_outlives_its_access_token() {
     })
     .await;
     assert_eq!(projected, Some(1_000), "every contact is projected");
+    portal.engine.stop().await;
+}
+
+#[tokio::test]
+async fn workspaces_connected_to_one_portal_share_its_rate_budget() {
+    let portal = start(Config::default(), &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    portal.connect("acme").await;
+    portal.connect("beta").await;
+    let engine = &portal.engine;
+    let hubspot = engine.hubspot.clone().unwrap();
+    for workspace in ["acme", "beta"] {
+        let client = hubspot.client(workspace).await.unwrap();
+        client
+            .list("contacts", None, &["email"], false)
+            .await
+            .unwrap();
+        client
+            .search("contacts", &json!({"filterGroups": [], "limit": 1}))
+            .await
+            .unwrap();
+    }
+    // HubSpot counts both workspaces' requests against the portal's allowance: so do
+    // the budgets.
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT key FROM crm_rate_budgets WHERE key LIKE 'hubspot/%' ORDER BY 1",
+    )
+    .fetch_all(&engine.pool)
+    .await
+    .unwrap();
+    assert_eq!(keys, ["hubspot/all/62515", "hubspot/search/62515"]);
     portal.engine.stop().await;
 }
 

@@ -27,7 +27,8 @@ pub struct HubSpot {
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     limits: RateLimits,
-    clients: Mutex<HashMap<String, HubSpotClient>>,
+    /// By workspace and portal.
+    clients: Mutex<HashMap<(String, String), HubSpotClient>>,
     /// Tokens HubSpot refused, expired for a refresh.
     refused: connections::Refusals,
 }
@@ -75,8 +76,9 @@ impl HubSpot {
         self.refused.refused(&self.pool, workspace).await;
     }
 
-    /// A client for `workspace` with a fresh access token; one rate limiter per
-    /// connection (`CRM_SYNC_RPS`, bursts of twice that).
+    /// A client for `workspace` with a fresh access token. Its rate limits
+    /// (`CRM_SYNC_RPS`, and the searches') are its portal's: HubSpot counts requests by
+    /// portal, so workspaces connected to one portal share them.
     pub async fn client(&self, workspace: &str) -> anyhow::Result<HubSpotClient> {
         let token: Secret<String> = connections::hubspot_access_token(
             &self.pool,
@@ -86,19 +88,25 @@ impl HubSpot {
             workspace,
         )
         .await?;
+        let portal = connections::get(&self.pool, workspace, "hubspot")
+            .await?
+            .and_then(|c| c.account_id)
+            .context("the HubSpot connection has no portal; connect it again")?;
         let mut clients = self.clients.lock().await;
-        let client = clients.entry(workspace.to_owned()).or_insert_with(|| {
+        let key = (workspace.to_owned(), portal);
+        let client = clients.entry(key.clone()).or_insert_with(|| {
+            let portal = key.1.as_str();
             let budget = Arc::new(PgBudget::new(self.pool.clone()));
             let searches = RateLimiter::new(self.limits.search_rps, 1.0).shared(
                 budget.clone(),
-                budget_key(crmsync_schema::Provider::HubSpot, workspace, "search"),
+                budget_key(crmsync_schema::Provider::HubSpot, portal, "search"),
             );
             HubSpotClient::new(
                 self.app.api_url.clone(),
                 token.clone(),
                 self.limits.shared_limiter(
                     budget,
-                    budget_key(crmsync_schema::Provider::HubSpot, workspace, "all"),
+                    budget_key(crmsync_schema::Provider::HubSpot, portal, "all"),
                 ),
                 self.metrics.clone(),
             )

@@ -166,7 +166,8 @@ impl Odoo {
         };
         let limiter = self.limits.shared_limiter(
             Arc::new(PgBudget::new(self.pool.clone())),
-            budget_key(crmsync_schema::Provider::Odoo, &connection.workspace, "all"),
+            // The database's: workspaces connected to one database share it.
+            budget_key(crmsync_schema::Provider::Odoo, &connection.account, "all"),
         );
         let client = OdooClient::connect(config, limiter, self.metrics.clone()).await?;
         clients.insert(connection.workspace.clone(), (identity, client.clone()));

@@ -34,7 +34,8 @@ pub struct Zoho {
     metrics: Arc<Metrics>,
     limits: RateLimits,
     concurrency: usize,
-    clients: Mutex<HashMap<String, ZohoClient>>,
+    /// By workspace and org.
+    clients: Mutex<HashMap<(String, String), ZohoClient>>,
     /// Tokens Zoho refused, expired for a refresh.
     refused: connections::Refusals,
 }
@@ -96,20 +97,23 @@ impl Zoho {
             .and_then(Value::as_str)
             .context("the Zoho connection has no api_domain; connect it again")?
             .to_owned();
+        // Credits are the org's: workspaces connected to one org share its budget.
+        let org = connection
+            .account_id
+            .context("the Zoho connection has no org; connect it again")?;
         let mut clients = self.clients.lock().await;
-        let stale = clients
-            .get(workspace)
-            .is_some_and(|c| c.api_domain() != domain);
+        let key = (workspace.to_owned(), org);
+        let stale = clients.get(&key).is_some_and(|c| c.api_domain() != domain);
         if stale {
-            clients.remove(workspace);
+            clients.remove(&key);
         }
-        let client = clients.entry(workspace.to_owned()).or_insert_with(|| {
+        let client = clients.entry(key.clone()).or_insert_with(|| {
             ZohoClient::new(
                 domain,
                 token.clone(),
                 self.limits.shared_limiter(
                     Arc::new(PgBudget::new(self.pool.clone())),
-                    budget_key(crmsync_schema::Provider::Zoho, workspace, "all"),
+                    budget_key(crmsync_schema::Provider::Zoho, &key.1, "all"),
                 ),
                 self.concurrency,
                 self.metrics.clone(),
