@@ -30,6 +30,9 @@ const SECRET: &str = "crmsync-bench-secret";
 const PUBLIC_URL: &str = "http://bench.crmsync.local";
 const WEBHOOK: &str = "/crm/webhooks/hubspot";
 const PORTAL: u64 = 777;
+/// The advisory lock a `crmsync bench` holds while it runs (in [`lock_url`]'s
+/// database; "crmsync-bench"): benches share their scratch database and streams.
+pub const LOCK_KEY: i64 = 0x6372_6d73_6265_6e63;
 
 /// Options of `crmsync bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -155,12 +158,24 @@ async fn bench_settings(base: &Settings, prefix: &str) -> anyhow::Result<Setting
     Ok(s)
 }
 
+/// Where benches take their lock: the `postgres` database of `DATABASE_URL`'s server,
+/// whose scratch database (`crmsync_bench`) they share.
+fn lock_url(settings: &Settings) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(settings.database_url.expose()).context("DATABASE_URL")?;
+    url.set_path("/postgres");
+    Ok(url.to_string())
+}
+
+/// A scenario starts on nothing: its scratch database dropped and its streams
+/// deleted, whatever an interrupted run left behind.
 async fn fresh_database(settings: &Settings) -> anyhow::Result<()> {
     use sqlx::migrate::MigrateDatabase;
     let url = settings.database_url.expose();
     if sqlx::Postgres::database_exists(url).await? {
         sqlx::Postgres::force_drop_database(url).await?;
     }
+    let js = async_nats::jetstream::new(crate::app::connect_nats(&settings.nats_url).await?);
+    Topology::of(settings)?.delete(&js).await;
     Ok(())
 }
 
@@ -224,6 +239,7 @@ async fn ingest(base: &Settings, n: usize) -> anyhow::Result<Figures> {
         settings.dedupe_window,
         settings.delivery_policy(),
     )?;
+    raw.delete(&js).await;
     raw.ensure(&js).await?;
     let events = raw_events(&values)?;
     let started = Instant::now();
@@ -736,6 +752,23 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
         other => anyhow::bail!(
             "--scenario must be ingest, project, replay, e2e, e2e-10k, outbound or all (got {other:?})"
         ),
+    };
+    // Held to the end: the connection closing lets go of the lock.
+    let _lock = {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&lock_url(&settings)?)
+            .await
+            .context("connecting to DATABASE_URL's server")?;
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        anyhow::ensure!(
+            free,
+            "another `crmsync bench` is running on this database (benches share their scratch \
+             database and streams): wait for it to finish"
+        );
+        conn
     };
     if !opts.json {
         println!(

@@ -338,6 +338,34 @@ fn bench_prints_one_json_object_per_scenario_with_every_figure() {
                 >= scenarios[e2e]["p50_ms"].as_f64().unwrap()
         );
     }
+    // One bench at a time: a second one beside it says so and touches nothing.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let holder = runtime.block_on(async {
+        use sqlx::Connection as _;
+        let mut server = url::Url::parse(&crmsync_testkit::database_url()).unwrap();
+        server.set_path("/postgres");
+        let mut conn = sqlx::PgConnection::connect(server.as_str()).await.unwrap();
+        let took: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(crmsync_engine::bench::LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(took);
+        conn
+    });
+    let beside = crmsync()
+        .args(["bench", "--scenario", "ingest", "--events", "10"])
+        .env("DATABASE_URL", crmsync_testkit::database_url())
+        .env("NATS_URL", crmsync_testkit::nats_url())
+        .output()
+        .unwrap();
+    assert!(!beside.status.success());
+    let said = String::from_utf8(beside.stderr).unwrap();
+    assert!(
+        said.contains("another `crmsync bench` is running"),
+        "{said}"
+    );
+    runtime.block_on(sqlx::Connection::close(holder)).unwrap();
     let unknown = crmsync()
         .args(["bench", "--scenario", "warp"])
         .output()
