@@ -20,7 +20,10 @@ pub async fn find(hs: &HubSpot, command: &Command) -> Result<Option<String>, Pus
                 "filterGroups": [{"filters": [{"propertyName": "hs_call_title",
                     "operator": "CONTAINS_TOKEN", "value": command.key}]}],
                 "properties": ["hs_call_title"],
-                "limit": 10,
+                // Newest first, a page of 100: an earlier attempt's call is recent,
+                // and a search that matches words may also list other pushes' calls.
+                "sorts": [{"propertyName": "hs_createdate", "direction": "DESCENDING"}],
+                "limit": 100,
             }),
         )
         .await?;

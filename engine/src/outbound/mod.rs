@@ -757,17 +757,20 @@ impl Dispatcher {
         sqlx::query_as(
             "UPDATE crm_call_pushes p SET lease_until = now() + interval '30 seconds',
                     lease_owner = $4::uuid,
-                    attempts = p.attempts + CASE WHEN t.tries THEN 1 ELSE 0 END,
-                    updated_at = CASE WHEN t.tries THEN now() ELSE p.updated_at END,
-                    tried_at = CASE WHEN t.tries THEN now() ELSE p.tried_at END
-             FROM (SELECT tried_at AS before,
-                          state = 'queued' AND ($5::int IS NULL OR pushes <= $5) AS tries
-                   FROM crm_call_pushes
-                   WHERE workspace_id = $1 AND call_id = $2 AND provider = $3) t
+                    attempts = p.attempts + CASE WHEN p.state = 'queued'
+                        AND ($5::int IS NULL OR p.pushes <= $5) THEN 1 ELSE 0 END,
+                    updated_at = CASE WHEN p.state = 'queued'
+                        AND ($5::int IS NULL OR p.pushes <= $5) THEN now() ELSE p.updated_at END,
+                    tried_at = CASE WHEN p.state = 'queued'
+                        AND ($5::int IS NULL OR p.pushes <= $5) THEN now() ELSE p.tried_at END
+             -- Whether this is an attempt is decided on the row as locked (a new push
+             -- may commit meanwhile); the snapshot only says when it was last tried.
+             FROM (SELECT tried_at AS before FROM crm_call_pushes
+                   WHERE workspace_id = $1 AND call_id = $2 AND provider = $3) o
              WHERE p.workspace_id = $1 AND p.call_id = $2 AND p.provider = $3
                AND (p.lease_until IS NULL OR p.lease_until < now())
              RETURNING p.state, p.crm_id, p.attempts, p.pushes, p.reason,
-                       extract(epoch FROM now() - t.before)::float8 AS since_tried",
+                       extract(epoch FROM now() - o.before)::float8 AS since_tried",
         )
         .bind(&command.workspace)
         .bind(&command.call_id)
@@ -851,20 +854,6 @@ impl Dispatcher {
             owner,
         } = leased;
         let attempts = *attempts;
-        if command.push.is_some_and(|p| p < *pushes) {
-            // The call was pushed again since: the newer command carries its outcome.
-            tracing::debug!(provider = %command.provider, "a stale push command dropped");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
-        if state == "failed" || state == "dead_lettered" {
-            // Settled already, but its dead letter may not have been written (NATS
-            // away then): written again (the same id, so JetStream keeps one), then
-            // the command is done.
-            let reason = reason.as_deref().unwrap_or("failed");
-            self.dead_letter(msg, consumer, reason).await;
-            return;
-        }
         if state == "sent" {
             // Sent before: its result event may not have gone out (a crash, NATS
             // away); sent again, JetStream drops the copy.
@@ -878,6 +867,22 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::warn!(error = %e, "a sent push's result is not recorded yet"),
             }
+            return;
+        }
+        if command.push.is_some_and(|p| p < *pushes) {
+            // The call was pushed again since: the newer command carries its outcome.
+            // (A sent push is the exception, above: whichever command comes back
+            // finishes recording it, since a new push of a sent call queues none.)
+            tracing::debug!(provider = %command.provider, "a stale push command dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        if state == "failed" || state == "dead_lettered" {
+            // Settled already, but its dead letter may not have been written (NATS
+            // away then): written again (the same id, so JetStream keeps one), then
+            // the command is done.
+            let reason = reason.as_deref().unwrap_or("failed");
+            self.dead_letter(msg, consumer, reason).await;
             return;
         }
         // Keep the message ours while the CRM is slow.
@@ -913,7 +918,12 @@ impl Dispatcher {
                 let (state, after) = match reason.throttled() {
                     // The CRM's rate, not the push, failed (a daily allowance spent,
                     // another integration's burst): no attempt, however long it lasts.
-                    Some(retry_after) => ("throttled", retry_after.unwrap_or(delay)),
+                    // Its delay grows with the command's deliveries, as its attempts do not.
+                    Some(retry_after) => {
+                        let deliveries = msg.info().map_or(1, |i| i.delivered.max(1));
+                        let backoff = self.retry_delay(usize::try_from(deliveries).unwrap_or(1));
+                        ("throttled", retry_after.unwrap_or(backoff))
+                    }
                     None if i64::from(attempts) < self.topology.policy.max_deliver => {
                         ("queued", delay)
                     }

@@ -21,6 +21,8 @@ const WINDOW_MS: i64 = 24 * 3_600_000;
 #[derive(Debug)]
 pub struct Limits {
     credits_per_day: AtomicU64,
+    /// Requests refused for want of credits.
+    credit_refusals: AtomicU64,
     concurrency: usize,
     spent: Mutex<VecDeque<(i64, u64)>>,
     in_flight: Mutex<HashMap<String, usize>>,
@@ -68,6 +70,7 @@ impl Limits {
     pub fn new(credits_per_day: u64, concurrency: usize) -> Arc<Self> {
         Arc::new(Self {
             credits_per_day: AtomicU64::new(credits_per_day),
+            credit_refusals: AtomicU64::new(0),
             concurrency: concurrency.max(1),
             spent: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -111,6 +114,7 @@ impl Limits {
         let mut spent = lock(&self.spent);
         let used = Self::used_locked(&mut spent);
         if used + credits > self.credits_per_day.load(Ordering::Relaxed) {
+            self.credit_refusals.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::too_many_requests(
                 "You have reached the API credit limit of your edition for the last 24 hours",
             ));
@@ -127,6 +131,10 @@ impl Limits {
         self.credits_per_day
             .load(Ordering::Relaxed)
             .saturating_sub(self.credits_used())
+    }
+
+    pub fn credit_refusals(&self) -> u64 {
+        self.credit_refusals.load(Ordering::Relaxed)
     }
 
     /// The org's edition changed: `credits` a day from now on.

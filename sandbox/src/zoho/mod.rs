@@ -350,6 +350,11 @@ impl ZohoSandbox {
         self.limits.credits_remaining()
     }
 
+    /// Requests refused (429) because the credits were spent.
+    pub fn credit_refusals(&self) -> u64 {
+        self.limits.credit_refusals()
+    }
+
     /// Sets the org's API credits per rolling 24 hours (a spent allowance: at most
     /// what is used).
     pub fn set_credits_per_day(&self, credits: u64) {
