@@ -208,6 +208,29 @@ async fn malformed_oversized_and_mistyped_bodies_get_clear_errors_and_store_noth
 }
 
 #[tokio::test]
+async fn the_largest_batch_hubspot_sends_is_stored_whole() {
+    // HubSpot sends up to 100 events a request, and a text property holds up to
+    // 65,536 characters: 100 such changes in Japanese, with quotes, are more than
+    // 16 MiB of JSON. A 413 is a 4xx HubSpot does not retry: the batch would be lost.
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(62515);
+    let now = Utc::now().timestamp_millis();
+    // Three bytes a character, and quotes and a control character escaped.
+    let value: String = "\"会議メモ\"\u{1}x".repeat(65_536 / 8);
+    assert_eq!(value.chars().count(), 65_536);
+    let events: Vec<Value> = (0..100)
+        .map(|i| f.property_change("contact", 9_000 + i, now + i as i64, "notes", &value))
+        .collect();
+    let body = serde_json::to_vec(&events).unwrap();
+    assert!(body.len() > 16 << 20, "{} bytes", body.len());
+    let response = engine.post_webhook(Signature::V3, &body).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["stored"], 100);
+    assert_eq!(engine.events_in_stream().await, 100);
+}
+
+#[tokio::test]
 async fn unreadable_events_are_stored_unparsed_and_the_rest_of_the_batch_is_kept() {
     let engine = TestEngine::start(&[]).await;
     let mut f = EventFactory::new(62515);
