@@ -36,8 +36,8 @@ pub enum Outcome {
     Skip(String),
     /// A failure worth another try.
     Retry(String),
-    /// Not now, and nothing else will read it: held back for a minute at a time
-    /// (a stopped sync of an object no poll covers).
+    /// Not now: held back for a minute at a time (a CRM still refusing for its rate
+    /// limits after the client's own retries).
     Later(String),
 }
 

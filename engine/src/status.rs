@@ -201,15 +201,15 @@ async fn objects(
                 )
             })
             .collect(),
-        Provider::Zoho => crmsync_adapters::zoho::MODULES
+        // Calls are polled, not backfilled.
+        Provider::Zoho => crmsync_adapters::zoho::POLLED
             .iter()
             .map(|(module, object)| {
                 (
                     (*object).to_owned(),
                     crate::zoho::poller::cursor_key(workspace, account, module),
-                    Some(crate::zoho::backfill::resume_key(
-                        workspace, account, module,
-                    )),
+                    (*module != "Calls")
+                        .then(|| crate::zoho::backfill::resume_key(workspace, account, module)),
                 )
             })
             .collect(),

@@ -22,19 +22,29 @@ use crmsync_ingest::connections;
 use crmsync_sandbox::zoho::{Config, DataCentre, ZohoSandbox};
 use crmsync_testkit::eventually;
 
-/// A write through the emulator's API, as a colleague's integration would make it.
-async fn api_put(org: &common::zoho::Org, path: &str, record: Value) -> reqwest::Response {
+/// A write through the emulator's API, as a colleague's integration would make it:
+/// `PUT` of `record`, or `DELETE` without one.
+async fn api_write(
+    org: &common::zoho::Org,
+    path: &str,
+    record: Option<Value>,
+) -> reqwest::Response {
     let token = org.zs.credentials(&org.running.base_url)["access_token"]
         .as_str()
         .unwrap()
         .to_owned();
-    reqwest::Client::new()
-        .put(format!(
-            "{}/crm/v8/{path}",
-            DataCentre::Us.api_domain(&org.running.base_url)
-        ))
+    let url = format!(
+        "{}/crm/v8/{path}",
+        DataCentre::Us.api_domain(&org.running.base_url)
+    );
+    let request = match record {
+        Some(record) => reqwest::Client::new()
+            .put(url)
+            .json(&json!({ "data": [record] })),
+        None => reqwest::Client::new().delete(url),
+    };
+    request
         .header("Authorization", format!("Zoho-oauthtoken {token}"))
-        .json(&json!({ "data": [record] }))
         .send()
         .await
         .unwrap()
@@ -270,10 +280,10 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
         .as_str()
         .unwrap()
         .to_owned();
-    let update = api_put(
+    let update = api_write(
         &org,
         &format!("Contacts/{id}"),
-        json!({"Title": "Chief Notifier"}),
+        Some(json!({"Title": "Chief Notifier"})),
     )
     .await;
     assert_eq!(update.status(), 200, "{}", update.text().await.unwrap());
@@ -624,10 +634,10 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
         .map(|c| c["id"].as_str().unwrap().to_owned())
         .find(|c| *c != old)
         .unwrap();
-    let moved = api_put(
+    let moved = api_write(
         &org,
         &format!("Deals/{deal_id}"),
-        json!({"Contact_Name": {"id": new}}),
+        Some(json!({"Contact_Name": {"id": new}})),
     )
     .await;
     assert_eq!(moved.status(), 200, "{}", moved.text().await.unwrap());
@@ -659,5 +669,100 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
     );
     common::assert_replay_matches(&org.engine).await;
     common::events::assert_contract(&org.engine.js, &org.engine.topology).await;
+    org.engine.stop().await;
+}
+
+#[tokio::test]
+async fn calls_logged_edited_or_deleted_while_notifications_are_lost_are_found_by_polling() {
+    let config = Config {
+        contacts: 20,
+        companies: 5,
+        deals: 5,
+        ..Config::default()
+    };
+    let org = start(
+        config,
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_POLL_LOOKBACK_SECS", "3"),
+        ],
+    )
+    .await;
+    org.connect("acme").await;
+    let (zs, engine) = (&org.zs, &org.engine);
+    let notify_url = engine.url("/crm/webhooks/zoho");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            zs.live_channels().into_iter().find(|c| c.1 == notify_url)
+        })
+        .await
+        .is_some(),
+        "the channel is enabled"
+    );
+    // Zoho does not retry a notification: with every one lost, only the poll can
+    // tell the engine about these calls.
+    zs.faults().set("drop-webhooks=1".parse().unwrap());
+    let zoho = engine.zoho.as_ref().unwrap().client("acme").await.unwrap();
+    let made = zoho
+        .insert(
+            "Calls",
+            &[
+                json!({"Subject": "Kept", "Call_Type": "Inbound",
+                       "Call_Start_Time": "2026-11-27T09:00:00+00:00"}),
+                json!({"Subject": "Deleted", "Call_Type": "Outbound",
+                       "Call_Start_Time": "2026-11-27T10:00:00+00:00"}),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = |i: usize| {
+        made.pointer(&format!("/data/{i}/details/id"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_owned()
+    };
+    let (kept, gone) = (id(0), id(1));
+    let row = |id: String| {
+        let pool = engine.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, bool)>(
+                "SELECT subject, deleted FROM activities
+                 WHERE provider = 'zoho' AND remote_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for (id, subject) in [(&kept, "Kept"), (&gone, "Deleted")] {
+        let projected = eventually(Duration::from_secs(30), || async {
+            row(id.clone())
+                .await
+                .filter(|r| r.0.as_deref() == Some(subject))
+        })
+        .await;
+        assert!(projected.is_some(), "the call {subject:?} is projected");
+    }
+    assert!(zs.edit_text("Calls", &kept, &[("Subject", "Renamed in Zoho")]));
+    let deleted = api_write(&org, &format!("Calls/{gone}"), None).await;
+    assert_eq!(deleted.status(), 200, "{}", deleted.text().await.unwrap());
+    let renamed = eventually(Duration::from_secs(30), || async {
+        row(kept.clone())
+            .await
+            .filter(|r| r.0.as_deref() == Some("Renamed in Zoho"))
+    })
+    .await;
+    assert_eq!(renamed, Some((Some("Renamed in Zoho".to_owned()), false)));
+    let tombstone = eventually(Duration::from_secs(30), || async {
+        row(gone.clone()).await.filter(|r| r.1)
+    })
+    .await;
+    assert!(tombstone.is_some(), "the deleted call is a tombstone");
+    assert!(
+        zs.callbacks_dropped() >= 3,
+        "the notifications were lost: {}",
+        zs.callbacks_dropped()
+    );
     org.engine.stop().await;
 }

@@ -15,6 +15,11 @@ pub const MODULES: [(&str, &str); 3] = [
     ("Deals", "deal"),
 ];
 
+/// The modules the poller reads: the synced ones and Calls. A notification can be
+/// lost (Zoho does not retry one), and a call logged, edited or deleted in Zoho then
+/// reaches crmsync only this way. Calls are not backfilled: the first poll reads them.
+pub const POLLED: [(&str, &str); 4] = [MODULES[0], MODULES[1], MODULES[2], ("Calls", "activity")];
+
 /// The modules a notification channel watches: the synced ones and Calls (the call
 /// outcomes crmsync logs, whose CRM edits are conflicts).
 pub const WATCHED: [&str; 4] = ["Contacts", "Accounts", "Deals", "Calls"];

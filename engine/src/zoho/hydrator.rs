@@ -5,6 +5,7 @@
 use async_nats::jetstream::Message;
 use chrono::Utc;
 
+use crmsync_adapters::error::ErrorKind;
 use crmsync_adapters::zoho::mapping::fields_to_read;
 use crmsync_adapters::zoho::module_of;
 use crmsync_adapters::zoho::snapshot::snapshot_event;
@@ -57,13 +58,9 @@ impl Source for Zoho {
         )
         .await
         {
-            // The first poll after the start reads a polled module (its cursor has not
-            // moved); Calls are not polled, so their notices wait for the start.
-            return Err(if object == "activity" {
-                Outcome::Later("the sync is stopped".into())
-            } else {
-                Outcome::Skip("the sync is stopped".into())
-            });
+            // The first poll after the start reads what changed meanwhile: a stopped
+            // object's cursor does not move.
+            return Err(Outcome::Skip("the sync is stopped".into()));
         }
         let client = self.client(&workspace).await.map_err(client_outcome)?;
         let module = module_of(object).expect("filtered in wanted()");
@@ -72,7 +69,12 @@ impl Source for Zoho {
             Ok(r) => r,
             Err(e) => {
                 self.observe(&workspace, &e).await;
-                return Err(Outcome::Retry(e.to_string()));
+                // Still refused after the client's retries: the org's credits are
+                // spent, and a retry every few seconds would only spend more.
+                return Err(match e.kind {
+                    ErrorKind::RateLimited { .. } => Outcome::Later(e.to_string()),
+                    _ => Outcome::Retry(e.to_string()),
+                });
             }
         };
         let org_id = WorkspaceId::parse(org).map_err(|e| Outcome::Skip(e.to_string()))?;

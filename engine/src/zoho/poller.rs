@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crmsync_adapters::zoho::client::{PageAt, ZohoClient};
 use crmsync_adapters::zoho::mapping::fields_to_read;
 use crmsync_adapters::zoho::snapshot::{deleted_event, snapshot_event};
-use crmsync_adapters::zoho::MODULES;
+use crmsync_adapters::zoho::POLLED;
 use crmsync_ingest::publish::publish_all;
 use crmsync_schema::{ObjectType, Provider, Subjects, WorkspaceId};
 
@@ -298,7 +298,7 @@ async fn poll_connection(
             return;
         }
     };
-    for (module, object) in MODULES {
+    for (module, object) in POLLED {
         if pause::is_paused(zoho.pool(), &connection.workspace, Provider::Zoho, object).await {
             continue;
         }
