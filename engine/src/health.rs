@@ -8,7 +8,7 @@
 //!
 //! No bearer token is needed, as for a load balancer's probe; without a valid one
 //! the answer is the verdict and counts alone, never a workspace or an account. A
-//! probe's result is kept for [`PROBE_TTL`], so polling this route cannot spend a
+//! probe's result is kept for [`probe_ttl`], so polling this route cannot spend a
 //! customer's CRM quota.
 
 use std::collections::HashMap;
@@ -31,8 +31,16 @@ use crate::hubspot::HubSpot;
 use crate::odoo::Odoo;
 use crate::zoho::Zoho;
 
-/// How long a connection's probe answers for it.
-pub const PROBE_TTL: Duration = Duration::from_secs(30);
+/// How long a connection's probe answers for it. A Zoho probe costs a credit of the
+/// org's day (5,000 on the free edition, shared with every integration): every
+/// 10 minutes is 144 a day for each process that answers this route. HubSpot's
+/// allowance is per 10 s and hundreds of thousands a day; Odoo counts nothing.
+pub fn probe_ttl(provider: Provider) -> Duration {
+    match provider {
+        Provider::Zoho => Duration::from_secs(600),
+        Provider::HubSpot | Provider::Odoo => Duration::from_secs(30),
+    }
+}
 /// A probe that takes longer has failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -247,7 +255,7 @@ async fn last_projected(
 
 impl Probes {
     /// A connection's health: not probed when its credentials were refused or its
-    /// sync is stopped, else its probe (kept for [`PROBE_TTL`]).
+    /// sync is stopped, else its probe (kept for [`probe_ttl`]).
     async fn check(
         &self,
         workspace: &str,
@@ -285,7 +293,7 @@ impl Probes {
             .clone();
         let mut slot = slot.lock().await;
         if let Some((at, probe)) = slot.as_ref() {
-            if at.elapsed() < PROBE_TTL {
+            if at.elapsed() < probe_ttl(provider) {
                 return probe.clone();
             }
         }
@@ -397,5 +405,21 @@ fn api_failed(e: crmsync_adapters::ProviderError, checked_at: DateTime<Utc>) -> 
         api: Err(why),
         budget: None,
         checked_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_of_zoho_probes_spends_few_of_a_free_orgs_credits() {
+        // A load balancer asking every few seconds gets the kept probe: at most one
+        // call per TTL, per process.
+        let per_day = 86_400 / probe_ttl(Provider::Zoho).as_secs();
+        assert!(
+            per_day * 100 <= 5_000 * 3,
+            "{per_day} of 5,000 credits a day"
+        );
     }
 }
