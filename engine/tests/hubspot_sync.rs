@@ -512,3 +512,115 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
     }
     portal.engine.stop().await;
 }
+
+/// The live links from `from` records to `to` records the projection holds.
+async fn projected_links(
+    pool: &sqlx::PgPool,
+    from: &str,
+    to: &str,
+) -> std::collections::BTreeSet<(u64, u64)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT from_id, to_id FROM associations
+         WHERE workspace_id = '62515' AND provider = 'hubspot' AND from_type = $1
+           AND to_type = $2 AND NOT removed",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(f, t)| (f.parse().unwrap(), t.parse().unwrap()))
+        .collect()
+}
+
+/// How many link sets each sweep that finished after `since` stored, in order, and
+/// whether it also started after `since`.
+async fn sweeps_since(
+    pool: &sqlx::PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<(i64, bool)> {
+    sqlx::query_as(
+        "SELECT records, started_at > $1 FROM crm_sync_logs
+         WHERE provider = 'hubspot' AND operation = 'sweep' AND status = 'ok'
+           AND finished_at > $1
+         ORDER BY id",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_link_sweep_stores_only_the_link_sets_that_changed() {
+    // Every association webhook lost: the sweep alone keeps the links, at every poll.
+    let portal = polled_alone(
+        30,
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_LINK_SWEEP_EVERY", "1"),
+        ],
+    )
+    .await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
+    let in_step = || async {
+        let want = hs.links("contacts", "companies");
+        let have = projected_links(&engine.pool, "contact", "company").await;
+        (!want.is_empty() && want == have).then_some(())
+    };
+    eventually(Duration::from_secs(60), in_step)
+        .await
+        .expect("the first sweeps project every contact's companies");
+
+    // Once the projection holds every set, a sweep stores none: the stream keeps its
+    // history for ever, and a set stored again at each sweep would grow it by every
+    // record each time.
+    let settled = chrono::Utc::now();
+    let nothing = eventually(Duration::from_secs(30), || async {
+        sweeps_since(&engine.pool, settled)
+            .await
+            .into_iter()
+            .find(|(n, whole)| *whole && *n == 0)
+    })
+    .await;
+    assert!(
+        nothing.is_some(),
+        "a sweep with nothing changed stores nothing"
+    );
+    let before = engine.events_in_stream().await;
+    let quiet = chrono::Utc::now();
+    eventually(Duration::from_secs(30), || async {
+        sweeps_since(&engine.pool, quiet)
+            .await
+            .into_iter()
+            .find(|(_, whole)| *whole)
+    })
+    .await
+    .expect("another sweep");
+    assert_eq!(engine.events_in_stream().await, before);
+
+    // A link added in HubSpot, its webhook lost: the next sweep stores that set alone.
+    let contact = *hs.snapshot("contacts").keys().next().unwrap();
+    let company = hs
+        .snapshot("companies")
+        .into_keys()
+        .find(|c| !hs.links("contacts", "companies").contains(&(contact, *c)))
+        .expect("a company the contact is not linked to");
+    let linked = chrono::Utc::now();
+    hs.associate("contacts", contact, "companies", company);
+    // The first sweep to see it (one under way may have read that page before).
+    let stored = eventually(Duration::from_secs(30), || async {
+        sweeps_since(&engine.pool, linked)
+            .await
+            .into_iter()
+            .map(|(n, _)| n)
+            .find(|n| *n > 0)
+    })
+    .await;
+    assert_eq!(stored, Some(1), "the changed set, and no other");
+    eventually(Duration::from_secs(30), in_step)
+        .await
+        .expect("the new link is projected");
+    portal.engine.stop().await;
+}

@@ -6,6 +6,7 @@
 //! listing `archived=true`. Every record found is stored as a snapshot event, and
 //! only then is the cursor advanced, by compare-and-set in the `crm_cursors` bucket.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,9 @@ use crmsync_adapters::hubspot::snapshot::{
     changed_at, links_event, object_of, properties_of, snapshot_event,
 };
 use crmsync_ingest::publish::publish_all;
-use crmsync_schema::{Provider, Subjects, WorkspaceId};
+use crmsync_schema::subject::escape_token;
+use crmsync_schema::{ObjectType, Provider, Subjects, WorkspaceId};
+use sqlx::PgPool;
 
 use super::{Connected, HubSpot};
 use crate::pause;
@@ -87,11 +90,15 @@ pub const LINKS: [(&str, &str); 3] = [
 
 /// The association sweep: association changes do not touch a record's modified date,
 /// so a lost `associationChange` webhook is never seen by the delta poll. Every so
-/// often the complete link sets of every record are read (list, then v4 batch read)
-/// and stored as link-set events; the projection marks links missing from a set as
-/// removed. Returns how many link sets were stored.
+/// often the complete link sets of every record are read (list, then v4 batch read);
+/// a set that differs from the projected links of its record is stored as a link-set
+/// event, and the projection marks links missing from it as removed. A set the
+/// projection already holds is not stored again: each sweep would otherwise add an
+/// event per record to the stream, which keeps its history for ever. Returns how
+/// many link sets were stored.
 pub async fn sweep_links(
     client: &HubSpotClient,
+    pool: &PgPool,
     js: &jetstream::Context,
     subjects: &Subjects,
     connection: &Connected,
@@ -107,8 +114,14 @@ pub async fn sweep_links(
             let page = client.list(from, after.as_deref(), &[], false).await?;
             let ids: Vec<String> = page.results.iter().map(|r| r.id.clone()).collect();
             let links = client.associations(from, to, &ids).await?;
+            let projected =
+                projected_links(pool, &portal, &from_object, to_object.as_str(), &ids).await?;
             let events: Vec<_> = links
                 .iter()
+                .filter(|(id, to_ids)| {
+                    let swept: BTreeSet<String> = to_ids.iter().map(|t| escape_token(t)).collect();
+                    projected.get(&escape_token(id)).unwrap_or(&BTreeSet::new()) != &swept
+                })
                 .filter_map(|(id, to_ids)| {
                     links_event(&portal, &from_object, id, to_object.as_str(), to_ids, at)
                 })
@@ -124,6 +137,35 @@ pub async fn sweep_links(
         }
     }
     Ok(stored)
+}
+
+/// The links to `to_type` records that the projection holds for each of `ids`, by
+/// the escaped ids the link rows name.
+async fn projected_links(
+    pool: &PgPool,
+    portal: &WorkspaceId,
+    from_type: &ObjectType,
+    to_type: &str,
+    ids: &[String],
+) -> anyhow::Result<HashMap<String, BTreeSet<String>>> {
+    let ids: Vec<String> = ids.iter().map(|id| escape_token(id)).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT from_id, to_id FROM associations
+         WHERE workspace_id = $1 AND provider = 'hubspot' AND from_type = $2
+           AND to_type = $3 AND from_id = ANY($4) AND NOT removed",
+    )
+    .bind(portal.as_str())
+    .bind(escape_token(from_type.as_str()))
+    .bind(escape_token(to_type))
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .context("reading the projected links")?;
+    let mut sets: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (from, to) in rows {
+        sets.entry(from).or_default().insert(to);
+    }
+    Ok(sets)
 }
 
 /// One poll of one object of one connection: every record modified since the cursor
@@ -328,7 +370,9 @@ pub async fn run(
                         pause::is_paused(pool, &connection.workspace, Provider::HubSpot, "?").await;
                     if sweep && !stopped && !refused {
                         let started = Utc::now();
-                        let run = match sweep_links(&client, &js, &subjects, &connection).await {
+                        let run = match sweep_links(&client, pool, &js, &subjects, &connection)
+                            .await
+                        {
                             Ok(n) => {
                                 tracing::info!(workspace = %connection.workspace, link_sets = n, "links swept");
                                 log(

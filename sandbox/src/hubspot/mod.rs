@@ -323,6 +323,17 @@ impl HubSpotSandbox {
         Ok(v)
     }
 
+    /// Links two records (both ways), as a user would in HubSpot; an
+    /// `associationChange` webhook is sent when they were not linked.
+    pub fn associate(&self, from: &'static str, from_id: u64, to: &'static str, to_id: u64) {
+        let changes = self
+            .store
+            .lock()
+            .expect("store lock")
+            .associate(from, from_id, to, to_id);
+        self.webhooks.emit(&changes, now_ms());
+    }
+
     pub fn archive(&self, ty: &'static str, id: u64) {
         // Webhooks carry the time of the change itself, as lastmodifieddate does.
         let at = now_ms();
