@@ -65,6 +65,15 @@ pub struct Retraction {
     pub version: crmsync_schema::Version,
 }
 
+/// A record merged away: every link naming it, on either side, is gone as of
+/// `version`. The type and id are escaped as the link rows name them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unlink {
+    pub object_type: String,
+    pub id: String,
+    pub version: crmsync_schema::Version,
+}
+
 /// Why a provider event could not be normalised. Permanent: retrying will not help.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {

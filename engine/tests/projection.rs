@@ -545,6 +545,59 @@ async fn a_link_set_marks_the_links_it_does_not_list_removed() {
     engine.stop().await;
 }
 
+#[tokio::test]
+async fn a_merge_ends_the_links_of_the_records_merged_away() {
+    let engine = TestEngine::start(&[]).await;
+    let mut f = EventFactory::new(14);
+    let t = 1_700_000_000_000;
+    let link = |f: &mut EventFactory, kind: &str, from: u64, to: u64| {
+        let object = kind.split('_').next().unwrap().to_ascii_lowercase();
+        let mut e = f.creation(&object, from, t);
+        e["subscriptionType"] = json!(format!("{object}.associationChange"));
+        e["associationType"] = json!(kind);
+        e["fromObjectId"] = json!(from);
+        e["toObjectId"] = json!(to);
+        e["associationRemoved"] = json!(false);
+        e
+    };
+    // Contacts 1 and 2 merged into 3: their links, either way, go with them; company
+    // 9's link to contact 4 stays. HubSpot announces 3's links on their own.
+    let mut events = vec![
+        link(&mut f, "CONTACT_TO_COMPANY", 1, 9),
+        link(&mut f, "COMPANY_TO_CONTACT", 9, 1),
+        link(&mut f, "DEAL_TO_CONTACT", 5, 2),
+        link(&mut f, "CONTACT_TO_COMPANY", 4, 9),
+        link(&mut f, "COMPANY_TO_CONTACT", 9, 4),
+    ];
+    engine.post_events(Signature::V3, &events).await;
+    events.clear();
+    events.push(f.merge("contact", 1, &[2], 3, t + 1_000));
+    events.push(link(&mut f, "CONTACT_TO_COMPANY", 3, 9));
+    engine.post_events(Signature::V3, &events).await;
+    let want = vec![
+        "company|9|contact|4".to_owned(),
+        "contact|3|company|9".to_owned(),
+        "contact|4|company|9".to_owned(),
+    ];
+    let pool = engine.pool.clone();
+    let live = crmsync_testkit::eventually(Duration::from_secs(20), || {
+        let (pool, want) = (pool.clone(), want.clone());
+        async move {
+            let live: Vec<String> = sqlx::query_scalar(
+                "SELECT remote_id FROM associations
+                 WHERE workspace_id = '14' AND NOT removed ORDER BY remote_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .ok()?;
+            (live == want).then_some(live)
+        }
+    })
+    .await;
+    assert_eq!(live, Some(want.clone()), "the links live at the end");
+    engine.stop().await;
+}
+
 /// A batch that only upserts is written as one statement: the rows of every table and
 /// the checkpoint, all of them or none, and the merge rule as in a transaction; none
 /// of them when the field mappings moved since the rows were mapped.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crmsync_adapters::telemetry::{ConsumerLabels, EntityLabels, SyncedLabels};
 use crmsync_adapters::Metrics;
-use crmsync_adapters::Retraction;
+use crmsync_adapters::{Retraction, Unlink};
 use crmsync_schema::{binding, Change, FieldSet, Provider, Subjects, Version, WorkspaceId};
 
 use crate::mappings::{MappingSet, Mappings};
@@ -109,6 +109,7 @@ struct Decoded {
 struct Outcome {
     rows: Vec<(Table, RowKey, FieldSet)>,
     retractions: Vec<(WorkspaceId, Provider, Retraction)>,
+    unlinks: Vec<(WorkspaceId, Provider, Unlink)>,
     /// The tables it counts for in the metrics: its object's, and any it changes.
     touched: Vec<Table>,
 }
@@ -408,7 +409,11 @@ impl Projector {
                 let normalised = table
                     .normalise(subject.provider, object, change, &event.data, &version)
                     .map_err(|e| format!("{}: {e}", table.name()))?;
-                if own || !normalised.rows.is_empty() || !normalised.retractions.is_empty() {
+                if own
+                    || !normalised.rows.is_empty()
+                    || !normalised.retractions.is_empty()
+                    || !normalised.unlinks.is_empty()
+                {
                     outcome.touched.push(table);
                 }
                 outcome.rows.extend(normalised.rows.into_iter().map(|c| {
@@ -423,6 +428,12 @@ impl Projector {
                         .retractions
                         .into_iter()
                         .map(|r| (subject.workspace.clone(), subject.provider, r)),
+                );
+                outcome.unlinks.extend(
+                    normalised
+                        .unlinks
+                        .into_iter()
+                        .map(|u| (subject.workspace.clone(), subject.provider, u)),
                 );
             }
             Ok(outcome)
@@ -491,7 +502,8 @@ impl Projector {
             events: items.len() as u64,
         };
         let outcomes = || outcomes(items);
-        let has_retractions = outcomes().any(|o| !o.retractions.is_empty());
+        let has_retractions =
+            outcomes().any(|o| !o.retractions.is_empty() || !o.unlinks.is_empty());
         if !has_retractions && outcomes().all(|o| o.rows.is_empty()) {
             // Events that touch no table (Zoho's change notices, which only name
             // ids for the hydrator): the checkpoint alone.
@@ -555,6 +567,7 @@ impl Projector {
             tables::upsert(&mut tx, table, &fold(mapped)).await?;
         }
         tables::retract_all(&mut tx, outcomes().flat_map(|o| o.retractions.iter())).await?;
+        tables::unlink_all(&mut tx, outcomes().flat_map(|o| o.unlinks.iter())).await?;
         checkpoint::advance(&mut tx, advance).await?;
         tx.commit().await
     }

@@ -11,7 +11,7 @@ use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres};
 
-use crmsync_adapters::{hubspot, odoo, zoho, MappingError, Retraction, RowChange};
+use crmsync_adapters::{hubspot, odoo, zoho, MappingError, Retraction, RowChange, Unlink};
 use crmsync_schema::conflict::{app_born_activity, app_fields, Conflict};
 use crmsync_schema::{Change, FieldSet, ObjectType, Provider, RemoteId, Version, WorkspaceId};
 
@@ -96,7 +96,7 @@ impl Table {
     ) -> Result<Normalised, MappingError> {
         let rows = |rows: Vec<RowChange>| Normalised {
             rows,
-            retractions: Vec::new(),
+            ..Normalised::default()
         };
         match (provider, change) {
             // Only Zoho's Calls are read back so far; Odoo's activities are polled
@@ -109,6 +109,7 @@ impl Table {
                 Ok(Normalised {
                     rows: links,
                     retractions,
+                    ..Normalised::default()
                 })
             }
             (Provider::Zoho, _) if self == Table::Associations => Ok(rows(Vec::new())),
@@ -125,6 +126,7 @@ impl Table {
                 Ok(Normalised {
                     rows: links,
                     retractions,
+                    ..Normalised::default()
                 })
             }
             (Provider::Odoo, _) if self == Table::Associations => Ok(rows(Vec::new())),
@@ -139,6 +141,13 @@ impl Table {
                 Ok(Normalised {
                     rows: links,
                     retractions: vec![retraction],
+                    ..Normalised::default()
+                })
+            }
+            (Provider::HubSpot, Some(Change::Merged)) if self == Table::Associations => {
+                Ok(Normalised {
+                    unlinks: hubspot::mapping::merge_unlinks(object, data, version)?,
+                    ..Normalised::default()
                 })
             }
             (_, Some(Change::Links)) => Ok(rows(Vec::new())),
@@ -164,12 +173,60 @@ impl Table {
     }
 }
 
-/// What one event means for a table: rows to merge, and (link sets) links to mark
-/// removed.
+/// What one event means for a table: rows to merge, and links to mark removed (those
+/// a link set does not list, and those of records merged away).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Normalised {
     pub rows: Vec<RowChange>,
     pub retractions: Vec<Retraction>,
+    pub unlinks: Vec<Unlink>,
+}
+
+/// Marks a link row `a` removed as of `r.version` (an `UPDATE associations AS a …
+/// FROM … AS r` sets this).
+const MARK_REMOVED: &str = r#"(fields, field_versions) = (
+        SELECT m.fields, m.versions
+        FROM crm_merge_fields(a.fields, a.field_versions, '{"$removed": true}'::jsonb,
+                              jsonb_build_object('$removed', r.version)) m),
+    projected_at = now()"#;
+
+/// Marks removed, as of each unlink's version, every link naming its record, from
+/// either side: in one statement for a whole batch.
+pub async fn unlink_all<'a>(
+    tx: &mut PgConnection,
+    unlinks: impl Iterator<Item = &'a (WorkspaceId, Provider, Unlink)>,
+) -> Result<(), sqlx::Error> {
+    let mut columns: [Vec<&str>; 5] = Default::default();
+    for (workspace, provider, u) in unlinks {
+        for (column, value) in columns.iter_mut().zip([
+            workspace.as_str(),
+            provider.as_str(),
+            u.object_type.as_str(),
+            u.id.as_str(),
+            u.version.as_str(),
+        ]) {
+            column.push(value);
+        }
+    }
+    if columns[0].is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "UPDATE associations AS a SET {MARK_REMOVED}
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+              AS r(workspace_id, provider, type, id, version)
+         WHERE a.workspace_id = r.workspace_id AND a.provider = r.provider
+           AND ((a.from_type = r.type AND a.from_id = r.id)
+                OR (a.to_type = r.type AND a.to_id = r.id))"
+    ))
+    .bind(&columns[0])
+    .bind(&columns[1])
+    .bind(&columns[2])
+    .bind(&columns[3])
+    .bind(&columns[4])
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// Marks removed, as of each retraction's version, every link of its record to its
@@ -211,21 +268,15 @@ pub async fn retract_all<'a>(
         keeps.push(serde_json::to_value(&r.keep).unwrap_or(Value::Null));
         versions.push(r.version.as_str());
     }
-    sqlx::query(
-        r#"UPDATE associations AS a SET
-               (fields, field_versions) = (
-                   SELECT m.fields, m.versions
-                   FROM crm_merge_fields(a.fields, a.field_versions,
-                                         '{"$removed": true}'::jsonb,
-                                         jsonb_build_object('$removed', r.version)) m),
-               projected_at = now()
-           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                       $6::jsonb[], $7::text[])
-                AS r(workspace_id, provider, from_type, from_id, to_type, keep, version)
-           WHERE a.workspace_id = r.workspace_id AND a.provider = r.provider
-             AND a.from_type = r.from_type AND a.from_id = r.from_id
-             AND a.to_type = r.to_type AND NOT r.keep ? a.to_id"#,
-    )
+    sqlx::query(&format!(
+        "UPDATE associations AS a SET {MARK_REMOVED}
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::jsonb[], $7::text[])
+              AS r(workspace_id, provider, from_type, from_id, to_type, keep, version)
+         WHERE a.workspace_id = r.workspace_id AND a.provider = r.provider
+           AND a.from_type = r.from_type AND a.from_id = r.from_id
+           AND a.to_type = r.to_type AND NOT r.keep ? a.to_id"
+    ))
     .bind(&columns[0])
     .bind(&columns[1])
     .bind(&columns[2])

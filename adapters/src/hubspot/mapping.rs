@@ -284,29 +284,68 @@ fn changes_with(
             vec![one(id, &canonical_field(table, property), value, version)]
         }
         Change::Merged => {
-            let survivor = event
-                .new_object_id
-                .as_ref()
-                .or(event.primary_object_id.as_ref())
-                .map_or(Ok(id.clone()), |s| remote_id(&s.0))?;
+            let (survivor, losers) = merge_parties(&event, &id)?;
             let mut changes = vec![one(survivor.clone(), DELETED, Value::Bool(false), version)];
-            let losers = event
-                .merged_object_ids
-                .iter()
-                .chain(event.primary_object_id.iter())
-                .chain(event.record_id());
             for loser in losers {
-                let loser = remote_id(&loser.0)?;
-                let seen = changes.iter().any(|c| c.remote_id == loser);
-                if !seen {
-                    let into = Value::String(survivor.as_str().to_owned());
-                    changes.push(one(loser, MERGED_INTO, into, version));
-                }
+                let into = Value::String(survivor.as_str().to_owned());
+                changes.push(one(loser, MERGED_INTO, into, version));
             }
             changes
         }
         Change::AssociationChanged | Change::Snapshot | Change::Links | Change::Other => Vec::new(),
     })
+}
+
+/// A merge's survivor, and the records merged into it (each once, never the
+/// survivor). `id` is the event's record.
+fn merge_parties(
+    event: &WebhookEvent,
+    id: &RemoteId,
+) -> Result<(RemoteId, Vec<RemoteId>), MappingError> {
+    let survivor = event
+        .new_object_id
+        .as_ref()
+        .or(event.primary_object_id.as_ref())
+        .map_or(Ok(id.clone()), |s| remote_id(&s.0))?;
+    let mut losers: Vec<RemoteId> = Vec::new();
+    let named = event
+        .merged_object_ids
+        .iter()
+        .chain(event.primary_object_id.iter())
+        .chain(event.record_id());
+    for loser in named {
+        let loser = remote_id(&loser.0)?;
+        if loser != survivor && !losers.contains(&loser) {
+            losers.push(loser);
+        }
+    }
+    Ok((survivor, losers))
+}
+
+/// The links a merge ends: every link naming a record merged away, on either side.
+/// HubSpot moves them to the survivor and announces the survivor's own links (as
+/// `associationChange`s, or found by the link sweep); the loser's would otherwise
+/// stay in the projection for ever, as no later event names the loser.
+pub fn merge_unlinks(
+    object: &str,
+    data: &[u8],
+    version: &Version,
+) -> Result<Vec<crate::Unlink>, MappingError> {
+    let event: WebhookEvent = serde_json::from_slice(data).map_err(|e| malformed(e.to_string()))?;
+    if event.change() != Change::Merged {
+        return Ok(Vec::new());
+    }
+    let id = remote_id(&event.record_id().map(|i| i.0.clone()).unwrap_or_default())?;
+    let (_, losers) = merge_parties(&event, &id)?;
+    let esc = crmsync_schema::subject::escape_token;
+    Ok(losers
+        .into_iter()
+        .map(|loser| crate::Unlink {
+            object_type: esc(object),
+            id: esc(loser.as_str()),
+            version: version.clone(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
