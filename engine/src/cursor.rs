@@ -36,15 +36,30 @@ pub async fn load<T: DeserializeOwned + Default>(
 
 /// Writes `next` at `key` if nobody wrote since `read`; false when another poller did
 /// (its cursor stands; this poll's events are stored anyway).
-pub async fn advance<T: Serialize>(
+pub async fn advance<T: Serialize + Clone>(
     cursors: &kv::Store,
     key: &str,
     read: &Stored<T>,
     next: &T,
 ) -> anyhow::Result<bool> {
-    let value = serde_json::to_vec(next)?.into();
-    Ok(match read.revision {
-        Some(rev) => cursors.update(key, value, rev).await.is_ok(),
-        None => cursors.create(key, value).await.is_ok(),
-    })
+    Ok(write(cursors, key, read, next.clone()).await?.is_some())
+}
+
+/// [`advance`], answering the cursor as written (to write again after it), or `None`
+/// when another poller wrote since `read`.
+pub async fn write<T: Serialize>(
+    cursors: &kv::Store,
+    key: &str,
+    read: &Stored<T>,
+    next: T,
+) -> anyhow::Result<Option<Stored<T>>> {
+    let value = serde_json::to_vec(&next)?.into();
+    let written = match read.revision {
+        Some(rev) => cursors.update(key, value, rev).await.ok(),
+        None => cursors.create(key, value).await.ok(),
+    };
+    Ok(written.map(|revision| Stored {
+        value: next,
+        revision: Some(revision),
+    }))
 }

@@ -513,6 +513,86 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
     portal.engine.stop().await;
 }
 
+#[tokio::test]
+async fn a_poll_whose_token_is_refused_mid_scan_resumes_after_its_last_stored_page() {
+    use crmsync_engine::hubspot::poller::{cursor_key, poll_once, Cursor};
+    // The engine's own poller keeps away: the test polls by hand.
+    let portal = polled_alone(1_000, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
+    let hubspot = engine.hubspot.clone().expect("the engine syncs HubSpot");
+    let connection = hubspot.connected().await.unwrap().remove(0);
+    let cursors = engine
+        .js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .unwrap();
+    let key = cursor_key("acme", "62515", "contacts");
+    let cursor = || async {
+        let entry = cursors.get(&key).await.unwrap()?;
+        Some(serde_json::from_slice::<Cursor>(&entry).unwrap())
+    };
+
+    // A first scan of five pages, a second a page; HubSpot stops taking the token
+    // once the scan has stored a page (as after half an hour of a long one).
+    hs.faults()
+        .set("drop-webhooks=1,latency=1s".parse().unwrap());
+    let client = hubspot.client("acme").await.unwrap();
+    let poll = |client| {
+        let (engine, connection, cursors) = (&engine, &connection, &cursors);
+        async move {
+            poll_once(
+                &client,
+                &engine.js,
+                &engine.topology.subjects,
+                cursors,
+                connection,
+                "contacts",
+                Duration::from_secs(1),
+            )
+            .await
+        }
+    };
+    let first = poll(client);
+    let refuse = async {
+        let under_way = eventually(Duration::from_secs(30), || async {
+            cursor().await?.scan.filter(|s| s.last_id > 0)
+        })
+        .await;
+        hs.expire_access_tokens();
+        under_way
+    };
+    let (first, under_way) = tokio::join!(first, refuse);
+    let under_way = under_way.expect("the scan stores where it stands after a page");
+    let error = first.expect_err("the refused token ends the poll");
+    let stopped_at = cursor().await.unwrap().scan.expect("the scan is kept");
+    assert!(stopped_at.last_id >= under_way.last_id);
+    assert!(hubspot.observe("acme", error.as_ref()).await, "{error:#}");
+
+    // The next poll, with a fresh token, reads on from there and ends the scan.
+    hs.faults().set("drop-webhooks=1".parse().unwrap());
+    let client = hubspot.client("acme").await.unwrap();
+    let second = poll(client).await.unwrap();
+    assert!(
+        second.records > 0 && second.records < 1_000,
+        "it reads only what the first did not store: {second:?}"
+    );
+    let done = cursor().await.unwrap();
+    assert_eq!(done.scan, None);
+    assert!(done.since_ms > 0);
+    let projected = eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM contacts WHERE workspace_id = '62515' AND provider = 'hubspot'",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        (n == 1_000).then_some(n)
+    })
+    .await;
+    assert_eq!(projected, Some(1_000), "every contact is stored");
+    portal.engine.stop().await;
+}
+
 /// The live links from `from` records to `to` records the projection holds.
 async fn projected_links(
     pool: &sqlx::PgPool,

@@ -37,6 +37,23 @@ pub const OBJECTS: [&str; 3] = ["contacts", "companies", "deals"];
 pub struct Cursor {
     /// The newest modification time seen, in ms.
     pub since_ms: i64,
+    /// A scan under way, stored after each of its pages: a poll that fails (a token
+    /// refused after half an hour of a first scan, a deploy) resumes it at the next
+    /// cycle instead of starting again from the first record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<Scan>,
+}
+
+/// Where a scan stands: its window, the newest modification it saw and the last id
+/// it stored.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Scan {
+    /// Modifications from this time on (the cursor less the lookback), in ms.
+    pub from_ms: i64,
+    /// When the scan began: the cursor never moves past it.
+    pub started_ms: i64,
+    pub newest_ms: i64,
+    pub last_id: u64,
 }
 
 /// What one poll of one object did.
@@ -171,11 +188,12 @@ async fn projected_links(
 /// One poll of one object of one connection: every record modified since the cursor
 /// (less the lookback), in id order, then the archived ones.
 ///
-/// The cursor moves to the newest modification seen, but never past the poll's own
+/// The cursor moves to the newest modification seen, but never past the scan's own
 /// start. The scan is in id order, so a long one (a first poll, or catching up) may
 /// read a record early and a later edit of another late: an edit made to the first
 /// while the scan went on is not in this poll, and a cursor at the later edit would
-/// put it behind the next poll too.
+/// put it behind the next poll too. A scan's progress is stored after each page
+/// ([`Scan`]): a poll that fails resumes after its last stored page.
 #[allow(clippy::too_many_arguments)]
 pub async fn poll_once(
     client: &HubSpotClient,
@@ -186,11 +204,16 @@ pub async fn poll_once(
     api_type: &str,
     lookback: Duration,
 ) -> anyhow::Result<PollReport> {
-    let started_ms = Utc::now().timestamp_millis();
     let key = cursor_key(&connection.workspace, &connection.portal, api_type);
-    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
+    let mut stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
     let cursor = stored.value;
-    let from = (cursor.since_ms - lookback.as_millis() as i64).max(0);
+    let mut scan = cursor.scan.unwrap_or_else(|| Scan {
+        from_ms: (cursor.since_ms - lookback.as_millis() as i64).max(0),
+        started_ms: Utc::now().timestamp_millis(),
+        newest_ms: cursor.since_ms,
+        last_id: 0,
+    });
+    let from = scan.from_ms;
     let portal = WorkspaceId::parse(connection.portal.clone())?;
     let object = object_of(api_type).context("unknown object type")?;
     let modified = if api_type == "contacts" {
@@ -204,13 +227,11 @@ pub async fn poll_once(
         cursor,
         ..PollReport::default()
     };
-    let mut newest = cursor.since_ms;
-    let mut last_id = 0u64;
     loop {
         let request = json!({
             "filterGroups": [{"filters": [
                 {"propertyName": modified, "operator": "GTE", "value": from.to_string()},
-                {"propertyName": "hs_object_id", "operator": "GT", "value": last_id.to_string()},
+                {"propertyName": "hs_object_id", "operator": "GT", "value": scan.last_id.to_string()},
             ]}],
             "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
             "properties": properties,
@@ -224,13 +245,26 @@ pub async fn poll_once(
         report.records += page.results.len();
         store(js, subjects, &portal, api_type, &page.results).await?;
         for r in &page.results {
-            newest = newest.max(modified_ms(r));
-            last_id = last_id.max(r.id.parse().unwrap_or(0));
+            scan.newest_ms = scan.newest_ms.max(modified_ms(r));
+            scan.last_id = scan.last_id.max(r.id.parse().unwrap_or(0));
         }
         if page.results.len() < 200 {
             break;
         }
+        let next = Cursor {
+            scan: Some(scan),
+            ..cursor
+        };
+        match crate::cursor::write(cursors, &key, &stored, next).await? {
+            Some(written) => stored = written,
+            None => {
+                tracing::info!(workspace = %connection.workspace, api_type, "another poller moved the cursor first");
+                report.cursor = cursor;
+                return Ok(report);
+            }
+        }
     }
+    let mut newest = scan.newest_ms;
     let mut after: Option<String> = None;
     loop {
         let page = client
@@ -252,7 +286,8 @@ pub async fn poll_once(
         }
     }
     let next = Cursor {
-        since_ms: newest.min(started_ms).max(cursor.since_ms),
+        since_ms: newest.min(scan.started_ms).max(cursor.since_ms),
+        scan: None,
     };
     let advanced = crate::cursor::advance(cursors, &key, &stored, &next).await?;
     if !advanced {
