@@ -456,20 +456,35 @@ async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revok
     portal.engine.stop().await;
 }
 
-#[tokio::test]
-async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
-    // The engine's own poller keeps away (its first cycle runs before the connection
-    // exists): the test polls by hand.
+/// A portal of 1,000 contacts polled by hand (the engine's own poller keeps away: its
+/// first cycle runs before the connection exists), with what a poll needs.
+async fn polled_by_hand() -> (
+    common::hubspot::Portal,
+    Arc<crmsync_engine::hubspot::HubSpot>,
+    crmsync_engine::hubspot::Connected,
+    async_nats::jetstream::kv::Store,
+) {
     let portal = polled_alone(1_000, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
-    let (hs, engine) = (&portal.hs, &portal.engine);
-    let hubspot = engine.hubspot.clone().expect("the engine syncs HubSpot");
+    let hubspot = portal
+        .engine
+        .hubspot
+        .clone()
+        .expect("the engine syncs HubSpot");
     let connection = hubspot.connected().await.unwrap().remove(0);
-    let client = hubspot.client("acme").await.unwrap();
-    let cursors = engine
+    let cursors = portal
+        .engine
         .js
-        .get_key_value(engine.topology.cursor_bucket())
+        .get_key_value(portal.engine.topology.cursor_bucket())
         .await
         .unwrap();
+    (portal, hubspot, connection, cursors)
+}
+
+#[tokio::test]
+async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
+    let (portal, hubspot, connection, cursors) = polled_by_hand().await;
+    let (hs, engine) = (&portal.hs, &portal.engine);
+    let client = hubspot.client("acme").await.unwrap();
     let poll = || {
         crmsync_engine::hubspot::poller::poll_once(
             &client,
@@ -516,16 +531,8 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
 #[tokio::test]
 async fn a_poll_whose_token_is_refused_mid_scan_resumes_after_its_last_stored_page() {
     use crmsync_engine::hubspot::poller::{cursor_key, poll_once, Cursor};
-    // The engine's own poller keeps away: the test polls by hand.
-    let portal = polled_alone(1_000, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    let (portal, hubspot, connection, cursors) = polled_by_hand().await;
     let (hs, engine) = (&portal.hs, &portal.engine);
-    let hubspot = engine.hubspot.clone().expect("the engine syncs HubSpot");
-    let connection = hubspot.connected().await.unwrap().remove(0);
-    let cursors = engine
-        .js
-        .get_key_value(engine.topology.cursor_bucket())
-        .await
-        .unwrap();
     let key = cursor_key("acme", "62515", "contacts");
     let cursor = || async {
         let entry = cursors.get(&key).await.unwrap()?;
