@@ -314,6 +314,19 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
     org.engine.stop().await;
 }
 
+/// Waits for as many Zoho contacts in the projection as the org has.
+async fn every_contact_is_projected(org: &common::zoho::Org) {
+    let want = org_state(&org.zs, "Contacts").len();
+    let projected = eventually(Duration::from_secs(30), || async {
+        let n = projected(&org.engine.pool, &org.zs.org_id(), "Contacts")
+            .await
+            .len();
+        (n == want).then_some(n)
+    })
+    .await;
+    assert_eq!(projected, Some(want), "every contact is projected");
+}
+
 /// Canonical columns compared per module, with the Zoho field each comes from.
 fn compared(module: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
     match module {
@@ -464,15 +477,7 @@ async fn a_backfill_outlives_its_access_token() {
     assert!(stored.unwrap() >= 1_000, "{progress}");
     assert!(progress.contains("Contacts: done,"), "{progress}");
     zs.faults().set(Default::default());
-    let want = org_state(zs, "Contacts").len();
-    let projected = eventually(Duration::from_secs(30), || async {
-        let n = projected(&engine.pool, &zs.org_id(), "Contacts")
-            .await
-            .len();
-        (n == want).then_some(n)
-    })
-    .await;
-    assert_eq!(projected, Some(want), "every contact is projected");
+    every_contact_is_projected(&org).await;
     org.engine.stop().await;
 }
 
@@ -764,5 +769,75 @@ async fn calls_logged_edited_or_deleted_while_notifications_are_lost_are_found_b
         "the notifications were lost: {}",
         zs.callbacks_dropped()
     );
+    org.engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_poll_whose_token_is_refused_mid_scan_resumes_near_where_it_stopped() {
+    use crmsync_engine::zoho::poller::{cursor_key, poll_once, Cursor};
+    let config = Config {
+        contacts: 1_000,
+        companies: 2,
+        deals: 2,
+        ..Config::default()
+    };
+    // The engine's own poller keeps away (its first cycle runs before the connection
+    // exists): the test polls by hand.
+    let org = start(config, &[("CRM_POLL_INTERVAL_SECS", "3600")]).await;
+    org.connect("acme").await;
+    let (zs, engine) = (&org.zs, &org.engine);
+    let zoho = engine.zoho.clone().expect("the engine syncs Zoho");
+    let connection = zoho.connection("acme").await.unwrap();
+    let cursors = engine
+        .js
+        .get_key_value(engine.topology.cursor_bucket())
+        .await
+        .unwrap();
+    let key = cursor_key("acme", &zs.org_id(), "Contacts");
+    let cursor = || async {
+        let entry = cursors.get(&key).await.unwrap()?;
+        Some(serde_json::from_slice::<Cursor>(&entry).unwrap())
+    };
+    let poll = |client| {
+        let (engine, connection, cursors) = (&engine, &connection, &cursors);
+        async move {
+            poll_once(
+                &client,
+                &engine.js,
+                &engine.topology.subjects,
+                cursors,
+                connection,
+                "Contacts",
+                "contact",
+                Duration::from_secs(1),
+            )
+            .await
+        }
+    };
+
+    // A scan of five pages; Zoho stops taking the token once one page is stored.
+    zs.faults().set("latency=1s".parse().unwrap());
+    let first = poll(zoho.client("acme").await.unwrap());
+    let refuse = async {
+        let under_way = eventually(Duration::from_secs(30), || async {
+            cursor().await.filter(|c| c.modified_ms > 0)
+        })
+        .await;
+        zs.expire_access_tokens();
+        under_way
+    };
+    let (first, under_way) = tokio::join!(first, refuse);
+    assert!(under_way.is_some(), "the cursor moves after a stored page");
+    let error = first.expect_err("the refused token ends the poll");
+    assert!(zoho.observe("acme", error.as_ref()).await, "{error:#}");
+
+    // The next poll, with a fresh token, starts near where the first stopped.
+    zs.faults().set(Default::default());
+    let second = poll(zoho.client("acme").await.unwrap()).await.unwrap();
+    assert!(
+        second.records > 0 && second.records < 1_000,
+        "it reads only what the first did not reach: {second:?}"
+    );
+    every_contact_is_projected(&org).await;
     org.engine.stop().await;
 }

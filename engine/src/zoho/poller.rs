@@ -9,7 +9,8 @@
 //! 100,000 records) the scan starts again from the newest modification seen. Deletions come
 //! from the deleted-records API since their own cursor. Records and tombstones are
 //! stored as events first; only then are the cursors advanced, by compare-and-set in
-//! the `crm_cursors` bucket.
+//! the `crm_cursors` bucket: the modification cursor after each page, so that a scan
+//! that fails resumes near where it stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +185,9 @@ pub async fn poll_once(
     let key = cursor_key(&connection.workspace, &connection.org, module);
     let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
     let cursor = stored.value;
+    // Moved on after each stored page (pages come oldest change first): a scan that
+    // fails resumes from there at the next cycle, not from where this one began.
+    let progress = tokio::sync::Mutex::new(stored);
     let org = WorkspaceId::parse(connection.org.clone())?;
     let object = ObjectType::parse(object)?;
     let mut report = PollReport {
@@ -196,14 +200,26 @@ pub async fn poll_once(
         module,
         since(cursor.modified_ms, lookback),
         |page, at| {
-            let (org, object) = (&org, &object);
+            let (org, object, key, progress) = (&org, &object, &key, &progress);
             async move {
-                store_records(js, subjects, org, object, &page, at).await?;
+                let newest = store_records(js, subjects, org, object, &page, at).await?;
+                let mut stored = progress.lock().await;
+                if let Some(ms) = newest.filter(|ms| *ms > stored.value.modified_ms) {
+                    let next = Cursor {
+                        modified_ms: ms,
+                        ..stored.value
+                    };
+                    if let Some(written) = crate::cursor::write(cursors, key, &stored, next).await?
+                    {
+                        *stored = written;
+                    }
+                }
                 Ok(())
             }
         },
     )
     .await?;
+    let stored = progress.into_inner();
     report.pages = scanned.pages;
     report.records = scanned.records;
     next.modified_ms = next.modified_ms.max(scanned.newest_ms.unwrap_or(0));
