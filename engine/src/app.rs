@@ -296,9 +296,12 @@ impl Engine {
                         js.clone(),
                         topology.subjects.clone(),
                         cursors.clone(),
-                        settings.poll_interval,
-                        settings.poll_lookback,
-                        settings.link_sweep_every,
+                        crate::hubspot::poller::Cadence {
+                            interval: settings.poll_interval,
+                            lookback: settings.poll_lookback,
+                            sweep_every: settings.link_sweep_every,
+                            archived_every: settings.hubspot_archived_every,
+                        },
                         leading,
                     )
                 };

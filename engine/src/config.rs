@@ -54,6 +54,7 @@ pub const VARIABLES: &[Variable] = &[
     var("CRM_POLL_INTERVAL_SECS", "300", "seconds between delta polls of each connection (the safety net under webhooks)"),
     var("CRM_POLL_LOOKBACK_SECS", "120", "how far before its cursor a poll looks again, for the providers' search lag"),
     var("CRM_LINK_SWEEP_EVERY", "12", "polls between two sweeps of every record's links (associations; 0: never)"),
+    var("CRM_HUBSPOT_ARCHIVED_EVERY", "12", "polls between two listings of HubSpot's archived records, for deletions whose webhook was lost (1: every poll; each lists every record archived in 90 days)"),
     var("CRM_NATS_PREFIX", "(none)", "prefix of subjects and streams, for several installations on one NATS account"),
     var("CRM_STREAM_REPLICAS", "1", "replicas of each JetStream stream (1-5; 3 in a cluster)"),
     var("CRM_DEDUPE_WINDOW_SECS", "86400", "JetStream duplicate window in seconds (at least 900); a day covers HubSpot's retries"),
@@ -112,6 +113,7 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub poll_lookback: Duration,
     pub link_sweep_every: u32,
+    pub hubspot_archived_every: u32,
     pub nats_prefix: Option<String>,
     pub stream_replicas: usize,
     pub dedupe_window: Duration,
@@ -332,6 +334,7 @@ impl Settings {
             poll_interval: Duration::from_secs(r.number("CRM_POLL_INTERVAL_SECS", 1, 86_400)?),
             poll_lookback: Duration::from_secs(r.number("CRM_POLL_LOOKBACK_SECS", 0, 86_400)?),
             link_sweep_every: r.number("CRM_LINK_SWEEP_EVERY", 0, 100_000)?,
+            hubspot_archived_every: r.number("CRM_HUBSPOT_ARCHIVED_EVERY", 1, 100_000)?,
             nats_prefix: prefix,
             stream_replicas: r.number("CRM_STREAM_REPLICAS", 1, 5)?,
             dedupe_window: Duration::from_secs(r.number(

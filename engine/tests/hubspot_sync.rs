@@ -456,6 +456,46 @@ async fn polling_alone_finds_a_long_unedited_record_deleted_and_outlives_a_revok
     portal.engine.stop().await;
 }
 
+#[tokio::test]
+async fn archived_records_are_listed_at_a_connections_first_poll_and_then_every_few() {
+    // HubSpot cannot filter archived records by time: each listing reads them all.
+    let portal = polled_alone(
+        20,
+        &[
+            ("CRM_POLL_INTERVAL_SECS", "1"),
+            ("CRM_HUBSPOT_ARCHIVED_EVERY", "1000"),
+        ],
+    )
+    .await;
+    let engine = &portal.engine;
+    let polls = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM crm_sync_logs
+             WHERE provider = 'hubspot' AND object = 'contact' AND operation = 'poll'
+               AND status = 'ok'",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        (n >= 4).then_some(n)
+    };
+    eventually(Duration::from_secs(60), polls)
+        .await
+        .expect("four polls of contacts");
+    let metrics = engine.metrics().await;
+    let lists =
+        r#"crm_requests_total{provider="hubspot",object="contacts",verb="GET",status="200"} "#;
+    let listed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(lists))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(
+        listed, "1",
+        "one listing of the archived contacts, at the first poll"
+    );
+    portal.engine.stop().await;
+}
+
 /// A portal of 1,000 contacts polled by hand (the engine's own poller keeps away: its
 /// first cycle runs before the connection exists), with what a poll needs.
 async fn polled_by_hand() -> (
@@ -494,6 +534,7 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
             &connection,
             "contacts",
             Duration::from_secs(1),
+            true,
         )
     };
     let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
@@ -555,6 +596,7 @@ async fn a_poll_whose_token_is_refused_mid_scan_resumes_after_its_last_stored_pa
                 connection,
                 "contacts",
                 Duration::from_secs(1),
+                true,
             )
             .await
         }

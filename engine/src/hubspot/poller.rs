@@ -42,6 +42,10 @@ pub struct Cursor {
     /// cycle instead of starting again from the first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<Scan>,
+    /// The newest archival seen, in ms, for the listing of archived records (kept
+    /// apart as they are listed less often; absent, it is `since_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_ms: Option<i64>,
 }
 
 /// Where a scan stands: its window, the newest modification it saw and the last id
@@ -186,7 +190,11 @@ async fn projected_links(
 }
 
 /// One poll of one object of one connection: every record modified since the cursor
-/// (less the lookback), in id order, then the archived ones.
+/// (less the lookback), in id order, then, when `archived`, the records archived since
+/// their own cursor. HubSpot cannot filter archived records by time: listing them
+/// reads every one kept (90 days of deletions), so the poller does it every few
+/// polls only (`CRM_HUBSPOT_ARCHIVED_EVERY`), as a safety net under the deletion
+/// webhooks.
 ///
 /// The cursor moves to the newest modification seen, but never past the scan's own
 /// start. The scan is in id order, so a long one (a first poll, or catching up) may
@@ -203,6 +211,7 @@ pub async fn poll_once(
     connection: &Connected,
     api_type: &str,
     lookback: Duration,
+    archived: bool,
 ) -> anyhow::Result<PollReport> {
     let key = cursor_key(&connection.workspace, &connection.portal, api_type);
     let mut stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
@@ -264,30 +273,39 @@ pub async fn poll_once(
             }
         }
     }
-    let mut newest = scan.newest_ms;
-    let mut after: Option<String> = None;
-    loop {
-        let page = client
-            .list(api_type, after.as_deref(), &properties, true)
-            .await?;
-        let recent: Vec<HsObject> = page
-            .results
-            .into_iter()
-            .filter(|r| modified_ms(r) >= from)
-            .collect();
-        report.archived += recent.len();
-        store(js, subjects, &portal, api_type, &recent).await?;
-        for r in &recent {
-            newest = newest.max(modified_ms(r));
+    // A connection's first poll lists them whatever the cycle.
+    let mut archived_ms = cursor.archived_ms.unwrap_or(cursor.since_ms);
+    if archived || cursor.archived_ms.is_none() {
+        let listed_at = Utc::now().timestamp_millis();
+        let from = (archived_ms - lookback.as_millis() as i64).max(0);
+        let mut newest = archived_ms;
+        let mut after: Option<String> = None;
+        loop {
+            let page = client
+                .list(api_type, after.as_deref(), &properties, true)
+                .await?;
+            let recent: Vec<HsObject> = page
+                .results
+                .into_iter()
+                .filter(|r| modified_ms(r) >= from)
+                .collect();
+            report.archived += recent.len();
+            store(js, subjects, &portal, api_type, &recent).await?;
+            for r in &recent {
+                newest = newest.max(modified_ms(r));
+            }
+            match page.after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
         }
-        match page.after {
-            Some(a) => after = Some(a),
-            None => break,
-        }
+        // In id order too: never past the listing's start.
+        archived_ms = newest.min(listed_at).max(archived_ms);
     }
     let next = Cursor {
-        since_ms: newest.min(scan.started_ms).max(cursor.since_ms),
+        since_ms: scan.newest_ms.min(scan.started_ms).max(cursor.since_ms),
         scan: None,
+        archived_ms: Some(archived_ms),
     };
     let advanced = crate::cursor::advance(cursors, &key, &stored, &next).await?;
     if !advanced {
@@ -297,23 +315,41 @@ pub async fn poll_once(
     Ok(report)
 }
 
-/// Polls every connection and object every `interval`, and sweeps links every
+/// How often the poller does what.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// Between two polls.
+    pub interval: Duration,
+    /// How far before its cursor a poll looks again.
+    pub lookback: Duration,
+    /// Polls between two link sweeps (0: never).
+    pub sweep_every: u32,
+    /// Polls between two listings of archived records (1: every poll).
+    pub archived_every: u32,
+}
+
+/// Polls every connection and object every `interval`, lists archived records every
+/// `archived_every` polls (and at a connection's first), and sweeps links every
 /// `sweep_every` polls, until stopped.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     hubspot: Arc<HubSpot>,
     js: jetstream::Context,
     subjects: Subjects,
     cursors: kv::Store,
-    interval: Duration,
-    lookback: Duration,
-    sweep_every: u32,
+    cadence: Cadence,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Cadence {
+        interval,
+        lookback,
+        sweep_every,
+        archived_every,
+    } = cadence;
     tracing::info!(?interval, "HubSpot poller started");
     let mut cycle: u32 = 0;
     loop {
         let sweep = sweep_every > 0 && cycle % sweep_every == sweep_every - 1;
+        let archived = cycle % archived_every.max(1) == 0;
         cycle = cycle.wrapping_add(1);
         match hubspot.connected().await {
             Ok(connections) => {
@@ -364,6 +400,7 @@ pub async fn run(
                             &connection,
                             api_type,
                             lookback,
+                            archived,
                         )
                         .await;
                         let run = match &polled {
