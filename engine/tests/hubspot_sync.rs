@@ -292,6 +292,7 @@ async fn a_backfill_outlives_its_access_token() {
     // Pages of 100 come slowly; once the first is stored, the token expires early (as
     // if the backfill had run for 30 minutes, or the token had been revoked).
     hs.faults().set("latency=150ms".parse().unwrap());
+    let began = chrono::Utc::now().timestamp_millis();
     let backfilling = {
         let (hubspot, js, subjects) = (
             hubspot.clone(),
@@ -338,6 +339,19 @@ async fn a_backfill_outlives_its_access_token() {
     })
     .await;
     assert_eq!(projected, Some(1_000), "every contact is projected");
+
+    // The poll cursor starts where the backfill began: the first poll reads only
+    // what changed since, not the portal again.
+    use crmsync_engine::hubspot::poller::{cursor_key, Cursor};
+    let key = cursor_key("acme", "62515", "contacts");
+    let cursor: Cursor =
+        serde_json::from_slice(&cursors.get(&key).await.unwrap().expect("a poll cursor")).unwrap();
+    assert!(cursor.since_ms >= began, "{cursor:?}");
+    let client = hubspot.client("acme").await.unwrap();
+    let first = poll_contacts(engine, client, &connection, &cursors, false)
+        .await
+        .unwrap();
+    assert_eq!(first.records, 0, "{first:?}");
     portal.engine.stop().await;
 }
 
@@ -496,6 +510,27 @@ async fn archived_records_are_listed_at_a_connections_first_poll_and_then_every_
     portal.engine.stop().await;
 }
 
+/// One poll of the contacts by hand, looking back a second.
+async fn poll_contacts(
+    engine: &common::TestEngine,
+    client: crmsync_adapters::hubspot::client::HubSpotClient,
+    connection: &crmsync_engine::hubspot::Connected,
+    cursors: &async_nats::jetstream::kv::Store,
+    archived: bool,
+) -> anyhow::Result<crmsync_engine::hubspot::poller::PollReport> {
+    crmsync_engine::hubspot::poller::poll_once(
+        &client,
+        &engine.js,
+        &engine.topology.subjects,
+        cursors,
+        connection,
+        "contacts",
+        Duration::from_secs(1),
+        archived,
+    )
+    .await
+}
+
 /// A portal of 1,000 contacts polled by hand (the engine's own poller keeps away: its
 /// first cycle runs before the connection exists), with what a poll needs.
 async fn polled_by_hand() -> (
@@ -525,18 +560,7 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
     let (portal, hubspot, connection, cursors) = polled_by_hand().await;
     let (hs, engine) = (&portal.hs, &portal.engine);
     let client = hubspot.client("acme").await.unwrap();
-    let poll = || {
-        crmsync_engine::hubspot::poller::poll_once(
-            &client,
-            &engine.js,
-            &engine.topology.subjects,
-            &cursors,
-            &connection,
-            "contacts",
-            Duration::from_secs(1),
-            true,
-        )
-    };
+    let poll = || poll_contacts(engine, client.clone(), &connection, &cursors, true);
     let ids: Vec<u64> = hs.snapshot("contacts").into_keys().collect();
     let (early, late) = (ids[0], ids[ids.len() - 1]);
 
@@ -571,7 +595,7 @@ async fn an_edit_made_behind_a_long_scan_is_read_by_the_next_poll() {
 
 #[tokio::test]
 async fn a_poll_whose_token_is_refused_mid_scan_resumes_after_its_last_stored_page() {
-    use crmsync_engine::hubspot::poller::{cursor_key, poll_once, Cursor};
+    use crmsync_engine::hubspot::poller::{cursor_key, Cursor};
     let (portal, hubspot, connection, cursors) = polled_by_hand().await;
     let (hs, engine) = (&portal.hs, &portal.engine);
     let key = cursor_key("acme", "62515", "contacts");
@@ -585,22 +609,7 @@ async fn a_poll_whose_token_is_refused_mid_scan_resumes_after_its_last_stored_pa
     hs.faults()
         .set("drop-webhooks=1,latency=1s".parse().unwrap());
     let client = hubspot.client("acme").await.unwrap();
-    let poll = |client| {
-        let (engine, connection, cursors) = (&engine, &connection, &cursors);
-        async move {
-            poll_once(
-                &client,
-                &engine.js,
-                &engine.topology.subjects,
-                cursors,
-                connection,
-                "contacts",
-                Duration::from_secs(1),
-                true,
-            )
-            .await
-        }
-    };
+    let poll = |client| poll_contacts(engine, client, &connection, &cursors, true);
     let first = poll(client);
     let refuse = async {
         let under_way = eventually(Duration::from_secs(30), || async {

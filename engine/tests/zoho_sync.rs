@@ -478,6 +478,23 @@ async fn a_backfill_outlives_its_access_token() {
     assert!(progress.contains("Contacts: done,"), "{progress}");
     zs.faults().set(Default::default());
     every_contact_is_projected(&org).await;
+
+    // The poll cursor starts at the newest change the backfill read: the first poll
+    // reads only what changed since (and the second before it), not the org again.
+    let client = zoho.client("acme").await.unwrap();
+    let first = crmsync_engine::zoho::poller::poll_once(
+        &client,
+        &engine.js,
+        &engine.topology.subjects,
+        &cursors,
+        &connection,
+        "Contacts",
+        "contact",
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    assert!(first.records < 10, "{first:?}");
     org.engine.stop().await;
 }
 

@@ -1,6 +1,8 @@
 //! Backfill: every record of a portal, paged through the list API and stored as
 //! snapshot events, resuming after a crash from the last stored page (its `after`
-//! cursor is kept in the `crm_cursors` bucket until the object is done).
+//! cursor is kept in the `crm_cursors` bucket until the object is done). A finished
+//! backfill moves the poll cursor up to when it began, so the first poll does not
+//! read the portal again.
 //!
 //! A backfill of a large portal outlives its access token (HubSpot's last 30
 //! minutes), and a token can be revoked early: when HubSpot refuses it, the stored
@@ -23,6 +25,24 @@ pub fn resume_key(workspace: &str, portal: &str, api_type: &str) -> String {
         hex::encode(workspace),
         hex::encode(portal)
     )
+}
+
+/// Where a backfill stands: the list's `after` cursor of the last stored page, and
+/// when the backfill began (absent in resume points of earlier versions, which
+/// stored the bare `after`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Resume {
+    after: Option<String>,
+    started_ms: Option<i64>,
+}
+
+impl Resume {
+    fn parse(stored: &[u8]) -> Self {
+        serde_json::from_slice(stored).unwrap_or_else(|_| Resume {
+            after: Some(String::from_utf8_lossy(stored).into_owned()).filter(|a| !a.is_empty()),
+            started_ms: None,
+        })
+    }
 }
 
 /// Backfills one object; returns the number of records stored. Progress goes to
@@ -79,13 +99,16 @@ async fn pages(
     stored: &mut u64,
 ) -> anyhow::Result<()> {
     let key = resume_key(&connection.workspace, &connection.portal, api_type);
-    let mut after: Option<String> = cursors
+    let mut resume = cursors
         .get(&key)
         .await
         .context("reading the backfill resume point")?
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .filter(|a| !a.is_empty());
-    if let Some(a) = &after {
+        .map(|v| Resume::parse(&v))
+        .unwrap_or_else(|| Resume {
+            after: None,
+            started_ms: Some(chrono::Utc::now().timestamp_millis()),
+        });
+    if let Some(a) = &resume.after {
         let _ = writeln!(progress, "{api_type}: resuming after {a}");
     }
     let portal = WorkspaceId::parse(connection.portal.clone())?;
@@ -94,7 +117,7 @@ async fn pages(
     let mut pages = 0u64;
     loop {
         let page = client
-            .list(api_type, after.as_deref(), &properties, false)
+            .list(api_type, resume.after.as_deref(), &properties, false)
             .await?;
         let events: Vec<_> = page
             .results
@@ -108,15 +131,20 @@ async fn pages(
         pages += 1;
         match page.after {
             Some(a) => {
+                resume.after = Some(a);
                 cursors
-                    .put(&key, a.clone().into_bytes().into())
+                    .put(&key, serde_json::to_vec(&resume)?.into())
                     .await
                     .context("saving the backfill resume point")?;
-                after = Some(a);
             }
             None => break,
         }
         let _ = writeln!(progress, "{api_type}: {stored} records ({pages} pages)");
+    }
+    // Every record was read after the backfill began: the poll need not read again
+    // what was modified before.
+    if let Some(started_ms) = resume.started_ms {
+        super::poller::seed(cursors, connection, api_type, started_ms).await?;
     }
     cursors
         .delete(&key)

@@ -102,6 +102,29 @@ async fn store(
     Ok(())
 }
 
+/// After a backfill of `api_type` that began at `started_ms` (so read every record
+/// after it): the poll cursor moves there if it is behind, and a scan it had under
+/// way is dropped, so the first poll does not read the portal again. Another writer
+/// winning is fine: its cursor stands.
+pub async fn seed(
+    cursors: &kv::Store,
+    connection: &Connected,
+    api_type: &str,
+    started_ms: i64,
+) -> anyhow::Result<()> {
+    let key = cursor_key(&connection.workspace, &connection.portal, api_type);
+    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
+    if stored.value.since_ms < started_ms {
+        let next = Cursor {
+            since_ms: started_ms,
+            scan: None,
+            ..stored.value
+        };
+        crate::cursor::advance(cursors, &key, &stored, &next).await?;
+    }
+    Ok(())
+}
+
 /// The links crmsync keeps in step: (from, to) API types.
 pub const LINKS: [(&str, &str); 3] = [
     ("contacts", "companies"),

@@ -1,7 +1,8 @@
 //! Backfill: every record of an org's module, read oldest change first and stored as
 //! snapshot events. The resume point is the newest modification stored so far (kept
 //! in the `crm_cursors` bucket until the module is done): a crashed backfill starts
-//! again from there rather than from the beginning.
+//! again from there rather than from the beginning. A finished backfill moves the
+//! poll cursor up to it, so the first poll does not read the module again.
 //!
 //! A backfill of a large org outlives its access token (Zoho's last an hour), and a
 //! token can be revoked early: when Zoho refuses it, the stored token is expired,
@@ -116,6 +117,9 @@ async fn pages(
     })
     .await?;
     debug_assert_eq!(scanned.records as u64, read);
+    if let Some(newest) = scanned.newest_ms.or(resume) {
+        super::poller::seed(cursors, connection, module, newest).await?;
+    }
     cursors
         .delete(&key)
         .await

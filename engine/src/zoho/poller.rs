@@ -65,6 +65,28 @@ pub fn cursor_key(workspace: &str, org: &str, module: &str) -> String {
     )
 }
 
+/// After a backfill of `module` that read every change up to `modified_ms`: the poll
+/// cursor moves there if it is behind, so the first poll does not read the module
+/// again. (Deletions keep their own cursor.) Another writer winning is fine: its
+/// cursor stands.
+pub async fn seed(
+    cursors: &kv::Store,
+    connection: &Connected,
+    module: &str,
+    modified_ms: i64,
+) -> anyhow::Result<()> {
+    let key = cursor_key(&connection.workspace, &connection.org, module);
+    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
+    if stored.value.modified_ms < modified_ms {
+        let next = Cursor {
+            modified_ms,
+            ..stored.value
+        };
+        crate::cursor::advance(cursors, &key, &stored, &next).await?;
+    }
+    Ok(())
+}
+
 fn time_ms(record: &Value, field: &str) -> Option<i64> {
     record
         .get(field)
