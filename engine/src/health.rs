@@ -41,6 +41,8 @@ pub fn probe_ttl(provider: Provider) -> Duration {
         Provider::HubSpot | Provider::Odoo => Duration::from_secs(30),
     }
 }
+/// How long a failed probe answers for its connection, whatever the provider.
+const FAILURE_TTL: Duration = Duration::from_secs(30);
 /// A probe that takes longer has failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -293,7 +295,15 @@ impl Probes {
             .clone();
         let mut slot = slot.lock().await;
         if let Some((at, probe)) = slot.as_ref() {
-            if at.elapsed() < probe_ttl(provider) {
+            // A failure is kept briefly: it may be over (a timeout, a connection
+            // made again), and a monitor should see it go.
+            let healthy = probe.credentials.is_ok() && probe.api.is_ok();
+            let ttl = if healthy {
+                probe_ttl(provider)
+            } else {
+                FAILURE_TTL
+            };
+            if at.elapsed() < ttl {
                 return probe.clone();
             }
         }
