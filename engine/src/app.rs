@@ -20,6 +20,10 @@ use crate::db;
 use crate::lease::LEADER_TTL;
 use crate::topology::Topology;
 
+/// The largest body of any route but HubSpot's webhooks (whose limit is
+/// `CRM_WEBHOOK_MAX_BYTES`), when that setting is larger.
+const OTHER_BODIES_MAX: usize = 1 << 20;
+
 /// What a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -160,7 +164,8 @@ impl Engine {
                 crmsync_adapters::hubspot::webhook::Accept::V3
             },
             public_url: settings.public_url.clone(),
-            max_body_bytes: settings.webhook_max_bytes,
+            max_body_bytes: settings.webhook_max_bytes.min(OTHER_BODIES_MAX),
+            hubspot_max_body_bytes: settings.webhook_max_bytes,
             latest_migration: db::latest_migration(),
             api_token: settings.api_token.clone(),
             vault: settings.vault().map(Arc::new),
@@ -240,8 +245,11 @@ impl Engine {
                 self.probes.clone(),
             ),
         };
+        // HubSpot's webhook route reads up to CRM_WEBHOOK_MAX_BYTES itself; every
+        // other body is small, and an unauthenticated one is read before it is
+        // refused: 1 MiB at most.
         let router = router.layer(axum::extract::DefaultBodyLimit::max(
-            self.settings.webhook_max_bytes,
+            self.settings.webhook_max_bytes.min(OTHER_BODIES_MAX),
         ));
         tracing::info!(addr = %self.local_addr(), role = ?self.role, "crmsync serving");
         let mut tasks = tokio::task::JoinSet::new();

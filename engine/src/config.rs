@@ -58,7 +58,7 @@ pub const VARIABLES: &[Variable] = &[
     var("CRM_NATS_PREFIX", "(none)", "prefix of subjects and streams, for several installations on one NATS account"),
     var("CRM_STREAM_REPLICAS", "1", "replicas of each JetStream stream (1-5; 3 in a cluster)"),
     var("CRM_DEDUPE_WINDOW_SECS", "86400", "JetStream duplicate window in seconds (at least 900); a day covers HubSpot's retries"),
-    var("CRM_WEBHOOK_MAX_BYTES", "33554432", "largest request body accepted (413 above); the default takes HubSpot's largest batch"),
+    var("CRM_WEBHOOK_MAX_BYTES", "33554432", "largest HubSpot webhook batch accepted (413 above; the default takes the largest HubSpot sends); other routes take at most 1 MiB of it"),
     var("CRM_BATCH_SIZE", "500", "events a projector commits together, at most"),
     var("CRM_BATCH_LINGER_MS", "5", "how long a projector catching up on a backlog waits for a batch to fill before committing (0-1000; 0: never waits)"),
     var("CRM_MAX_DELIVER", "10", "deliveries of a failing event before it is dead-lettered (2-1000)"),

@@ -228,6 +228,15 @@ async fn the_largest_batch_hubspot_sends_is_stored_whole() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["stored"], 100);
     assert_eq!(engine.events_in_stream().await, 100);
+
+    // Other routes, which read a body before they can refuse its request, keep to
+    // 1 MiB: Zoho's notifications name ids only.
+    let json_type = [("content-type", "application/json".to_owned())];
+    let big = engine
+        .post_with("/crm/webhooks/zoho", &json_type, &vec![b' '; 2 << 20])
+        .await;
+    assert_eq!(big.status(), 413, "{}", big.text().await.unwrap());
+    assert_eq!(engine.events_in_stream().await, 100);
 }
 
 #[tokio::test]

@@ -45,8 +45,12 @@ pub struct AppState {
     pub hubspot_signatures: crmsync_adapters::hubspot::webhook::Accept,
     /// The URL providers call, e.g. `https://crm.example.com`; signatures cover it.
     pub public_url: Option<String>,
-    /// The largest webhook body accepted, in bytes.
+    /// The largest body accepted on any route but HubSpot's webhooks, in bytes: at
+    /// most 1 MiB (Zoho's notifications name ids; the control API's bodies are small).
     pub max_body_bytes: usize,
+    /// The largest HubSpot webhook batch accepted, in bytes (`CRM_WEBHOOK_MAX_BYTES`):
+    /// 100 events of up to 65,536 characters each.
+    pub hubspot_max_body_bytes: usize,
     /// The newest migration this build knows; `/readyz` waits for it.
     pub latest_migration: i64,
     /// The control API's bearer token.

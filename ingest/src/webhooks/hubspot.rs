@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
@@ -13,7 +12,7 @@ use serde_json::{json, Value};
 
 use crmsync_adapters::hubspot::webhook::{self, SignedRequest, VerifyError};
 
-use super::{body_of, count_delivery, count_published, count_refused, public_uri, require_json};
+use super::{count_delivery, count_published, count_refused, public_uri, require_json};
 use crate::publish::publish_all;
 use crate::{ApiError, AppState};
 
@@ -22,7 +21,7 @@ pub async fn receive(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let result = handle(&state, &method, &uri, &headers, body).await;
     let status = match &result {
@@ -33,14 +32,29 @@ pub async fn receive(
     result
 }
 
+/// The body, read up to `limit` bytes: HubSpot's batches may be far larger than the
+/// other routes' bodies (the router's limit), so this route reads its own.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("the body could not be read: {e}"))
+        }
+    })
+}
+
 async fn handle(
     state: &AppState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body_of(body, state.max_body_bytes)?;
+    let body = read_limited(body, state.hubspot_max_body_bytes).await?;
     let secret = state.hubspot_secret.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "HubSpot webhooks are not configured: set CRM_HUBSPOT_CLIENT_SECRET".into(),
