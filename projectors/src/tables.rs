@@ -211,21 +211,24 @@ pub async fn unlink_all<'a>(
     if columns[0].is_empty() {
         return Ok(());
     }
-    sqlx::query(&format!(
-        "UPDATE associations AS a SET {MARK_REMOVED}
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-              AS r(workspace_id, provider, type, id, version)
-         WHERE a.workspace_id = r.workspace_id AND a.provider = r.provider
-           AND ((a.from_type = r.type AND a.from_id = r.id)
-                OR (a.to_type = r.type AND a.to_id = r.id))"
-    ))
-    .bind(&columns[0])
-    .bind(&columns[1])
-    .bind(&columns[2])
-    .bind(&columns[3])
-    .bind(&columns[4])
-    .execute(tx)
-    .await?;
+    // One side at a time, live links only: each matches a partial index
+    // (`associations_from`, `associations_to`) instead of every link of the account.
+    for side in ["from", "to"] {
+        sqlx::query(&format!(
+            "UPDATE associations AS a SET {MARK_REMOVED}
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                  AS r(workspace_id, provider, type, id, version)
+             WHERE a.workspace_id = r.workspace_id AND a.provider = r.provider
+               AND a.{side}_type = r.type AND a.{side}_id = r.id AND NOT a.removed"
+        ))
+        .bind(&columns[0])
+        .bind(&columns[1])
+        .bind(&columns[2])
+        .bind(&columns[3])
+        .bind(&columns[4])
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 
