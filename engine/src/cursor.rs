@@ -63,3 +63,18 @@ pub async fn write<T: Serialize>(
         revision: Some(revision),
     }))
 }
+
+/// Reads the cursor at `key` and writes what `next` makes of it, when it makes
+/// anything (a cursor to move up); another writer winning meanwhile keeps its
+/// cursor. Whether it was written.
+pub async fn advance_with<T: Serialize + DeserializeOwned + Default>(
+    cursors: &kv::Store,
+    key: &str,
+    next: impl FnOnce(&T) -> Option<T>,
+) -> anyhow::Result<bool> {
+    let stored = load::<T>(cursors, key).await?;
+    match next(&stored.value) {
+        Some(next) => Ok(write(cursors, key, &stored, next).await?.is_some()),
+        None => Ok(false),
+    }
+}

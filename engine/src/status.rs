@@ -201,14 +201,15 @@ async fn objects(
                 )
             })
             .collect(),
-        // Calls are polled, not backfilled.
+        // Every polled module; only the synced ones are backfilled (not Calls).
         Provider::Zoho => crmsync_adapters::zoho::POLLED
             .iter()
-            .map(|(module, object)| {
+            .map(|&(module, object)| {
+                let backfilled = crmsync_adapters::zoho::MODULES.contains(&(module, object));
                 (
-                    (*object).to_owned(),
+                    object.to_owned(),
                     crate::zoho::poller::cursor_key(workspace, account, module),
-                    (*module != "Calls")
+                    backfilled
                         .then(|| crate::zoho::backfill::resume_key(workspace, account, module)),
                 )
             })

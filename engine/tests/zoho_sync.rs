@@ -314,6 +314,19 @@ async fn notifications_need_their_channels_token_and_channels_are_renewed() {
     org.engine.stop().await;
 }
 
+/// Waits for the engine's notification channel to be live in the org.
+async fn channel_is_enabled(org: &common::zoho::Org) {
+    let notify_url = org.engine.url("/crm/webhooks/zoho");
+    let live = eventually(Duration::from_secs(10), || async {
+        org.zs
+            .live_channels()
+            .into_iter()
+            .find(|c| c.1 == notify_url)
+    })
+    .await;
+    assert!(live.is_some(), "the channel is enabled");
+}
+
 /// Waits for as many Zoho contacts in the projection as the org has.
 async fn every_contact_is_projected(org: &common::zoho::Org) {
     let want = org_state(&org.zs, "Contacts").len();
@@ -554,15 +567,7 @@ async fn an_org_stays_in_step_through_dropped_notifications_deletes_and_429_stor
 
     // The channel is on; changes flow as notifications (a third dropped) through 429
     // storms while the driver creates, edits and deletes.
-    let notify_url = engine.url("/crm/webhooks/zoho");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            zs.live_channels().into_iter().find(|c| c.1 == notify_url)
-        })
-        .await
-        .is_some(),
-        "the channel is enabled"
-    );
+    channel_is_enabled(&org).await;
     zs.faults()
         .set("drop-webhooks=0.3,storm=500ms/2s".parse().unwrap());
     for _ in 0..60 {
@@ -712,15 +717,7 @@ async fn calls_logged_edited_or_deleted_while_notifications_are_lost_are_found_b
     .await;
     org.connect("acme").await;
     let (zs, engine) = (&org.zs, &org.engine);
-    let notify_url = engine.url("/crm/webhooks/zoho");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            zs.live_channels().into_iter().find(|c| c.1 == notify_url)
-        })
-        .await
-        .is_some(),
-        "the channel is enabled"
-    );
+    channel_is_enabled(&org).await;
     // Zoho does not retry a notification: with every one lost, only the poll can
     // tell the engine about these calls.
     zs.faults().set("drop-webhooks=1".parse().unwrap());

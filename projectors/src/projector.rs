@@ -502,14 +502,13 @@ impl Projector {
             events: items.len() as u64,
         };
         let outcomes = || outcomes(items);
-        let has_retractions =
-            outcomes().any(|o| !o.retractions.is_empty() || !o.unlinks.is_empty());
-        if !has_retractions && outcomes().all(|o| o.rows.is_empty()) {
+        let removes_links = outcomes().any(|o| !o.retractions.is_empty() || !o.unlinks.is_empty());
+        if !removes_links && outcomes().all(|o| o.rows.is_empty()) {
             // Events that touch no table (Zoho's change notices, which only name
             // ids for the hydrator): the checkpoint alone.
             return checkpoint::advance(conn, &advance).await;
         }
-        let one_statement = !has_retractions
+        let one_statement = !removes_links
             && !outcomes()
                 .flat_map(|o| o.rows.iter())
                 .any(|(t, _, _)| *t == Table::Activities);

@@ -190,8 +190,8 @@ const MARK_REMOVED: &str = r#"(fields, field_versions) = (
                               jsonb_build_object('$removed', r.version)) m),
     projected_at = now()"#;
 
-/// Marks removed, as of each unlink's version, every link naming its record, from
-/// either side: in one statement for a whole batch.
+/// Marks removed, as of each unlink's version, every live link naming its record,
+/// from either side: in two statements (one a side) for a whole batch.
 pub async fn unlink_all<'a>(
     tx: &mut PgConnection,
     unlinks: impl Iterator<Item = &'a (WorkspaceId, Provider, Unlink)>,

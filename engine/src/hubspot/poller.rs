@@ -113,15 +113,14 @@ pub async fn seed(
     started_ms: i64,
 ) -> anyhow::Result<()> {
     let key = cursor_key(&connection.workspace, &connection.portal, api_type);
-    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
-    if stored.value.since_ms < started_ms {
-        let next = Cursor {
+    crate::cursor::advance_with(cursors, &key, |c: &Cursor| {
+        (c.since_ms < started_ms).then_some(Cursor {
             since_ms: started_ms,
             scan: None,
-            ..stored.value
-        };
-        crate::cursor::advance(cursors, &key, &stored, &next).await?;
-    }
+            ..*c
+        })
+    })
+    .await?;
     Ok(())
 }
 
@@ -291,7 +290,6 @@ pub async fn poll_once(
             Some(written) => stored = written,
             None => {
                 tracing::info!(workspace = %connection.workspace, api_type, "another poller moved the cursor first");
-                report.cursor = cursor;
                 return Ok(report);
             }
         }

@@ -76,14 +76,10 @@ pub async fn seed(
     modified_ms: i64,
 ) -> anyhow::Result<()> {
     let key = cursor_key(&connection.workspace, &connection.org, module);
-    let stored = crate::cursor::load::<Cursor>(cursors, &key).await?;
-    if stored.value.modified_ms < modified_ms {
-        let next = Cursor {
-            modified_ms,
-            ..stored.value
-        };
-        crate::cursor::advance(cursors, &key, &stored, &next).await?;
-    }
+    crate::cursor::advance_with(cursors, &key, |c: &Cursor| {
+        (c.modified_ms < modified_ms).then_some(Cursor { modified_ms, ..*c })
+    })
+    .await?;
     Ok(())
 }
 
