@@ -462,7 +462,17 @@ async fn a_three_node_cluster_losing_its_stream_leader_under_load_loses_and_doub
         .get_stream(engine.topology.events_stream())
         .await
         .unwrap();
-    let info = stream.info().await.unwrap().clone();
+    // A cluster just formed may leave a request unanswered for a while on a busy
+    // machine (seen once in CI): asked again until it answers.
+    let mut tries = 0;
+    let info = loop {
+        tries += 1;
+        match stream.info().await {
+            Ok(info) => break info.clone(),
+            Err(e) if tries < 10 => eprintln!("the stream's info, try {tries}: {e}"),
+            Err(e) => panic!("the stream's info after {tries} tries: {e}"),
+        }
+    };
     assert_eq!(info.config.num_replicas, 3);
 
     let (batches, want) = workload(80);
